@@ -1,0 +1,264 @@
+"""Params, results and notifications of every method of the worker."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
+
+from protocol.base import WireModel
+from protocol.errors import ConfigInvalidData
+from protocol.version import REQUEST_SCHEMA_TAG, RESPONSE_SCHEMA_TAG
+
+Scheduler = Literal["pndm", "dpmpp"]
+ComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
+SCHEDULERS: tuple[Scheduler, ...] = ("pndm", "dpmpp")
+COMPUTE_UNITS: tuple[ComputeUnits, ...] = ("all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine")
+
+MAX_IMAGE_COUNT = 8
+STEP_COUNT_MIN, STEP_COUNT_MAX = 1, 80
+GUIDANCE_SCALE_MIN, GUIDANCE_SCALE_MAX = 0.0, 30.0
+REQUEST_TIMEOUT_MS_MIN, TIMEOUT_MS_MAX = 1_000, 1_800_000
+SEED_MAX = 2**32 - 1
+
+RequestId = StrictInt | StrictStr
+"""The JSON-RPC id of a request, as the host sent it."""
+
+
+# --- capabilities ------------------------------------------------------------
+
+
+class CapabilitiesParams(WireModel):
+    """`capabilities` takes no params (an empty object, or none at all)."""
+
+
+class WorkerInfo(WireModel):
+    name: str
+    version: str
+
+
+class PlatformInfo(WireModel):
+    os: str = Field(description="`platform.system()`: Darwin, Linux, ...")
+    os_version: str = Field(description="macOS product version on a Mac, else the kernel release")
+    machine: str = Field(description="arm64, x86_64, ...")
+    python: str
+
+
+class BackendStatus(WireModel):
+    """Whether `generate` can run now, and if not, what to do about it."""
+
+    id: str = Field(description="`coreml_diffusion`, `mock`, or the unusable value configured")
+    available: bool
+    reason: str = Field(description="Why it is (not) available, in words a person can act on")
+    missing: list[str] = Field(description="Files or directories that are absent")
+    install_hint: str = Field(description="What to run to fix it; empty when available")
+    model_id: str
+    sample_binary: str | None
+    resource_path: str | None
+    test_only: bool
+
+
+class IntRange(WireModel):
+    min: int
+    max: int
+    default: int
+
+
+class FloatRange(WireModel):
+    min: float
+    max: float
+    default: float
+
+
+class Limits(WireModel):
+    max_image_count: int
+    step_count: IntRange
+    guidance_scale: FloatRange
+    timeout_ms: IntRange
+    max_queue: int
+    max_concurrency: int
+
+
+class Features(WireModel):
+    text_to_image: bool
+    image_to_image: bool
+    aspect_ratios: list[str]
+    negative_prompt: bool
+    schedulers: list[Scheduler]
+    compute_units: list[ComputeUnits]
+    progress: bool
+    cancel: bool
+
+
+class Defaults(WireModel):
+    """The effective settings a `generate` uses when it does not override them."""
+
+    step_count: int
+    guidance_scale: float
+    scheduler: Scheduler
+    compute_units: ComputeUnits
+    disable_safety: bool
+    reduce_memory: bool
+    timeout_ms: int
+
+
+class CapabilitiesResult(WireModel):
+    protocol_version: str
+    worker: WorkerInfo
+    platform: PlatformInfo
+    backend: BackendStatus
+    limits: Limits
+    features: Features
+    defaults: Defaults
+    config_errors: list[ConfigInvalidData]
+
+
+# --- generate ----------------------------------------------------------------
+
+
+class InputImage(WireModel):
+    """A file Studio staged on local disk for image-to-image (not supported yet)."""
+
+    hash: str
+    mime_type: str
+    size_bytes: int
+    staged_path: str
+
+
+class GenerateParams(WireModel):
+    """One image node's request. Overrides are optional; the environment gives the rest."""
+
+    schema_: Literal["studio.local-image-generation.request.v1"] | None = Field(
+        default=None, alias="schema", description=f"Accepted when it is `{REQUEST_SCHEMA_TAG}`"
+    )
+    prompt: str = Field(description="Trimmed; must not be empty")
+    count: int = Field(default=1, ge=1, le=MAX_IMAGE_COUNT)
+    run_id: str = Field(default="", description="The Studio run; part of the derived seed")
+    aspect_ratio: str = Field(default="1:1", description="Only `1:1` is supported")
+    input_images: list[InputImage] = Field(default_factory=list, description="Must be empty")
+    negative_prompt: str = ""
+    step_count: int | None = Field(default=None, ge=STEP_COUNT_MIN, le=STEP_COUNT_MAX)
+    guidance_scale: float | None = Field(default=None, ge=GUIDANCE_SCALE_MIN, le=GUIDANCE_SCALE_MAX)
+    scheduler: Scheduler | None = None
+    compute_units: ComputeUnits | None = None
+    seed: int | None = Field(
+        default=None, ge=0, le=SEED_MAX, description="Derived from prompt and runId when absent"
+    )
+    timeout_ms: int | None = Field(default=None, ge=REQUEST_TIMEOUT_MS_MIN, le=TIMEOUT_MS_MAX)
+    output: Literal["base64", "path"] = "base64"
+    output_dir: str | None = Field(
+        default=None, description="With output `path`: an existing directory the host owns"
+    )
+
+    @field_validator("prompt", "run_id", "negative_prompt")
+    @classmethod
+    def _trimmed(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("the prompt is empty after trimming; describe the image to generate")
+        return value
+
+    @model_validator(mode="after")
+    def _output_dir_goes_with_path(self) -> GenerateParams:
+        if self.output == "path" and not self.output_dir:
+            raise ValueError('output "path" needs outputDir, an existing directory')
+        if self.output == "base64" and self.output_dir is not None:
+            raise ValueError('outputDir goes with output "path"; drop it or set output "path"')
+        return self
+
+
+class GeneratedImage(WireModel):
+    mime_type: Literal["image/png"] = "image/png"
+    width: int
+    height: int
+    file_name: str
+    seed: int
+    index: int
+    base64: str | None = None
+    path: str | None = Field(default=None, description="Absolute path, with output `path`")
+
+
+class GenerationMetadata(WireModel):
+    backend: str
+    sample_binary: str | None
+    resource_path: str | None
+    step_count: int
+    guidance_scale: float
+    scheduler: Scheduler
+    compute_units: ComputeUnits
+    seed: int
+    requested_aspect_ratio: str
+    actual_aspect_ratio: str
+    duration_ms: int = Field(description="Wall time of the sampler process")
+    total_ms: int = Field(description="Wall time of the whole request, queue excluded")
+
+
+class GenerateResult(WireModel):
+    schema_: Literal["studio.local-image-generation.response.v1"] = Field(
+        default=RESPONSE_SCHEMA_TAG, alias="schema"
+    )
+    model_id: str
+    images: list[GeneratedImage]
+    metadata: GenerationMetadata
+    warnings: list[str]
+
+
+# --- cancel ------------------------------------------------------------------
+
+
+class CancelParams(WireModel):
+    """Exactly one of `requestId` (a `generate`'s JSON-RPC id) or `runId` (a whole run)."""
+
+    request_id: RequestId | None = None
+    run_id: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CancelParams:
+        if (self.request_id is None) == (self.run_id is None):
+            raise ValueError("give exactly one of requestId or runId")
+        return self
+
+
+class CancelRequestParams(WireModel):
+    """`$/cancelRequest` notification, as the Language Server Protocol sends it."""
+
+    id: RequestId
+
+
+class CancelResult(WireModel):
+    cancelled: list[RequestId] = Field(description="Ids of the generate requests cancelled")
+
+
+# --- progress (notification) ------------------------------------------------
+
+ProgressPhase = Literal["queued", "loading", "sampling", "saving"]
+
+
+class ProgressParams(WireModel):
+    """Sent by the worker while a `generate` waits or runs; never after its response."""
+
+    request_id: RequestId
+    run_id: str
+    phase: ProgressPhase
+    step: int = Field(description="Denoising steps completed (1-based); 0 before sampling")
+    total_steps: int = Field(description="The sampler's own step total; 0 while unknown")
+    fraction: float = Field(ge=0.0, le=1.0)
+    steps_per_second: float | None
+    eta_ms: int | None
+    message: str
+    queue_position: int | None = Field(default=None, description="With phase `queued`, 1-based")
+
+
+METHOD_MODELS: dict[str, tuple[type[WireModel], type[WireModel] | None]] = {
+    "capabilities": (CapabilitiesParams, CapabilitiesResult),
+    "generate": (GenerateParams, GenerateResult),
+    "cancel": (CancelParams, CancelResult),
+    "$/cancelRequest": (CancelRequestParams, None),
+    "progress": (ProgressParams, None),
+}
+"""Every method and notification with its params and result model (None: a notification)."""
+

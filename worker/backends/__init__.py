@@ -1,0 +1,1 @@
+"""Sampler backends: Core ML Stable Diffusion, and a procedural mock for tests."""

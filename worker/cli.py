@@ -1,0 +1,79 @@
+"""`studio-imagegen-worker`: serve JSON-RPC on stdio until end of input or a signal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from worker import __version__
+from worker.dispatch import Dispatcher
+from worker.host import HostPlatform
+from worker.methods import WorkerMethods
+from worker.server import Server
+from worker.settings import Settings
+from worker.stdio import FdLineWriter, claim_stdin, claim_stdout, open_fd_reader
+
+logger = logging.getLogger("worker")
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s studio-imagegen-worker: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def report_settings(settings: Settings) -> None:
+    for problem in settings.problems:
+        logger.error("%s=%r %s", problem.variable, problem.value, problem.reason)
+    for adjustment in settings.adjustments:
+        logger.warning("%s", adjustment)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="studio-imagegen-worker",
+        description=(
+            "Serve Studio's local image generation over JSON-RPC 2.0, one JSON value per line "
+            "on stdin and stdout. Configured by SYSTEMSCULPT_LOCAL_* environment variables."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parse_args(argv)
+    settings = Settings.from_environ(os.environ)
+    configure_logging(settings.log_level)
+    report_settings(settings)
+    protocol_out = claim_stdout()
+    protocol_in = claim_stdin()
+    methods = WorkerMethods(settings, HostPlatform.current())
+    server = Server(Dispatcher(methods.table()), settings.max_request_bytes)
+    anyio.run(_serve, server, protocol_in, protocol_out)
+    logger.debug("exiting")
+    return 0
+
+
+async def _serve(server: Server, protocol_in: int, protocol_out: int) -> None:
+    async with anyio.create_task_group() as group:
+        group.start_soon(_stop_on_signals, server)
+        await server.serve(open_fd_reader(protocol_in), FdLineWriter(protocol_out))
+        group.cancel_scope.cancel()
+
+
+async def _stop_on_signals(server: Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            logger.info("%s received; finishing and shutting down", signal.Signals(signum).name)
+            server.stop()

@@ -1,0 +1,218 @@
+"""From one line of input to the JSON value to answer it with (or nothing).
+
+parse -> check the envelope -> (per batch member) jsonrpcserver finds the method ->
+the params are bound to the method's pydantic model -> the handler runs -> any exception
+becomes a wire error in one place (`_as_wire_error`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import anyio
+from jsonrpcserver import JsonRpcError, Success, async_dispatch_to_serializable
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from protocol.base import WireModel
+from protocol.errors import ErrorCode, ErrorDetailData, FieldError, InvalidParamsData
+from worker.context import JsonId, RequestContext
+from worker.errors import WorkerError
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[RequestContext, Any], Awaitable[WireModel | None]]
+ContextFactory = Callable[[JsonId, bool], RequestContext]
+JsonValue = Any
+
+_ENVELOPE_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
+
+
+@dataclass(frozen=True)
+class Method:
+    """A method of the protocol: the model its params bind to, and the handler."""
+
+    params_model: type[WireModel]
+    handler: Handler
+
+
+def error_response(code: ErrorCode, message: str, data: WireModel, id_: JsonId) -> JsonValue:
+    return {
+        "jsonrpc": "2.0",
+        "error": {"code": int(code), "message": message, "data": data.to_wire()},
+        "id": id_,
+    }
+
+
+def parse_error(reason: str) -> JsonValue:
+    message = f"Parse error: {reason}. Send one JSON-RPC request per line, UTF-8 encoded."
+    return error_response(ErrorCode.PARSE_ERROR, message, ErrorDetailData(reason=reason), None)
+
+
+def invalid_request(reason: str) -> JsonValue:
+    message = f"Invalid request: {reason}."
+    return error_response(
+        ErrorCode.INVALID_REQUEST, message, ErrorDetailData(reason=reason), None
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _is_valid_id(value: object) -> bool:
+    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+
+
+def envelope_problem(value: JsonValue) -> str | None:
+    """What makes this JSON value not a JSON-RPC 2.0 request or notification, if anything."""
+    if not isinstance(value, dict):
+        return f"expected a request object, got {type(value).__name__}"
+    if value.get("jsonrpc") != "2.0":
+        return 'the "jsonrpc" member must be exactly "2.0"'
+    if not isinstance(value.get("method"), str):
+        return 'the "method" member must be a string'
+    if "params" in value and not isinstance(value["params"], dict | list):
+        return 'the "params" member must be an object (or an array) when present'
+    if "id" in value and not _is_valid_id(value["id"]):
+        return 'the "id" member must be a string, a number or null'
+    extra = sorted(set(value) - _ENVELOPE_KEYS)
+    if extra:
+        return f"unknown member(s) {', '.join(map(repr, extra))}"
+    return None
+
+
+class Dispatcher:
+    """Answers lines of JSON-RPC 2.0 with the methods it was built with."""
+
+    def __init__(self, methods: Mapping[str, Method]) -> None:
+        self._methods = dict(methods)
+        self._table = {name: self._adapter(name, method) for name, method in methods.items()}
+
+    async def handle_line(self, line: bytes, make_context: ContextFactory) -> JsonValue | None:
+        """The response (object, or array for a batch) to one line; None when none is due."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return parse_error(f"the line is not valid UTF-8 (byte {exc.start})")
+        try:
+            value = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:
+            return parse_error(f"the line is not valid JSON ({exc})")
+        if not isinstance(value, list):
+            return await self.handle_message(value, make_context)
+        if not value:
+            return invalid_request("an empty batch")
+        responses: list[JsonValue | None] = [None] * len(value)
+
+        async def answer(index: int, member: JsonValue) -> None:
+            responses[index] = await self.handle_message(member, make_context)
+
+        async with anyio.create_task_group() as group:
+            for index, member in enumerate(value):
+                group.start_soon(answer, index, member)
+        answered = [response for response in responses if response is not None]
+        return answered or None
+
+    async def handle_message(
+        self, value: JsonValue, make_context: ContextFactory
+    ) -> JsonValue | None:
+        problem = envelope_problem(value)
+        if problem is not None:
+            return invalid_request(problem)
+        is_notification = "id" not in value
+        context = make_context(value.get("id"), is_notification)
+        try:
+            response = await async_dispatch_to_serializable(
+                cast(str, value),  # already parsed: the deserializer passes it through
+                self._table,
+                context=context,
+                deserializer=_already_parsed,
+                validator=_already_checked,
+            )
+        finally:
+            context.mark_answered()
+        if response is not None and "error" in response:
+            _fill_method_not_found(response, value["method"], sorted(self._methods))
+        return response
+
+    def _adapter(self, name: str, method: Method) -> Callable[..., Awaitable[Any]]:
+        async def call(context: RequestContext, *args: Any, **kwargs: Any) -> Any:
+            try:
+                params = _bind(method.params_model, args, kwargs)
+                result = await method.handler(context, params)
+            except Exception as exc:
+                raise _as_wire_error(name, exc) from exc
+            return Success(None if result is None else result.to_wire())
+
+        return call
+
+
+def _already_parsed(value: Any) -> Any:
+    return value
+
+
+def _already_checked(value: Any) -> Any:
+    return value
+
+
+def _bind(model: type[WireModel], args: tuple[Any, ...], kwargs: dict[str, Any]) -> WireModel:
+    if args:
+        raise WorkerError(
+            ErrorCode.INVALID_PARAMS,
+            "Invalid params: params must be an object of named fields, not an array.",
+            InvalidParamsData(
+                errors=[FieldError(field="params", message="positional params are not supported")]
+            ),
+        )
+    try:
+        return model.model_validate(kwargs, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        errors = [_field_error(model, error) for error in exc.errors(include_url=False)]
+        summary = "; ".join(f"{error.field}: {error.message}" for error in errors)
+        raise WorkerError(
+            ErrorCode.INVALID_PARAMS,
+            f"Invalid params: {summary}.",
+            InvalidParamsData(errors=errors),
+        ) from None
+
+
+def _field_error(model: type[WireModel], error: ErrorDetails) -> FieldError:
+    field = ".".join(str(part) for part in error["loc"]) or "params"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        known = [info.alias or name for name, info in model.model_fields.items()]
+        if len(error["loc"]) > 1:
+            message = "unknown field"
+        elif known:
+            message = f"unknown field; the known fields are {', '.join(known)}"
+        else:
+            message = "unknown field; this method takes no params"
+    return FieldError(field=field, message=message)
+
+
+def _as_wire_error(method: str, exc: Exception) -> JsonRpcError:
+    """The single place where whatever a handler raised becomes a JSON-RPC error."""
+    if isinstance(exc, WorkerError):
+        return JsonRpcError(int(exc.code), exc.message, exc.data.to_wire())
+    logger.error("unexpected error in %s", method, exc_info=exc)
+    reason = f"unexpected {type(exc).__name__} in {method}; the worker's stderr has the details"
+    return JsonRpcError(
+        int(ErrorCode.INTERNAL_ERROR),
+        "Internal error: " + reason + ".",
+        ErrorDetailData(reason=reason).to_wire(),
+    )
+
+
+def _fill_method_not_found(response: dict[str, Any], method: str, known: list[str]) -> None:
+    """Give jsonrpcserver's bare -32601 a message that names the method and the known ones."""
+    error = response["error"]
+    if error.get("code") != int(ErrorCode.METHOD_NOT_FOUND):
+        return
+    reason = f"no method {method!r}; the methods are {', '.join(known)}"
+    error["message"] = f"Method not found: {reason}."
+    error["data"] = ErrorDetailData(reason=reason).to_wire()

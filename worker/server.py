@@ -1,0 +1,149 @@
+"""The serving loop: lines in, one task per line, whole lines out through one writer."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from worker.context import JsonId, RequestContext
+from worker.dispatch import Dispatcher, invalid_request
+from worker.framing import OversizedLine, read_lines
+from worker.settings import ENV_MAX_REQUEST_BYTES
+from worker.stdio import is_broken_pipe
+
+logger = logging.getLogger(__name__)
+
+OUTBOX_CAPACITY = 1024
+
+
+class LineSink(Protocol):
+    """Where the protocol's bytes go: the real stdout, or a test's buffer."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+def encode_line(message: Any) -> bytes:
+    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode("ascii") + b"\n"
+
+
+class Outbox:
+    """The only writer of protocol output: whole lines, in the order they were queued.
+
+    Responses wait for room; progress notifications are dropped when the host reads so
+    slowly that the queue is full (the next one carries newer numbers anyway).
+    """
+
+    def __init__(self, sink: LineSink, capacity: int = OUTBOX_CAPACITY) -> None:
+        self._sink = sink
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](capacity)
+        self.broken = False
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        if self.broken:
+            return
+        line = encode_line({"jsonrpc": "2.0", "method": method, "params": params})
+        try:
+            self._send.send_nowait(line)
+        except anyio.WouldBlock:
+            logger.debug("output queue full; dropped a %s notification", method)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    async def send(self, message: Any) -> None:
+        if self.broken:
+            return
+        try:
+            await self._send.send(encode_line(message))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def close(self) -> None:
+        self._send.close()
+
+    async def run(self, on_broken: Callable[[], None]) -> None:
+        """Write queued lines until closed; batches what is ready into one write."""
+        async with self._receive:
+            async for line in self._receive:
+                lines = [line]
+                while True:
+                    try:
+                        lines.append(self._receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                if self.broken:
+                    continue
+                try:
+                    await self._sink.write(b"".join(lines))
+                except OSError as exc:
+                    if not is_broken_pipe(exc):
+                        raise
+                    logger.info("the host closed stdout; shutting down")
+                    self.broken = True
+                    on_broken()
+
+
+class Server:
+    """Reads requests until end of input or `stop()`, answers every one, then returns."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        max_request_bytes: int,
+        on_stop: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._max_request_bytes = max_request_bytes
+        self._on_stop = on_stop
+        self._reading: anyio.CancelScope | None = None
+        self._stop_requested = False
+        self._outbox: Outbox | None = None
+
+    def stop(self) -> None:
+        """Stop reading input; requests in flight are still answered."""
+        self._stop_requested = True
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def serve(self, chunks: ObjectReceiveStream[bytes], sink: LineSink) -> None:
+        outbox = Outbox(sink)
+        self._outbox = outbox
+        async with anyio.create_task_group() as writer:
+            writer.start_soon(outbox.run, self.stop)
+            async with anyio.create_task_group() as handlers:
+                self._reading = anyio.CancelScope()
+                if self._stop_requested:
+                    self._reading.cancel()
+                with self._reading:
+                    async with chunks:
+                        async for item in read_lines(chunks, self._max_request_bytes):
+                            handlers.start_soon(self._answer, item, outbox)
+                logger.debug("stopped reading input")
+                self._on_stop()
+            outbox.close()
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        """Send a notification to the host (dropped when no host is attached)."""
+        if self._outbox is not None:
+            self._outbox.notify(method, params)
+
+    async def _answer(self, item: bytes | OversizedLine, outbox: Outbox) -> None:
+        if isinstance(item, OversizedLine):
+            await outbox.send(
+                invalid_request(
+                    f"the line is {item.size} bytes, over the limit of {item.limit} bytes "
+                    f"(raise {ENV_MAX_REQUEST_BYTES}, or send files by path)"
+                )
+            )
+            return
+
+        def make_context(request_id: JsonId, is_notification: bool) -> RequestContext:
+            return RequestContext(request_id, is_notification, outbox.notify)
+
+        response = await self._dispatcher.handle_line(item, make_context)
+        if response is not None:
+            await outbox.send(response)

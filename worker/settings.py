@@ -1,0 +1,222 @@
+"""The worker's settings: read once from the `SYSTEMSCULPT_LOCAL_*` environment variables.
+
+A value that cannot be used never raises: the setting keeps its default and the problem
+is recorded, so the worker can report it at start, in `capabilities`, and in `generate`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from protocol.errors import ConfigInvalidData
+from protocol.models import (
+    COMPUTE_UNITS,
+    GUIDANCE_SCALE_MAX,
+    GUIDANCE_SCALE_MIN,
+    SCHEDULERS,
+    STEP_COUNT_MAX,
+    STEP_COUNT_MIN,
+    TIMEOUT_MS_MAX,
+    ComputeUnits,
+    Scheduler,
+)
+
+BackendId = Literal["coreml_diffusion", "mock"]
+
+ENV_BACKEND = "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND"
+ENV_LOG_LEVEL = "SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL"
+ENV_MAX_REQUEST_BYTES = "SYSTEMSCULPT_LOCAL_IMAGEGEN_MAX_REQUEST_BYTES"
+ENV_SAMPLE_BIN = "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"
+ENV_RESOURCE_PATH = "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH"
+ENV_COMPUTE_UNITS = "SYSTEMSCULPT_LOCAL_DIFFUSION_COMPUTE_UNITS"
+ENV_STEP_COUNT = "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT"
+ENV_GUIDANCE_SCALE = "SYSTEMSCULPT_LOCAL_DIFFUSION_GUIDANCE_SCALE"
+ENV_SCHEDULER = "SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER"
+ENV_DISABLE_SAFETY = "SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY"
+ENV_REDUCE_MEMORY = "SYSTEMSCULPT_LOCAL_DIFFUSION_REDUCE_MEMORY"
+ENV_TIMEOUT_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_TIMEOUT_MS"
+ENV_MAX_CONCURRENCY = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_CONCURRENCY"
+ENV_MAX_QUEUE = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_QUEUE"
+ENV_KILL_GRACE_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS"
+
+WORKER_ONLY_VARIABLES = frozenset({ENV_LOG_LEVEL, ENV_MAX_REQUEST_BYTES})
+"""Problems with these are reported, but do not stop `generate`."""
+
+DEFAULT_SAMPLE_BIN = "gits/apps/ml-stable-diffusion/.build/release/StableDiffusionSample"
+"""Relative to the home directory, where the original installer built the sampler."""
+SAMPLE_BIN_ON_PATH = "stable-diffusion-sample"
+BUNDLE_NAME = "coreml-stable-diffusion-2-1-base-palettized_split_einsum_v2_compiled"
+DEFAULT_RESOURCE_PATH = f".systemsculpt/local-image-models/{BUNDLE_NAME}/{BUNDLE_NAME}"
+"""Relative to the home directory, where the original installer unpacked the bundle."""
+
+DEFAULT_STEP_COUNT = 20
+DEFAULT_GUIDANCE_SCALE = 7.5
+DEFAULT_TIMEOUT_MS = 480_000
+ENV_TIMEOUT_MS_MIN = 30_000
+DEFAULT_COMPUTE_UNITS: ComputeUnits = "cpuAndNeuralEngine"
+DEFAULT_SCHEDULER: Scheduler = "pndm"
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_CONCURRENCY = 1
+DEFAULT_MAX_QUEUE = 32
+DEFAULT_KILL_GRACE_MS = 2_000
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+_FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker takes from its environment, already checked."""
+
+    backend: BackendId | None
+    """None when the configured backend name is not one the worker knows."""
+    backend_name: str
+    sample_bin: Path | None
+    """The explicitly configured sampler; None means: look in the default places."""
+    default_sample_bin: Path
+    resource_path: Path
+    compute_units: ComputeUnits = DEFAULT_COMPUTE_UNITS
+    step_count: int = DEFAULT_STEP_COUNT
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    scheduler: Scheduler = DEFAULT_SCHEDULER
+    disable_safety: bool = True
+    reduce_memory: bool = False
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_queue: int = DEFAULT_MAX_QUEUE
+    kill_grace_ms: int = DEFAULT_KILL_GRACE_MS
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    log_level: str = "info"
+    problems: tuple[ConfigInvalidData, ...] = ()
+    """Values that could not be used; the setting kept its default."""
+    adjustments: tuple[str, ...] = ()
+    """Values that were usable after clamping, described for the log."""
+
+    @property
+    def generation_problems(self) -> tuple[ConfigInvalidData, ...]:
+        """The problems that make `generate` answer -32007."""
+        return tuple(p for p in self.problems if p.variable not in WORKER_ONLY_VARIABLES)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], home: Path | None = None) -> Settings:
+        reader = _EnvironmentReader(environ)
+        home = home if home is not None else Path.home()
+        backend_name = reader.raw(ENV_BACKEND).lower()
+        backend: BackendId | None
+        if backend_name in ("", "coreml", "coreml_diffusion"):
+            backend = "coreml_diffusion"
+        elif backend_name in ("mock", "procedural"):
+            backend = "mock"
+        else:
+            backend = None
+            reader.problem(
+                ENV_BACKEND,
+                "is not a backend; set it to coreml_diffusion (default) or mock (tests only)",
+            )
+        sample_bin_text = reader.raw(ENV_SAMPLE_BIN)
+        resource_text = reader.raw(ENV_RESOURCE_PATH)
+        return cls(
+            backend=backend,
+            backend_name=backend_name or "coreml_diffusion",
+            sample_bin=Path(sample_bin_text).expanduser() if sample_bin_text else None,
+            default_sample_bin=home / DEFAULT_SAMPLE_BIN,
+            resource_path=(
+                Path(resource_text).expanduser() if resource_text else home / DEFAULT_RESOURCE_PATH
+            ),
+            compute_units=reader.choice(ENV_COMPUTE_UNITS, COMPUTE_UNITS, DEFAULT_COMPUTE_UNITS),
+            step_count=reader.number(
+                ENV_STEP_COUNT, int, STEP_COUNT_MIN, STEP_COUNT_MAX, DEFAULT_STEP_COUNT
+            ),
+            guidance_scale=reader.number(
+                ENV_GUIDANCE_SCALE,
+                float,
+                GUIDANCE_SCALE_MIN,
+                GUIDANCE_SCALE_MAX,
+                DEFAULT_GUIDANCE_SCALE,
+            ),
+            scheduler=reader.choice(ENV_SCHEDULER, SCHEDULERS, DEFAULT_SCHEDULER),
+            disable_safety=reader.boolean(ENV_DISABLE_SAFETY, True),
+            reduce_memory=reader.boolean(ENV_REDUCE_MEMORY, False),
+            timeout_ms=reader.number(
+                ENV_TIMEOUT_MS, int, ENV_TIMEOUT_MS_MIN, TIMEOUT_MS_MAX, DEFAULT_TIMEOUT_MS
+            ),
+            max_concurrency=reader.number(
+                ENV_MAX_CONCURRENCY, int, 1, 16, DEFAULT_MAX_CONCURRENCY
+            ),
+            max_queue=reader.number(ENV_MAX_QUEUE, int, 0, 10_000, DEFAULT_MAX_QUEUE),
+            kill_grace_ms=reader.number(ENV_KILL_GRACE_MS, int, 0, 60_000, DEFAULT_KILL_GRACE_MS),
+            max_request_bytes=reader.number(
+                ENV_MAX_REQUEST_BYTES, int, 1024, 1024**3, DEFAULT_MAX_REQUEST_BYTES
+            ),
+            log_level=reader.choice(ENV_LOG_LEVEL, LOG_LEVELS, "info"),
+            problems=tuple(reader.problems),
+            adjustments=tuple(reader.adjustments),
+        )
+
+
+@dataclass
+class _EnvironmentReader:
+    environ: Mapping[str, str]
+    problems: list[ConfigInvalidData] = field(default_factory=list)
+    adjustments: list[str] = field(default_factory=list)
+
+    def raw(self, variable: str) -> str:
+        return self.environ.get(variable, "").strip()
+
+    def problem(self, variable: str, reason: str) -> None:
+        value = self.environ.get(variable, "")
+        self.problems.append(ConfigInvalidData(variable=variable, value=value, reason=reason))
+
+    def choice(self, variable: str, allowed: tuple[T, ...], default: T) -> T:
+        text = self.raw(variable)
+        if not text:
+            return default
+        for option in allowed:
+            if str(option).lower() == text.lower():
+                return option
+        names = ", ".join(str(option) for option in allowed)
+        self.problem(variable, f"must be one of {names}; unset it for the default {default}")
+        return default
+
+    def boolean(self, variable: str, default: bool) -> bool:
+        text = self.raw(variable).lower()
+        if not text:
+            return default
+        if text in _TRUE_WORDS:
+            return True
+        if text in _FALSE_WORDS:
+            return False
+        word = "true" if default else "false"
+        self.problem(
+            variable, f"is not a boolean; use 1/true/yes/on or 0/false/no/off (default {word})"
+        )
+        return default
+
+    def number(
+        self, variable: str, kind: Callable[[float], T], low: T, high: T, default: T
+    ) -> T:
+        text = self.raw(variable)
+        if not text:
+            return default
+        what = "a whole number" if kind is int else "a number"
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            self.problem(
+                variable, f"is not {what}; use {what} from {low} to {high} (default {default})"
+            )
+            return default
+        number = kind(math.floor(value) if kind is int else value)
+        clamped = min(max(number, low), high)  # type: ignore[type-var]
+        if clamped != number:
+            self.adjustments.append(f"{variable}={text} is outside {low}..{high}; using {clamped}")
+        return clamped
