@@ -8,7 +8,7 @@ from pydantic import Field, StrictInt, StrictStr, field_validator, model_validat
 
 from protocol.base import WireModel
 from protocol.errors import ConfigInvalidData
-from protocol.version import REQUEST_SCHEMA_TAG, RESPONSE_SCHEMA_TAG
+from protocol.version import REQUEST_SCHEMA_TAG
 
 Scheduler = Literal["pndm", "dpmpp"]
 ComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
@@ -199,7 +199,7 @@ class GenerationMetadata(WireModel):
 
 class GenerateResult(WireModel):
     schema_: Literal["studio.local-image-generation.response.v1"] = Field(
-        default=RESPONSE_SCHEMA_TAG, alias="schema"
+        default="studio.local-image-generation.response.v1", alias="schema"
     )
     model_id: str
     images: list[GeneratedImage]
@@ -261,4 +261,3 @@ METHOD_MODELS: dict[str, tuple[type[WireModel], type[WireModel] | None]] = {
     "progress": (ProgressParams, None),
 }
 """Every method and notification with its params and result model (None: a notification)."""
-

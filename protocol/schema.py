@@ -14,7 +14,6 @@ from typing import Any
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from protocol.base import WireModel
-
 from protocol.errors import ERROR_DATA_MODELS, ErrorCode
 from protocol.models import METHOD_MODELS
 from protocol.version import PROTOCOL_VERSION

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 import anyio
 
 from worker import __version__
-from worker.dispatch import Dispatcher
+from worker.app import build_server
 from worker.host import HostPlatform
-from worker.methods import WorkerMethods
 from worker.server import Server
 from worker.settings import Settings
 from worker.stdio import FdLineWriter, claim_stdin, claim_stdout, open_fd_reader
@@ -58,8 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_settings(settings)
     protocol_out = claim_stdout()
     protocol_in = claim_stdin()
-    methods = WorkerMethods(settings, HostPlatform.current())
-    server = Server(Dispatcher(methods.table()), settings.max_request_bytes)
+    server = build_server(settings, HostPlatform.current())
     anyio.run(_serve, server, protocol_in, protocol_out)
     logger.debug("exiting")
     return 0

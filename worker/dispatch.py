@@ -55,9 +55,7 @@ def parse_error(reason: str) -> JsonValue:
 
 def invalid_request(reason: str) -> JsonValue:
     message = f"Invalid request: {reason}."
-    return error_response(
-        ErrorCode.INVALID_REQUEST, message, ErrorDetailData(reason=reason), None
-    )
+    return error_response(ErrorCode.INVALID_REQUEST, message, ErrorDetailData(reason=reason), None)
 
 
 def _reject_constant(name: str) -> Any:
@@ -136,7 +134,7 @@ class Dispatcher:
             )
         finally:
             context.mark_answered()
-        if response is not None and "error" in response:
+        if isinstance(response, dict) and "error" in response:
             _fill_method_not_found(response, value["method"], sorted(self._methods))
         return response
 

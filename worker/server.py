@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable
@@ -57,10 +58,8 @@ class Outbox:
     async def send(self, message: Any) -> None:
         if self.broken:
             return
-        try:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self._send.send(encode_line(message))
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
 
     def close(self) -> None:
         self._send.close()

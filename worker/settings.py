@@ -69,6 +69,7 @@ _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 T = TypeVar("T")
+Number = TypeVar("Number", int, float)
 
 
 @dataclass(frozen=True)
@@ -147,9 +148,7 @@ class Settings:
             timeout_ms=reader.number(
                 ENV_TIMEOUT_MS, int, ENV_TIMEOUT_MS_MIN, TIMEOUT_MS_MAX, DEFAULT_TIMEOUT_MS
             ),
-            max_concurrency=reader.number(
-                ENV_MAX_CONCURRENCY, int, 1, 16, DEFAULT_MAX_CONCURRENCY
-            ),
+            max_concurrency=reader.number(ENV_MAX_CONCURRENCY, int, 1, 16, DEFAULT_MAX_CONCURRENCY),
             max_queue=reader.number(ENV_MAX_QUEUE, int, 0, 10_000, DEFAULT_MAX_QUEUE),
             kill_grace_ms=reader.number(ENV_KILL_GRACE_MS, int, 0, 60_000, DEFAULT_KILL_GRACE_MS),
             max_request_bytes=reader.number(
@@ -200,8 +199,13 @@ class _EnvironmentReader:
         return default
 
     def number(
-        self, variable: str, kind: Callable[[float], T], low: T, high: T, default: T
-    ) -> T:
+        self,
+        variable: str,
+        kind: Callable[[float], Number],
+        low: Number,
+        high: Number,
+        default: Number,
+    ) -> Number:
         text = self.raw(variable)
         if not text:
             return default
@@ -216,7 +220,7 @@ class _EnvironmentReader:
             )
             return default
         number = kind(math.floor(value) if kind is int else value)
-        clamped = min(max(number, low), high)  # type: ignore[type-var]
+        clamped = min(max(number, low), high)
         if clamped != number:
             self.adjustments.append(f"{variable}={text} is outside {low}..{high}; using {clamped}")
         return clamped

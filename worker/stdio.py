@@ -28,6 +28,7 @@ def claim_stdout() -> int:
     protocol_fd = os.dup(1)
     os.set_inheritable(protocol_fd, False)
     os.dup2(2, 1)
+    sys.stdout = sys.stderr
     return protocol_fd
 
 
@@ -105,4 +106,3 @@ def is_broken_pipe(exc: BaseException) -> bool:
     return isinstance(exc, BrokenPipeError) or (
         isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.EBADF)
     )
-

@@ -24,8 +24,15 @@ from worker.settings import (
 BACKEND_ID = "coreml_diffusion"
 MODEL_ID_PREFIX = "local/macos-coreml-stable-diffusion-2-1-base-palettized"
 
-REQUIRED_RESOURCES = ("TextEncoder.mlmodelc", "VAEDecoder.mlmodelc", "vocab.json", "merges.txt")
 UNET = "Unet.mlmodelc"
+REQUIRED_RESOURCES = (
+    "TextEncoder.mlmodelc",
+    UNET,
+    "VAEDecoder.mlmodelc",
+    "vocab.json",
+    "merges.txt",
+)
+"""In the original provider's order; the Unet may also be split in two chunks."""
 UNET_CHUNKS = ("UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc")
 
 SAMPLER_REPOSITORY = "https://github.com/apple/ml-stable-diffusion"
@@ -148,10 +155,11 @@ def _find_binary(settings: Settings, which: Callable[[str], str | None]) -> Path
 def _missing_resources(resource_path: Path) -> list[str]:
     if not resource_path.is_dir():
         return [str(resource_path)]
-    missing = [name for name in REQUIRED_RESOURCES if not (resource_path / name).exists()]
     has_unet = (resource_path / UNET).exists() or all(
         (resource_path / chunk).exists() for chunk in UNET_CHUNKS
     )
-    if not has_unet:
-        missing.insert(1, UNET)
-    return [str(resource_path / name) for name in missing]
+    return [
+        str(resource_path / name)
+        for name in REQUIRED_RESOURCES
+        if not (has_unet if name == UNET else (resource_path / name).exists())
+    ]
