@@ -15,11 +15,15 @@ ComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
 SCHEDULERS: tuple[Scheduler, ...] = ("pndm", "dpmpp")
 COMPUTE_UNITS: tuple[ComputeUnits, ...] = ("all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine")
 
+ASPECT_RATIOS = ["1:1"]
+"""The only output shape the installed model makes."""
 MAX_IMAGE_COUNT = 8
 STEP_COUNT_MIN, STEP_COUNT_MAX = 1, 80
 GUIDANCE_SCALE_MIN, GUIDANCE_SCALE_MAX = 0.0, 30.0
 REQUEST_TIMEOUT_MS_MIN, TIMEOUT_MS_MAX = 1_000, 1_800_000
 SEED_MAX = 2**32 - 1
+MAX_PROMPT_CHARS = 20_000
+"""Far beyond the text encoder's 77 tokens, well within one command-line argument."""
 
 RequestId = StrictInt | StrictStr
 """The JSON-RPC id of a request, as the host sent it."""
@@ -131,12 +135,12 @@ class GenerateParams(WireModel):
     schema_: Literal["studio.local-image-generation.request.v1"] | None = Field(
         default=None, alias="schema", description=f"Accepted when it is `{REQUEST_SCHEMA_TAG}`"
     )
-    prompt: str = Field(description="Trimmed; must not be empty")
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="Trimmed; must not be empty")
     count: int = Field(default=1, ge=1, le=MAX_IMAGE_COUNT)
     run_id: str = Field(default="", description="The Studio run; part of the derived seed")
     aspect_ratio: str = Field(default="1:1", description="Only `1:1` is supported")
     input_images: list[InputImage] = Field(default_factory=list, description="Must be empty")
-    negative_prompt: str = ""
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     step_count: int | None = Field(default=None, ge=STEP_COUNT_MIN, le=STEP_COUNT_MAX)
     guidance_scale: float | None = Field(default=None, ge=GUIDANCE_SCALE_MIN, le=GUIDANCE_SCALE_MAX)
     scheduler: Scheduler | None = None
@@ -162,6 +166,13 @@ class GenerateParams(WireModel):
             raise ValueError("the prompt is empty after trimming; describe the image to generate")
         return value
 
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("contains a NUL character, which no command line can carry")
+        return value
+
     @model_validator(mode="after")
     def _output_dir_goes_with_path(self) -> GenerateParams:
         if self.output == "path" and not self.output_dir:
@@ -178,8 +189,14 @@ class GeneratedImage(WireModel):
     file_name: str
     seed: int
     index: int
-    base64: str | None = None
-    path: str | None = Field(default=None, description="Absolute path, with output `path`")
+    base64: str | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="With output `base64`"
+    )
+    path: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="Absolute path, with output `path`",
+    )
 
 
 class GenerationMetadata(WireModel):
@@ -250,7 +267,9 @@ class ProgressParams(WireModel):
     steps_per_second: float | None
     eta_ms: int | None
     message: str
-    queue_position: int | None = Field(default=None, description="With phase `queued`, 1-based")
+    queue_position: int | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="With phase `queued`, 1-based"
+    )
 
 
 METHOD_MODELS: dict[str, tuple[type[WireModel], type[WireModel] | None]] = {

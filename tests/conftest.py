@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.standin import StandIn
 from tests.worker_clients import WorkerProcess, start_worker_process
 
 
@@ -21,3 +24,18 @@ def worker_process() -> Iterator[Callable[..., WorkerProcess]]:
     yield start
     for process in started:
         process.close()
+
+
+@pytest.fixture
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn]:
+    """A stand-in sampler setup; in-process workers see its variables and temp dir too.
+
+    After the test, no process of the stand-in may be alive and no temp dir left."""
+    stand_in = StandIn(tmp_path)
+    for name, value in stand_in.env.items():
+        if not name.startswith("SYSTEMSCULPT_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(tempfile, "tempdir", str(stand_in.tmp))
+    yield stand_in
+    assert stand_in.live_processes() == [], "a sampler process outlived the test"
+    assert stand_in.leftover_temp_entries() == [], "a job left its temp dir behind"

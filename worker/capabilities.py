@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from protocol.models import (
+    ASPECT_RATIOS,
     COMPUTE_UNITS,
     GUIDANCE_SCALE_MAX,
     GUIDANCE_SCALE_MIN,
@@ -28,7 +29,6 @@ from worker.host import HostPlatform
 from worker.settings import ENV_BACKEND, Settings
 
 WORKER_NAME = "studio-imagegen-worker"
-SUPPORTED_ASPECT_RATIOS = ["1:1"]
 
 
 def describe_backend(settings: Settings, host: HostPlatform) -> BackendStatus:
@@ -95,7 +95,7 @@ def describe_capabilities(settings: Settings, host: HostPlatform) -> Capabilitie
         features=Features(
             text_to_image=True,
             image_to_image=False,
-            aspect_ratios=list(SUPPORTED_ASPECT_RATIOS),
+            aspect_ratios=list(ASPECT_RATIOS),
             negative_prompt=True,
             schedulers=list(SCHEDULERS),
             compute_units=list(COMPUTE_UNITS),

@@ -1,6 +1,78 @@
-"""The test-only procedural backend: deterministic 512x512 PNGs, no diffusion."""
+"""The test-only procedural backend: deterministic 512x512 PNGs, no diffusion.
+
+Same result shape and progress phases as Core ML, so hosts and people can try the whole
+protocol on any machine. Never a fallback: it runs only when configured.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import time
+
+import anyio
+import anyio.lowlevel
+
+from worker.backends.base import GenerationJob, Rendered
+from worker.images import RenderedImage
+from worker.progress import ProgressReporter
+
 BACKEND_ID = "mock"
 MODEL_ID = "local/macos-procedural-v1"
+IMAGE_SIZE = 512
+STEP_SECONDS = 0.005
+PROGRESS_STEPS = 4
+
+
+class MockBackend:
+    def model_id(self, job: GenerationJob) -> str:
+        return MODEL_ID
+
+    async def render(self, job: GenerationJob, progress: ProgressReporter) -> Rendered:
+        started = time.monotonic()
+        progress.loading("Preparing the procedural test backend")
+        for step in range(1, PROGRESS_STEPS + 1):
+            await anyio.sleep(STEP_SECONDS)  # a checkpoint: cancel lands here
+            progress.sampling(step, PROGRESS_STEPS, 1 / STEP_SECONDS)
+        images = []
+        for index in range(job.count):
+            png = procedural_png(job.prompt, job.run_id, index)
+            name = f"procedural.{index}.{job.seed}.final.png"
+            images.append(RenderedImage(name, index, png, IMAGE_SIZE, IMAGE_SIZE))
+            progress.saving(f"Saved {name}")
+            await anyio.lowlevel.checkpoint()
+        return Rendered(
+            images=images,
+            warnings=[],
+            model_id=MODEL_ID,
+            backend=BACKEND_ID,
+            sample_binary=None,
+            resource_path=None,
+            duration_ms=round((time.monotonic() - started) * 1000),
+            width=IMAGE_SIZE,
+            height=IMAGE_SIZE,
+        )
+
+
+def procedural_png(prompt: str, run_id: str, index: int) -> bytes:
+    """The same (prompt, runId, index) always gives the same bytes."""
+    from PIL import Image, ImageDraw  # only when a request needs it: keeps start-up fast
+
+    digest = hashlib.sha256(f"{prompt}\x00{run_id}\x00{index}".encode()).digest()
+    top, bottom = digest[0:3], digest[3:6]
+    gradient = Image.linear_gradient("L").resize((IMAGE_SIZE, IMAGE_SIZE))
+    image = Image.composite(
+        Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(bottom)),
+        Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(top)),
+        gradient,
+    )
+    draw = ImageDraw.Draw(image)
+    for ring in range(6):
+        offset = 6 + ring * 3
+        x, y = digest[offset] * 2, digest[offset + 1] * 2
+        radius = 24 + digest[offset + 2] % 96
+        colour = (digest[(offset + 3) % 32], digest[(offset + 5) % 32], digest[(offset + 7) % 32])
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=colour, width=6)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,437 @@
+"""`generate` against the stand-in sampler, in-process: results, progress and every error."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from PIL import Image
+
+from tests.standin import StandIn
+from tests.worker_clients import LINUX, InProcessWorker, in_process_worker, request
+from worker.seed import derive_seed
+from worker.settings import Settings
+
+
+async def _generate(
+    standin: StandIn, params: dict[str, Any], env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The response to one generate, and the progress notifications that came before it.
+
+    `env` goes to the settings, and its STANDIN_SD_* steering to the sampler's environment.
+    """
+    env = env or {}
+    settings = Settings.from_environ({**standin.env, **env})
+    steering = {k: v for k, v in env.items() if k.startswith("STANDIN_SD_")}
+    with mock.patch.dict(os.environ, steering):
+        async with in_process_worker(settings, LINUX) as worker:
+            return await _call_collecting(worker, params)
+
+
+async def _call_collecting(
+    worker: InProcessWorker, params: dict[str, Any], id_: Any = "g"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    await worker.send(request("generate", params, id_))
+    notifications = []
+    while True:
+        message = await worker.receive(wait=30)
+        if "method" in message:
+            assert message["method"] == "progress"
+            notifications.append(message["params"])
+        else:
+            return message, notifications
+
+
+def _decode(image: dict[str, Any]) -> Image.Image:
+    png = Image.open(io.BytesIO(base64.b64decode(image["base64"])))
+    png.load()
+    return png
+
+
+async def test_generate_returns_checked_pngs_with_their_parameters(standin: StandIn) -> None:
+    response, _ = await _generate(
+        standin,
+        {"prompt": " a red fox in snow ", "runId": "run_1", "count": 2, "negativePrompt": "blurry"},
+    )
+    result = response["result"]
+    assert response["id"] == "g"
+    assert result["schema"] == "studio.local-image-generation.response.v1"
+    assert result["modelId"] == (
+        "local/macos-coreml-stable-diffusion-2-1-base-palettized:cpuAndNeuralEngine"
+    )
+    assert result["warnings"] == []
+    assert [i["index"] for i in result["images"]] == [0, 1]
+    for image in result["images"]:
+        assert image["seed"] == 349733761 == derive_seed("a red fox in snow", "run_1")
+        assert (image["mimeType"], image["width"], image["height"]) == ("image/png", 512, 512)
+        assert image["fileName"] == f"a_red_fox_in_snow.{image['index']}.349733761.final.png"
+        assert "path" not in image
+        png = _decode(image)
+        assert png.size == (512, 512)
+        assert png.info["parameters"].splitlines() == [
+            "a red fox in snow",
+            "Negative prompt: blurry",
+            "Steps: 4, Sampler: PNDM, CFG scale: 7.5, Seed: 349733761, Size: 512x512, "
+            "Model: local/macos-coreml-stable-diffusion-2-1-base-palettized:cpuAndNeuralEngine, "
+            f"Compute units: cpuAndNeuralEngine, Batch size: 2, Batch pos: {image['index']}, "
+            "Version: studio-imagegen-worker 0.1.0",
+        ]
+        record = json.loads(png.info["studio-imagegen"])
+        assert record["request"]["prompt"] == "a red fox in snow"
+        assert record["effective"]["seed"] == 349733761
+    metadata = result["metadata"]
+    assert metadata["backend"] == "coreml_diffusion"
+    assert metadata["sampleBinary"] == standin.env["SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"]
+    assert metadata["resourcePath"] == str(standin.resources)
+    assert (metadata["stepCount"], metadata["guidanceScale"], metadata["scheduler"]) == (
+        4,
+        7.5,
+        "pndm",
+    )
+    assert (metadata["requestedAspectRatio"], metadata["actualAspectRatio"]) == ("1:1", "1:1")
+    assert metadata["computeUnits"] == "cpuAndNeuralEngine"
+    assert 0 < metadata["durationMs"] <= metadata["totalMs"]
+
+
+async def test_the_same_request_gives_the_same_images(standin: StandIn) -> None:
+    first, _ = await _generate(standin, {"prompt": "fox", "runId": "r"})
+    second, _ = await _generate(standin, {"prompt": "fox", "runId": "r"})
+    other, _ = await _generate(standin, {"prompt": "fox", "runId": "other"})
+    pixels = [_decode(r["result"]["images"][0]).tobytes() for r in (first, second, other)]
+    assert pixels[0] == pixels[1] != pixels[2]
+
+
+async def test_overrides_reach_the_sampler(standin: StandIn) -> None:
+    response, notifications = await _generate(
+        standin,
+        {
+            "prompt": "fox",
+            "stepCount": 6,
+            "guidanceScale": 3.5,
+            "scheduler": "dpmpp",
+            "computeUnits": "cpuOnly",
+            "seed": 7,
+        },
+    )
+    result = response["result"]
+    assert result["modelId"].endswith(":cpuOnly")
+    assert result["images"][0]["fileName"] == "fox.7.final.png"
+    assert result["metadata"]["guidanceScale"] == 3.5
+    steps = [n for n in notifications if n["phase"] == "sampling" and n["step"] > 0]
+    assert [n["step"] for n in steps] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(("scheduler", "total"), [("pndm", 6), ("dpmpp", 5)])
+async def test_progress_counts_completed_steps_of_the_samplers_own_total(
+    standin: StandIn, scheduler: str, total: int
+) -> None:
+    response, notifications = await _generate(
+        standin, {"prompt": "fox", "runId": "run-9", "stepCount": 5, "scheduler": scheduler}
+    )
+    assert "result" in response
+    phases = [n["phase"] for n in notifications]
+    assert phases[0] == "loading" and phases[-1] == "saving"
+    assert phases == sorted(phases, key=["loading", "sampling", "saving"].index)
+    steps = [n for n in notifications if n["phase"] == "sampling" and n["step"] > 0]
+    assert [n["step"] for n in steps] == list(range(1, total + 1))
+    assert all(n["totalSteps"] == total for n in steps)
+    assert steps[-1]["fraction"] == 1.0 and steps[0]["fraction"] == pytest.approx(1 / total)
+    assert all(n["stepsPerSecond"] > 0 and n["etaMs"] >= 0 for n in steps)
+    assert {n["requestId"] for n in notifications} == {"g"}
+    assert {n["runId"] for n in notifications} == {"run-9"}
+    assert all("queuePosition" not in n for n in notifications)
+
+
+async def test_path_output_writes_into_the_hosts_directory_without_clobbering(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    out = tmp_path / "studio-out"
+    out.mkdir()
+    params = {"prompt": "fox", "count": 2, "seed": 5, "output": "path", "outputDir": str(out)}
+    first, _ = await _generate(standin, params)
+    second, _ = await _generate(standin, params)
+    paths = [image["path"] for r in (first, second) for image in r["result"]["images"]]
+    assert [Path(p).name for p in paths] == [
+        "fox.0.5.final.png",
+        "fox.1.5.final.png",
+        "fox.0.5.final-1.png",
+        "fox.1.5.final-1.png",
+    ]
+    for path in paths:
+        assert Path(path).is_absolute() and Path(path).parent == out
+        with Image.open(path) as png:
+            assert png.size == (512, 512) and "parameters" in png.info
+    assert all("base64" not in image for image in first["result"]["images"])
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "fox", "count": 9}, "count"),
+        ({"prompt": "fox", "count": 0}, "count"),
+        ({"prompt": "fox", "seed": -1}, "seed"),
+        ({"prompt": "fox", "seed": 2**32}, "seed"),
+        ({"prompt": "fox", "stepCount": 81}, "stepCount"),
+        ({"prompt": "fox", "scheduler": "euler"}, "scheduler"),
+        ({"prompt": "fox", "timeoutMs": 5}, "timeoutMs"),
+        ({"prompt": "fox", "style": "noir"}, "style"),
+        ({"prompt": "fox\u0000"}, "prompt"),
+        ({"prompt": "x" * 20_001}, "prompt"),
+        ({"prompt": "fox", "output": "path"}, "params"),
+        ({"prompt": "fox", "output": "path", "outputDir": "relative/dir"}, "outputDir"),
+        ({"prompt": "fox", "schema": "studio.local-image-generation.request.v2"}, "schema"),
+    ],
+)
+async def test_invalid_params_name_the_field(
+    standin: StandIn, params: dict[str, Any], field: str
+) -> None:
+    response, notifications = await _generate(standin, params)
+    assert response["error"]["code"] == -32602
+    assert field in [e["field"] for e in response["error"]["data"]["errors"]]
+    assert notifications == []
+
+
+async def test_the_v1_request_schema_tag_is_accepted(standin: StandIn) -> None:
+    response, _ = await _generate(
+        standin,
+        {
+            "schema": "studio.local-image-generation.request.v1",
+            "prompt": "fox",
+            "count": 1,
+            "aspectRatio": "",
+            "runId": "r",
+            "inputImages": [],
+        },
+    )
+    assert "result" in response
+
+
+@pytest.mark.parametrize(
+    ("params", "feature", "supported"),
+    [
+        (
+            {
+                "inputImages": [
+                    {
+                        "hash": "h",
+                        "mimeType": "image/png",
+                        "sizeBytes": 3,
+                        "stagedPath": "/tmp/ref.png",
+                    }
+                ]
+            },
+            "inputImages",
+            [],
+        ),
+        ({"aspectRatio": "16:9"}, "aspectRatio", ["1:1"]),
+    ],
+)
+async def test_unsupported_controls_fail_loudly_before_anything_runs(
+    standin: StandIn, params: dict[str, Any], feature: str, supported: list[str]
+) -> None:
+    response, notifications = await _generate(standin, {"prompt": "fox", **params})
+    assert response["error"]["code"] == -32001
+    assert response["error"]["data"] == {"feature": feature, "supported": supported}
+    assert notifications == []
+
+
+async def test_missing_resources_are_backend_unavailable(standin: StandIn) -> None:
+    (standin.resources / "Unet.mlmodelc" / "model.mil").unlink()
+    (standin.resources / "Unet.mlmodelc").rmdir()
+    response, notifications = await _generate(standin, {"prompt": "fox"})
+    error = response["error"]
+    assert error["code"] == -32002
+    assert error["data"]["backend"] == "coreml_diffusion"
+    assert error["data"]["missing"] == [str(standin.resources / "Unet.mlmodelc")]
+    assert "apple/coreml-stable-diffusion-2-1-base-palettized" in error["data"]["installHint"]
+    assert "Unet.mlmodelc" in error["message"]
+    assert notifications == []
+
+
+async def test_no_sampler_on_linux_is_backend_unavailable(tmp_path: Path) -> None:
+    settings = Settings.from_environ({}, home=tmp_path)
+    async with in_process_worker(settings, LINUX) as worker:
+        response = await worker.call("generate", {"prompt": "fox"})
+    assert response["error"]["code"] == -32002
+    assert "macOS 13.1" in response["error"]["data"]["reason"]
+
+
+async def test_invalid_configuration_is_config_invalid(standin: StandIn) -> None:
+    response, _ = await _generate(
+        standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER": "euler"}
+    )
+    assert response["error"]["code"] == -32007
+    assert response["error"]["data"]["variable"] == "SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER"
+    assert response["error"]["data"]["value"] == "euler"
+
+
+async def test_unknown_backend_is_config_invalid(standin: StandIn) -> None:
+    response, _ = await _generate(
+        standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "cloud"}
+    )
+    assert response["error"]["code"] == -32007
+    assert response["error"]["data"]["variable"] == "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND"
+
+
+async def test_a_failing_sampler_is_sampler_failed_with_exit_code_and_stderr(
+    standin: StandIn,
+) -> None:
+    response, notifications = await _generate(
+        standin, {"prompt": "fox"}, {"STANDIN_SD_FAIL_AT_STEP": "2", "STANDIN_SD_EXIT_CODE": "3"}
+    )
+    error = response["error"]
+    assert error["code"] == -32003
+    assert error["data"]["exitCode"] == 3 and error["data"]["signal"] is None
+    assert "MPSGraph execution error" in error["data"]["stderr"]
+    assert "exited with code 3" in error["message"]
+    assert [n["step"] for n in notifications if n["phase"] == "sampling"][-1] == 2
+
+
+async def test_a_crashing_sampler_is_sampler_failed_with_the_signal(standin: StandIn) -> None:
+    response, _ = await _generate(standin, {"prompt": "fox"}, {"STANDIN_SD_CRASH_AT_STEP": "1"})
+    error = response["error"]
+    assert error["code"] == -32003
+    assert error["data"]["exitCode"] is None and error["data"]["signal"] == "SIGTRAP"
+    assert "Fatal error" in error["data"]["stderr"]
+
+
+async def test_a_sampler_that_rejects_its_arguments_says_so(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    wrapper = tmp_path / "old-sampler"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec "{standin.env["SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"]}" --bogus "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    response, _ = await _generate(
+        standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(wrapper)}
+    )
+    assert response["error"]["code"] == -32003
+    assert response["error"]["data"]["exitCode"] == 64
+    assert "rejected its arguments" in response["error"]["message"]
+
+
+async def test_a_sampler_that_cannot_start_is_sampler_failed(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    broken = tmp_path / "not-a-program"
+    broken.write_bytes(b"\x7fELF garbage")
+    broken.chmod(0o755)
+    response, _ = await _generate(
+        standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(broken)}
+    )
+    assert response["error"]["code"] == -32003
+    assert "could not be started" in response["error"]["message"]
+
+
+async def test_a_hanging_sampler_times_out(standin: StandIn) -> None:
+    response, _ = await _generate(
+        standin, {"prompt": "fox", "timeoutMs": 1000}, {"STANDIN_SD_HANG": "1"}
+    )
+    assert response["error"]["code"] == -32004
+    assert response["error"]["data"] == {"timeoutMs": 1000}
+    assert "1000 ms" in response["error"]["message"]
+
+
+async def test_a_sampler_ignoring_sigterm_is_killed_after_the_grace(standin: StandIn) -> None:
+    response, _ = await _generate(
+        standin,
+        {"prompt": "fox", "timeoutMs": 1000},
+        {"STANDIN_SD_HANG": "1", "STANDIN_SD_IGNORE_SIGTERM": "1", "STANDIN_SD_GRANDCHILD": "1"},
+    )
+    assert response["error"]["code"] == -32004
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({"STANDIN_SD_NO_IMAGE": "1"}, "wrote no PNG"),
+        ({"STANDIN_SD_CORRUPT_PNG": "1"}, "is not a readable PNG"),
+        ({"STANDIN_SD_IMAGE_SIZE": "256"}, "is 256x256, expected 512x512"),
+        (
+            {"STANDIN_SD_FLAG_IMAGES": "0", "SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY": "false"},
+            "withheld by the safety checker",
+        ),
+    ],
+)
+async def test_unusable_output_is_output_invalid(
+    standin: StandIn, env: dict[str, str], reason: str
+) -> None:
+    response, _ = await _generate(standin, {"prompt": "fox"}, env)
+    assert response["error"]["code"] == -32005
+    assert reason in response["error"]["data"]["reason"]
+
+
+async def test_images_withheld_by_safety_become_warnings(standin: StandIn) -> None:
+    response, _ = await _generate(
+        standin,
+        {"prompt": "fox", "count": 3, "seed": 1},
+        {"STANDIN_SD_FLAG_IMAGES": "1", "SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY": "0"},
+    )
+    result = response["result"]
+    assert [i["index"] for i in result["images"]] == [0, 2]
+    assert result["warnings"] == ["Image 1 was withheld by the safety checker and is not returned."]
+
+
+async def test_flooded_stderr_garbage_and_stray_children_do_not_break_a_job(
+    standin: StandIn,
+) -> None:
+    response, _ = await _generate(
+        standin,
+        {"prompt": "fox"},
+        {
+            "STANDIN_SD_STDERR_BYTES": str(4 << 20),
+            "STANDIN_SD_GARBAGE": "1",
+            "STANDIN_SD_GRANDCHILD": "1",
+        },
+    )
+    assert len(response["result"]["images"]) == 1
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a \"quoted\" 'fox' $(rm -rf /) `id` ; | & > out",
+        "line one\nline two\r\n\tindented",
+        "ünïcödé 狐狸 🦊 in snow",
+        "--help",
+        "-v --seed 3 leading dashes",
+        " ".join(["very", "long", "prompt"] * 60),
+        "AC/DC poster / ../../escape attempt",
+        "trailing backslash \\",
+    ],
+)
+async def test_unusual_prompts_reach_the_sampler_intact(standin: StandIn, prompt: str) -> None:
+    response, _ = await _generate(standin, {"prompt": prompt, "seed": 11})
+    assert "result" in response, response
+    png = _decode(response["result"]["images"][0])
+    assert json.loads(png.info["studio-imagegen"])["effective"]["prompt"] == prompt.strip()
+    assert png.info["parameters"].startswith(prompt.strip())
+
+
+async def test_mock_backend_is_deterministic_and_shaped_like_core_ml() -> None:
+    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"})
+    async with in_process_worker(settings, LINUX) as worker:
+        first, progress = await _call_collecting(
+            worker, {"prompt": "fox", "runId": "r", "count": 2}
+        )
+        again, _ = await _call_collecting(worker, {"prompt": "fox", "runId": "r", "count": 2})
+        other, _ = await _call_collecting(worker, {"prompt": "fox", "runId": "s", "count": 1})
+    result = first["result"]
+    assert result["modelId"] == "local/macos-procedural-v1"
+    assert result["metadata"]["backend"] == "mock" and result["metadata"]["sampleBinary"] is None
+    images = [_decode(i) for i in result["images"]]
+    assert [i.size for i in images] == [(512, 512), (512, 512)]
+    assert images[0].tobytes() != images[1].tobytes()
+    assert [_decode(i).tobytes() for i in again["result"]["images"]] == [
+        i.tobytes() for i in images
+    ]
+    assert _decode(other["result"]["images"][0]).tobytes() != images[0].tobytes()
+    assert {n["phase"] for n in progress} == {"loading", "sampling", "saving"}

@@ -1,0 +1,180 @@
+"""The stand-in behaves like StableDiffusionSample from the outside, as the reference says."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fixtures.resources import make_resource_dir
+from tests.standin import STANDIN_SAMPLER
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, str(STANDIN_SAMPLER), *args],
+        capture_output=True,
+        env={**os.environ, **env},
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus", "x"], "Unknown option '--bogus'"),
+        ([], "Missing expected argument '<prompt>'"),
+        (["--step-count", "many", "x"], "invalid for '--step-count <step-count>'"),
+        (["--negative-prompt", "-ugly", "x"], "Missing value for '--negative-prompt"),
+        (["--scheduler", "euler", "x"], "invalid for '--scheduler <scheduler>'"),
+        (["a", "b"], "Unexpected argument 'b'"),
+    ],
+)
+def test_argument_errors_exit_64_before_loading(args: list[str], message: str) -> None:
+    result = _run(args)
+    assert result.returncode == 64
+    assert result.stdout == b""
+    stderr = result.stderr.decode()
+    assert stderr.startswith("Error: ") and message in stderr.splitlines()[0]
+    assert "USAGE: stable-diffusion-sample <prompt>" in stderr
+
+
+def test_missing_resources_exit_1_with_error_on_stderr(tmp_path: Path) -> None:
+    result = _run([f"--resource-path={tmp_path}", f"--output-path={tmp_path}", "--", "x"])
+    assert result.returncode == 1
+    assert b"TextEncoder.mlmodelc" in result.stderr
+    assert result.stdout.startswith(b"Loading resources and creating pipeline\n")
+
+
+@pytest.mark.parametrize(("scheduler", "total"), [("pndm", 4), ("dpmpp", 3)])
+def test_lines_file_names_and_step_totals(tmp_path: Path, scheduler: str, total: int) -> None:
+    resources = make_resource_dir(tmp_path / "res")
+    args = [
+        f"--resource-path={resources}",
+        f"--output-path={tmp_path}",
+        "--step-count=3",
+        "--image-count=2",
+        "--seed=42",
+        f"--scheduler={scheduler}",
+        "--",
+        "a red fox",
+    ]
+    result = _run(args, STANDIN_SD_SECONDS_PER_STEP="0")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[:3] == [
+        "Loading resources and creating pipeline",
+        "(Note: This can take a while the first time using these resources)",
+        "Sampling ...",
+    ]
+    steps = lines[3 : 3 + total]
+    assert [line.split(" of ")[0] for line in steps] == [
+        f"\x1b[1A\x1b[KStep {n}" for n in range(total)
+    ]
+    assert all(line.split(" of ")[1].startswith(f"{total}  [mean: ") for line in steps)
+    assert lines[3 + total :] == [
+        "Saved a_red_fox.0.42.final.png",
+        "Saved a_red_fox.1.42.final.png",
+    ]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "a_red_fox.0.42.final.png",
+        "a_red_fox.1.42.final.png",
+    ]
+
+
+def test_stdout_is_block_buffered_on_a_pipe(tmp_path: Path) -> None:
+    resources = make_resource_dir(tmp_path / "res")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(STANDIN_SAMPLER),
+            f"--resource-path={resources}",
+            f"--output-path={tmp_path}",
+            "--step-count=4",
+            "--",
+            "x",
+        ],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "STANDIN_SD_SECONDS_PER_STEP": "0.1"},
+    )
+    assert process.stdout is not None
+    started = time.monotonic()
+    first = process.stdout.read(1)
+    waited = time.monotonic() - started
+    process.wait(30)
+    process.stdout.close()
+    assert first == b"L"
+    assert waited >= 0.4, "output arrived before the run ended: the pipe was not buffered"
+
+
+def test_stdout_is_line_buffered_on_a_terminal(tmp_path: Path) -> None:
+    resources = make_resource_dir(tmp_path / "res")
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(STANDIN_SAMPLER),
+            f"--resource-path={resources}",
+            f"--output-path={tmp_path}",
+            "--step-count=4",
+            "--",
+            "x",
+        ],
+        stdout=slave,
+        env={**os.environ, "STANDIN_SD_SECONDS_PER_STEP": "0.1"},
+    )
+    os.close(slave)
+    started = time.monotonic()
+    first = os.read(master, 1)
+    waited = time.monotonic() - started
+    process.wait(30)
+    os.close(master)
+    assert first == b"L"
+    assert waited < 0.4, "the first line waited for the run: the terminal was not line-buffered"
+
+
+def test_safety_checker_withholds_flagged_images_only_when_safety_is_on(tmp_path: Path) -> None:
+    resources = make_resource_dir(tmp_path / "res")
+    base = [
+        f"--resource-path={resources}",
+        f"--output-path={tmp_path}",
+        "--step-count=1",
+        "--image-count=2",
+        "--seed=7",
+    ]
+    result = _run([*base, "--", "fox"], STANDIN_SD_FLAG_IMAGES="0")
+    assert result.returncode == 0
+    assert (
+        b"Image 0 failed safety check and was not savedSaved fox.1.7.final.png\n" in result.stdout
+    )
+    assert [p.name for p in tmp_path.glob("*.png")] == ["fox.1.7.final.png"]
+    result = _run([*base, "--disable-safety", "--", "fox"], STANDIN_SD_FLAG_IMAGES="0")
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "fox.0.7.final.png",
+        "fox.1.7.final.png",
+    ]
+
+
+def test_single_image_names_have_no_index_and_prompt_is_cut_at_75(tmp_path: Path) -> None:
+    resources = make_resource_dir(tmp_path / "res")
+    prompt = "word " * 30
+    result = _run(
+        [
+            f"--resource-path={resources}",
+            f"--output-path={tmp_path}",
+            "--step-count=1",
+            "--seed=9",
+            "--",
+            prompt,
+        ]
+    )
+    assert result.returncode == 0
+    assert [p.name for p in tmp_path.glob("*.png")] == [
+        prompt[:75].replace(" ", "_") + ".9.final.png"
+    ]

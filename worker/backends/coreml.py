@@ -1,0 +1,214 @@
+"""Core ML Stable Diffusion: one `StableDiffusionSample` run per job."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from protocol.errors import (
+    BackendUnavailableData,
+    ErrorCode,
+    OutputInvalidData,
+    SamplerFailedData,
+    TimedOutData,
+)
+from worker.backends.base import GenerationJob, Rendered
+from worker.backends.coreml_install import BACKEND_ID, locate_installation, model_id
+from worker.errors import WorkerError
+from worker.host import HostPlatform
+from worker.images import RenderedImage, check_png, select_outputs
+from worker.progress import ProgressReporter
+from worker.sampler.command import SamplerCommand
+from worker.sampler.output_parser import OtherLine, SamplerEvent, SamplerOutputParser
+from worker.sampler.process import SamplerExit, SamplerStartError, run_sampler
+from worker.settings import ENV_TIMEOUT_MS, Settings
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SIZE = (512, 512)
+"""Fixed when the bundle was converted: SD 2.1 base makes 512x512 images."""
+FILE_NAME_PREFIX_CHARS = 75
+JOB_DIRECTORY_PREFIX = "studio-imagegen-"
+_MESSAGE_DETAIL_CHARS = 600
+
+
+class CoreMLBackend:
+    def __init__(self, settings: Settings, host: HostPlatform) -> None:
+        self._settings = settings
+        self._host = host
+
+    def model_id(self, job: GenerationJob) -> str:
+        return model_id(job.compute_units)
+
+    async def render(self, job: GenerationJob, progress: ProgressReporter) -> Rendered:
+        installation = locate_installation(self._settings, self._host)
+        if not installation.available or installation.sample_binary is None:
+            raise WorkerError(
+                ErrorCode.BACKEND_UNAVAILABLE,
+                f"Core ML backend unavailable: {installation.reason} "
+                f"To fix: {installation.install_hint}.",
+                BackendUnavailableData(
+                    backend=BACKEND_ID,
+                    reason=installation.reason,
+                    missing=list(installation.missing),
+                    install_hint=installation.install_hint,
+                ),
+            )
+        job_directory = Path(tempfile.mkdtemp(prefix=JOB_DIRECTORY_PREFIX))  # mode 0700
+        try:
+            command = SamplerCommand(
+                binary=installation.sample_binary,
+                resource_path=installation.resource_path,
+                output_path=prepare_output_path(job_directory, job.prompt),
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                compute_units=job.compute_units,
+                step_count=job.step_count,
+                image_count=job.count,
+                seed=job.seed,
+                guidance_scale=job.guidance_scale,
+                scheduler=job.scheduler,
+                disable_safety=job.disable_safety,
+                reduce_memory=job.reduce_memory,
+            )
+            outcome, stdout_tail = await self._run(command, job, progress)
+            _raise_for_failure(outcome, job, stdout_tail)
+            images, warnings = _collect(job_directory, job, progress.withheld)
+        finally:
+            shutil.rmtree(job_directory, ignore_errors=True)
+        return Rendered(
+            images=images,
+            warnings=warnings,
+            model_id=self.model_id(job),
+            backend=BACKEND_ID,
+            sample_binary=str(installation.sample_binary),
+            resource_path=str(installation.resource_path),
+            duration_ms=outcome.duration_ms,
+            width=IMAGE_SIZE[0],
+            height=IMAGE_SIZE[1],
+        )
+
+    async def _run(
+        self, command: SamplerCommand, job: GenerationJob, progress: ProgressReporter
+    ) -> tuple[SamplerExit, list[str]]:
+        parser = SamplerOutputParser()
+        other_lines: list[str] = []
+
+        def handle(events: list[SamplerEvent]) -> None:
+            for event in events:
+                if isinstance(event, OtherLine):
+                    other_lines.append(event.text)
+                    del other_lines[:-20]
+                progress.on_sampler_event(event)
+
+        progress.loading("Starting StableDiffusionSample")
+        try:
+            outcome = await run_sampler(
+                command.argv(),
+                timeout_seconds=job.timeout_ms / 1000,
+                kill_grace_seconds=job.kill_grace_ms / 1000,
+                on_output=lambda data: handle(parser.feed(data)),
+            )
+        except SamplerStartError as exc:
+            raise WorkerError(
+                ErrorCode.SAMPLER_FAILED,
+                f"StableDiffusionSample could not be started ({exc}); check that "
+                f"{command.binary} is a sampler built for this machine.",
+                SamplerFailedData(exit_code=None, signal=None, stderr=str(exc)),
+            ) from exc
+        handle(parser.finish())
+        return outcome, other_lines
+
+
+def prepare_output_path(job_directory: Path, prompt: str) -> Path:
+    """The `--output-path` for a prompt, inside the job directory.
+
+    The sampler names files after the first 75 characters of the prompt and writes them
+    relative to the output path, so a `/` there means a subdirectory (which must exist)
+    and `..` could climb out. The output path is nested deep enough that `..` stays
+    inside the job directory, and the subdirectory the name implies is created.
+    """
+    name_prefix = prompt[:FILE_NAME_PREFIX_CHARS].replace(" ", "_")
+    directories = name_prefix.split("/")[:-1]
+    output_path = job_directory.joinpath("out", *(["d"] * directories.count("..")))
+    output_path.mkdir(parents=True)
+    current = output_path
+    for part in directories:
+        if part == "..":
+            current = current.parent
+        elif part not in ("", "."):
+            current = current / part
+            current.mkdir(exist_ok=True)
+    return output_path
+
+
+def _raise_for_failure(outcome: SamplerExit, job: GenerationJob, stdout_tail: list[str]) -> None:
+    if outcome.timed_out:
+        raise WorkerError(
+            ErrorCode.TIMED_OUT,
+            f"StableDiffusionSample did not finish within {job.timeout_ms} ms and was "
+            f"stopped. Lower stepCount or count, or raise timeoutMs (or {ENV_TIMEOUT_MS}).",
+            TimedOutData(timeout_ms=job.timeout_ms),
+        )
+    if outcome.succeeded:
+        return
+    detail = outcome.stderr_tail or "\n".join(stdout_tail)
+    detail = _one_paragraph(detail)[-_MESSAGE_DETAIL_CHARS:]
+    if outcome.signal is not None:
+        what = f"died from {outcome.signal}"
+    elif outcome.exit_code == 64:
+        what = "rejected its arguments (exit code 64); the sampler build may not match this worker"
+    else:
+        what = f"exited with code {outcome.exit_code}"
+    raise WorkerError(
+        ErrorCode.SAMPLER_FAILED,
+        f"StableDiffusionSample {what}: {detail or 'it printed nothing'}",
+        SamplerFailedData(
+            exit_code=outcome.exit_code, signal=outcome.signal, stderr=outcome.stderr_tail
+        ),
+    )
+
+
+def _one_paragraph(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " | ", text.strip())
+
+
+def _collect(
+    job_directory: Path, job: GenerationJob, withheld: list[int]
+) -> tuple[list[RenderedImage], list[str]]:
+    paths = select_outputs(job_directory, job.count)
+    if not paths:
+        reason = (
+            f"every image was withheld by the safety checker ({len(withheld)} of {job.count})"
+            if withheld
+            else "the sampler exited successfully but wrote no PNG"
+        )
+        raise WorkerError(
+            ErrorCode.OUTPUT_INVALID,
+            f"The sampler's output is unusable: {reason}.",
+            OutputInvalidData(reason=reason),
+        )
+    images = []
+    for position, path in enumerate(paths):
+        png, width, height = check_png(path, IMAGE_SIZE)
+        index = _image_index(path.name, job, fallback=position)
+        images.append(RenderedImage(path.name, index, png, width, height))
+    warnings = [
+        f"Image {index} was withheld by the safety checker and is not returned."
+        for index in sorted(withheld)
+    ]
+    missing = job.count - len(images) - len(withheld)
+    if missing > 0:
+        warnings.append(f"{missing} of {job.count} requested images were not produced.")
+    return images, warnings
+
+
+def _image_index(file_name: str, job: GenerationJob, fallback: int) -> int:
+    """The sampler puts `.<index>` before `.<seed>` in the name when it makes several."""
+    if job.count == 1:
+        return 0
+    match = re.search(rf"\.(\d+)\.{job.seed}\.final\.png$", file_name)
+    return int(match.group(1)) if match else fallback

@@ -1,0 +1,190 @@
+"""`generate`: from validated params to the result Studio receives.
+
+Checks what the request asks for (unsupported controls, configuration, output directory)
+before anything runs, resolves the effective parameters, lets the configured backend
+render, then annotates and delivers the images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from protocol.errors import (
+    ConfigInvalidData,
+    ErrorCode,
+    FieldError,
+    InvalidParamsData,
+    UnsupportedFeatureData,
+)
+from protocol.models import (
+    ASPECT_RATIOS,
+    GeneratedImage,
+    GenerateParams,
+    GenerateResult,
+    GenerationMetadata,
+    Scheduler,
+)
+from worker import __version__
+from worker.backends.base import Backend, GenerationJob, Rendered
+from worker.errors import WorkerError
+from worker.images import (
+    safe_file_name,
+    to_base64,
+    with_text_chunks,
+    write_without_clobbering,
+)
+from worker.progress import ProgressReporter
+from worker.seed import derive_seed
+from worker.settings import Settings
+
+A1111_SAMPLER_NAMES: dict[Scheduler, str] = {"pndm": "PNDM", "dpmpp": "DPM++ 2M"}
+PARAMETERS_KEYWORD = "parameters"
+JSON_KEYWORD = "studio-imagegen"
+
+
+def check_request(params: GenerateParams, settings: Settings) -> None:
+    """Refuse, before anything runs, what this worker cannot do as asked."""
+    if params.input_images:
+        raise WorkerError(
+            ErrorCode.UNSUPPORTED_FEATURE,
+            "Unsupported feature: inputImages. The local provider is text-to-image only; "
+            "disconnect the input images from this node.",
+            UnsupportedFeatureData(feature="inputImages", supported=[]),
+        )
+    aspect_ratio = params.aspect_ratio.strip() or "1:1"
+    if aspect_ratio not in ASPECT_RATIOS:
+        raise WorkerError(
+            ErrorCode.UNSUPPORTED_FEATURE,
+            f"Unsupported feature: aspectRatio {aspect_ratio!r}. The installed model makes "
+            f"square images only; use one of {', '.join(ASPECT_RATIOS)}.",
+            UnsupportedFeatureData(feature="aspectRatio", supported=ASPECT_RATIOS),
+        )
+    problems = settings.generation_problems
+    if problems:
+        first = problems[0]
+        described = "; ".join(f"{p.variable}={p.value!r} {p.reason}" for p in problems)
+        raise WorkerError(
+            ErrorCode.CONFIG_INVALID,
+            f"Configuration invalid: {described}. Fix the environment and restart the worker.",
+            ConfigInvalidData(variable=first.variable, value=first.value, reason=first.reason),
+        )
+    if params.output == "path":
+        _check_output_dir(params.output_dir)
+
+
+def _check_output_dir(output_dir: str | None) -> None:
+    path = Path(output_dir or "")
+    problem = None
+    if not path.is_absolute():
+        problem = "must be an absolute path"
+    elif not path.is_dir():
+        problem = "is not an existing directory; create it first"
+    elif not os.access(path, os.W_OK | os.X_OK):
+        problem = "is not writable by the worker"
+    if problem:
+        raise WorkerError(
+            ErrorCode.INVALID_PARAMS,
+            f"Invalid params: outputDir {output_dir!r} {problem}.",
+            InvalidParamsData(errors=[FieldError(field="outputDir", message=problem)]),
+        )
+
+
+def plan_job(params: GenerateParams, settings: Settings) -> GenerationJob:
+    """The request's overrides on top of the settings, and the seed."""
+    return GenerationJob(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        run_id=params.run_id,
+        count=params.count,
+        seed=params.seed if params.seed is not None else derive_seed(params.prompt, params.run_id),
+        step_count=params.step_count or settings.step_count,
+        guidance_scale=(
+            params.guidance_scale if params.guidance_scale is not None else settings.guidance_scale
+        ),
+        scheduler=params.scheduler or settings.scheduler,
+        compute_units=params.compute_units or settings.compute_units,
+        disable_safety=settings.disable_safety,
+        reduce_memory=settings.reduce_memory,
+        timeout_ms=params.timeout_ms or settings.timeout_ms,
+        kill_grace_ms=settings.kill_grace_ms,
+    )
+
+
+async def generate(
+    params: GenerateParams,
+    job: GenerationJob,
+    backend: Backend,
+    progress: ProgressReporter,
+) -> GenerateResult:
+    started = time.monotonic()
+    rendered = await backend.render(job, progress)
+    images = []
+    for image in rendered.images:
+        png = with_text_chunks(image.png, _text_chunks(params, job, rendered, image.index))
+        generated = GeneratedImage(
+            width=image.width,
+            height=image.height,
+            file_name=image.file_name,
+            seed=job.seed,
+            index=image.index,
+        )
+        if params.output == "path":
+            assert params.output_dir is not None
+            path = write_without_clobbering(
+                Path(params.output_dir), safe_file_name(image.file_name), png
+            )
+            generated = generated.model_copy(update={"path": str(path), "file_name": path.name})
+        else:
+            generated = generated.model_copy(update={"base64": to_base64(png)})
+        images.append(generated)
+    aspect = f"{rendered.width}:{rendered.height}" if rendered.width != rendered.height else "1:1"
+    return GenerateResult(
+        model_id=rendered.model_id,
+        images=images,
+        metadata=GenerationMetadata(
+            backend=rendered.backend,
+            sample_binary=rendered.sample_binary,
+            resource_path=rendered.resource_path,
+            step_count=job.step_count,
+            guidance_scale=job.guidance_scale,
+            scheduler=job.scheduler,
+            compute_units=job.compute_units,
+            seed=job.seed,
+            requested_aspect_ratio=params.aspect_ratio.strip() or "1:1",
+            actual_aspect_ratio=aspect,
+            duration_ms=rendered.duration_ms,
+            total_ms=round((time.monotonic() - started) * 1000),
+        ),
+        warnings=rendered.warnings,
+    )
+
+
+def _text_chunks(
+    params: GenerateParams, job: GenerationJob, rendered: Rendered, index: int
+) -> list[tuple[str, str]]:
+    """A `parameters` chunk in AUTOMATIC1111's layout, and the exact request as JSON."""
+    lines = [job.prompt]
+    if job.negative_prompt:
+        lines.append(f"Negative prompt: {job.negative_prompt}")
+    lines.append(
+        f"Steps: {job.step_count}, Sampler: {A1111_SAMPLER_NAMES[job.scheduler]}, "
+        f"CFG scale: {job.guidance_scale:g}, Seed: {job.seed}, "
+        f"Size: {rendered.width}x{rendered.height}, Model: {rendered.model_id}, "
+        f"Compute units: {job.compute_units}, Batch size: {job.count}, Batch pos: {index}, "
+        f"Version: studio-imagegen-worker {__version__}"
+    )
+    record = {
+        "request": params.to_wire(),
+        "effective": asdict(job),
+        "modelId": rendered.model_id,
+        "backend": rendered.backend,
+        "index": index,
+    }
+    return [
+        (PARAMETERS_KEYWORD, "\n".join(lines)),
+        (JSON_KEYWORD, json.dumps(record, ensure_ascii=False, sort_keys=True)),
+    ]

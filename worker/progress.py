@@ -1,0 +1,96 @@
+"""Turns what a job is doing into `progress` notifications for its request."""
+
+from __future__ import annotations
+
+from protocol.models import ProgressParams, ProgressPhase
+from worker.context import RequestContext
+from worker.sampler.output_parser import (
+    ImageSaved,
+    ImageWithheld,
+    Loading,
+    SamplerEvent,
+    SamplingStarted,
+    StepCompleted,
+)
+
+
+class ProgressReporter:
+    """One per job. At most one notification per sampler line; quiet once answered."""
+
+    def __init__(self, context: RequestContext, run_id: str, expected_total_steps: int) -> None:
+        self._context = context
+        self._run_id = run_id
+        self._total = expected_total_steps
+        self._completed = 0
+        self.withheld: list[int] = []
+
+    def queued(self, position: int) -> None:
+        self._send(
+            "queued",
+            f"Waiting for the sampler: position {position} in the queue",
+            queue_position=position,
+        )
+
+    def loading(self, message: str) -> None:
+        self._send("loading", message)
+
+    def sampling(self, completed: int, total: int, steps_per_second: float | None) -> None:
+        self._completed, self._total = completed, total
+        eta_ms = None
+        if steps_per_second:
+            eta_ms = round(max(total - completed, 0) / steps_per_second * 1000)
+        self._send(
+            "sampling",
+            f"Step {completed} of {total}" if completed else "Sampling",
+            steps_per_second=steps_per_second,
+            eta_ms=eta_ms,
+        )
+
+    def saving(self, message: str) -> None:
+        self._completed = self._total
+        self._send("saving", message)
+
+    def on_sampler_event(self, event: SamplerEvent) -> None:
+        match event:
+            case Loading(message=message):
+                self.loading(message)
+            case SamplingStarted():
+                self.sampling(0, self._total, None)
+            case StepCompleted(completed=completed, total=total, steps_per_second=rate):
+                self.sampling(completed, total, rate)
+            case ImageSaved(file_name=name):
+                self.saving(f"Saved {name}")
+            case ImageWithheld(index=index):
+                self.withheld.append(index)
+            case _:
+                pass
+
+    def _send(
+        self,
+        phase: ProgressPhase,
+        message: str,
+        *,
+        steps_per_second: float | None = None,
+        eta_ms: int | None = None,
+        queue_position: int | None = None,
+    ) -> None:
+        if self._context.answered or self._context.is_notification:
+            return
+        request_id = self._context.request_id
+        if not isinstance(request_id, str | int) or isinstance(request_id, bool):
+            return  # a null or fractional id cannot be named in ProgressParams
+        fraction = min(self._completed / self._total, 1.0) if self._total else 0.0
+        self._context.progress(
+            ProgressParams(
+                request_id=request_id,
+                run_id=self._run_id,
+                phase=phase,
+                step=self._completed,
+                total_steps=self._total,
+                fraction=fraction,
+                steps_per_second=steps_per_second,
+                eta_ms=eta_ms,
+                message=message,
+                queue_position=queue_position,
+            )
+        )

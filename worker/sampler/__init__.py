@@ -1,0 +1,1 @@
+"""Driving `StableDiffusionSample`: its command line, its output, its process."""
