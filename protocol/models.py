@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
 from protocol.base import WireModel
 from protocol.errors import ConfigInvalidData
@@ -26,7 +26,9 @@ MAX_PROMPT_CHARS = 20_000
 """Far beyond the text encoder's 77 tokens, well within one command-line argument."""
 
 RequestId = StrictInt | StrictStr
-"""The JSON-RPC id of a request, as the host sent it."""
+"""The JSON-RPC id of a request the host names (in `cancel`)."""
+JsonRpcId = StrictInt | StrictStr | StrictFloat | None
+"""Any JSON-RPC id, as the host sent it (null and fractions included)."""
 
 
 # --- capabilities ------------------------------------------------------------
@@ -247,7 +249,7 @@ class CancelRequestParams(WireModel):
 
 
 class CancelResult(WireModel):
-    cancelled: list[RequestId] = Field(description="Ids of the generate requests cancelled")
+    cancelled: list[JsonRpcId] = Field(description="Ids of the generate requests cancelled")
 
 
 # --- progress (notification) ------------------------------------------------
@@ -258,7 +260,7 @@ ProgressPhase = Literal["queued", "loading", "sampling", "saving"]
 class ProgressParams(WireModel):
     """Sent by the worker while a `generate` waits or runs; never after its response."""
 
-    request_id: RequestId
+    request_id: JsonRpcId
     run_id: str
     phase: ProgressPhase
     step: int = Field(description="Denoising steps completed (1-based); 0 before sampling")

@@ -10,7 +10,6 @@ import pytest
 from protocol.base import WireModel
 from protocol.models import CapabilitiesParams, CapabilitiesResult
 from tests.worker_clients import in_process_worker, request
-from worker.app import build_server
 from worker.context import RequestContext
 from worker.dispatch import Dispatcher, Method
 from worker.server import Server
@@ -237,10 +236,3 @@ async def test_every_output_line_is_one_whole_json_value() -> None:
             await worker.send(request("capabilities", id_=index))
         ids = sorted([(await worker.receive())["id"] for _ in range(50)])
     assert ids == list(range(50))
-
-
-def test_build_server_makes_a_fresh_server_each_time() -> None:
-    settings = Settings.from_environ({})
-    from tests.worker_clients import LINUX
-
-    assert build_server(settings, LINUX) is not build_server(settings, LINUX)

@@ -103,7 +103,7 @@ async def in_process_worker(
     server: Server | None = None,
 ) -> AsyncIterator[InProcessWorker]:
     settings = settings if settings is not None else Settings.from_environ({})
-    server = server if server is not None else build_server(settings, host)
+    server = server if server is not None else build_server(settings, host)[0]
     stdin_send, stdin_receive = anyio.create_memory_object_stream[bytes](64)
     stdout_send, stdout_receive = anyio.create_memory_object_stream[bytes](4096)
     worker = InProcessWorker(server, stdin_send, stdout_receive)

@@ -8,7 +8,16 @@ from worker.methods import WorkerMethods
 from worker.server import Server
 from worker.settings import Settings
 
+SHUTDOWN_MARGIN_SECONDS = 0.8
+"""Beyond the kill grace, how long shutdown waits for the last answers."""
 
-def build_server(settings: Settings, host: HostPlatform) -> Server:
+
+def build_server(settings: Settings, host: HostPlatform) -> tuple[Server, WorkerMethods]:
     methods = WorkerMethods(settings, host)
-    return Server(Dispatcher(methods.table()), settings.max_request_bytes)
+    server = Server(
+        Dispatcher(methods.table()),
+        settings.max_request_bytes,
+        on_stop=methods.shutdown,
+        stop_deadline_seconds=settings.kill_grace_ms / 1000 + SHUTDOWN_MARGIN_SECONDS,
+    )
+    return server, methods

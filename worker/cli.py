@@ -14,11 +14,14 @@ import anyio
 from worker import __version__
 from worker.app import build_server
 from worker.host import HostPlatform
+from worker.sampler.process import LiveSamplers
 from worker.server import Server
 from worker.settings import Settings
 from worker.stdio import FdLineWriter, claim_stdin, claim_stdout, open_fd_reader
 
 logger = logging.getLogger("worker")
+
+EXIT_INTERRUPTED = 130
 
 
 def configure_logging(level: str) -> None:
@@ -57,21 +60,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_settings(settings)
     protocol_out = claim_stdout()
     protocol_in = claim_stdin()
-    server = build_server(settings, HostPlatform.current())
-    anyio.run(_serve, server, protocol_in, protocol_out)
+    server, methods = build_server(settings, HostPlatform.current())
+    anyio.run(_serve, server, methods.live, protocol_in, protocol_out)
     logger.debug("exiting")
     return 0
 
 
-async def _serve(server: Server, protocol_in: int, protocol_out: int) -> None:
+async def _serve(server: Server, live: LiveSamplers, protocol_in: int, protocol_out: int) -> None:
     async with anyio.create_task_group() as group:
-        group.start_soon(_stop_on_signals, server)
+        group.start_soon(_stop_on_signals, server, live)
         await server.serve(open_fd_reader(protocol_in), FdLineWriter(protocol_out))
         group.cancel_scope.cancel()
 
 
-async def _stop_on_signals(server: Server) -> None:
+async def _stop_on_signals(server: Server, live: LiveSamplers) -> None:
+    """The first SIGTERM or SIGINT shuts down gracefully; a second SIGINT exits at once."""
+    stopping = False
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            logger.info("%s received; finishing and shutting down", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if stopping and signum == signal.SIGINT:
+                logger.warning("second SIGINT: killing the samplers and exiting now")
+                live.abort_all()
+                os._exit(EXIT_INTERRUPTED)
+            logger.info("%s received; cancelling jobs and shutting down", name)
+            stopping = True
             server.stop()

@@ -114,14 +114,19 @@ def plan_job(params: GenerateParams, settings: Settings) -> GenerationJob:
     )
 
 
-async def generate(
-    params: GenerateParams,
-    job: GenerationJob,
-    backend: Backend,
-    progress: ProgressReporter,
-) -> GenerateResult:
+async def render_timed(
+    backend: Backend, job: GenerationJob, progress: ProgressReporter
+) -> tuple[Rendered, float]:
+    """The backend's images, and when the work on them started (the queue excluded)."""
     started = time.monotonic()
-    rendered = await backend.render(job, progress)
+    return await backend.render(job, progress), started
+
+
+def deliver(
+    params: GenerateParams, job: GenerationJob, rendered: Rendered, started: float
+) -> GenerateResult:
+    """Annotate the images and hand them over as the request asked. No await in here: once
+    a job has rendered, nothing can cancel it halfway through delivery."""
     images = []
     for image in rendered.images:
         png = with_text_chunks(image.png, _text_chunks(params, job, rendered, image.index))

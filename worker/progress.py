@@ -76,13 +76,10 @@ class ProgressReporter:
     ) -> None:
         if self._context.answered or self._context.is_notification:
             return
-        request_id = self._context.request_id
-        if not isinstance(request_id, str | int) or isinstance(request_id, bool):
-            return  # a null or fractional id cannot be named in ProgressParams
         fraction = min(self._completed / self._total, 1.0) if self._total else 0.0
         self._context.progress(
             ProgressParams(
-                request_id=request_id,
+                request_id=self._context.request_id,
                 run_id=self._run_id,
                 phase=phase,
                 step=self._completed,

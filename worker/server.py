@@ -87,17 +87,20 @@ class Outbox:
 
 
 class Server:
-    """Reads requests until end of input or `stop()`, answers every one, then returns."""
+    """Reads requests until end of input or `stop()`, then cancels what is still running
+    (`on_stop`), answers what it can within the deadline, and returns."""
 
     def __init__(
         self,
         dispatcher: Dispatcher,
         max_request_bytes: int,
         on_stop: Callable[[], None] = lambda: None,
+        stop_deadline_seconds: float = 5.0,
     ) -> None:
         self._dispatcher = dispatcher
         self._max_request_bytes = max_request_bytes
         self._on_stop = on_stop
+        self._stop_deadline_seconds = stop_deadline_seconds
         self._reading: anyio.CancelScope | None = None
         self._stop_requested = False
         self._outbox: Outbox | None = None
@@ -121,8 +124,10 @@ class Server:
                     async with chunks:
                         async for item in read_lines(chunks, self._max_request_bytes):
                             handlers.start_soon(self._answer, item, outbox)
-                logger.debug("stopped reading input")
+                logger.debug("stopped reading input; cancelling what is left")
                 self._on_stop()
+                # Requests still in flight get until the deadline to be answered.
+                handlers.cancel_scope.deadline = anyio.current_time() + self._stop_deadline_seconds
             outbox.close()
 
     def notify(self, method: str, params: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from worker.images import RenderedImage, check_png, select_outputs
 from worker.progress import ProgressReporter
 from worker.sampler.command import SamplerCommand
 from worker.sampler.output_parser import OtherLine, SamplerEvent, SamplerOutputParser
-from worker.sampler.process import SamplerExit, SamplerStartError, run_sampler
+from worker.sampler.process import LiveSamplers, SamplerExit, SamplerStartError, run_sampler
 from worker.settings import ENV_TIMEOUT_MS, Settings
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,12 @@ _MESSAGE_DETAIL_CHARS = 600
 
 
 class CoreMLBackend:
-    def __init__(self, settings: Settings, host: HostPlatform) -> None:
+    def __init__(
+        self, settings: Settings, host: HostPlatform, live: LiveSamplers | None = None
+    ) -> None:
         self._settings = settings
         self._host = host
+        self._live = live if live is not None else LiveSamplers()
 
     def model_id(self, job: GenerationJob) -> str:
         return model_id(job.compute_units)
@@ -58,6 +61,7 @@ class CoreMLBackend:
                 ),
             )
         job_directory = Path(tempfile.mkdtemp(prefix=JOB_DIRECTORY_PREFIX))  # mode 0700
+        self._live.directories.add(job_directory)
         try:
             command = SamplerCommand(
                 binary=installation.sample_binary,
@@ -79,6 +83,7 @@ class CoreMLBackend:
             images, warnings = _collect(job_directory, job, progress.withheld)
         finally:
             shutil.rmtree(job_directory, ignore_errors=True)
+            self._live.directories.discard(job_directory)
         return Rendered(
             images=images,
             warnings=warnings,
@@ -111,6 +116,7 @@ class CoreMLBackend:
                 timeout_seconds=job.timeout_ms / 1000,
                 kill_grace_seconds=job.kill_grace_ms / 1000,
                 on_output=lambda data: handle(parser.feed(data)),
+                live=self._live,
             )
         except SamplerStartError as exc:
             raise WorkerError(

@@ -20,8 +20,7 @@ from worker.progress import ProgressReporter
 BACKEND_ID = "mock"
 MODEL_ID = "local/macos-procedural-v1"
 IMAGE_SIZE = 512
-STEP_SECONDS = 0.005
-PROGRESS_STEPS = 4
+STEP_SECONDS = 0.002
 
 
 class MockBackend:
@@ -31,9 +30,10 @@ class MockBackend:
     async def render(self, job: GenerationJob, progress: ProgressReporter) -> Rendered:
         started = time.monotonic()
         progress.loading("Preparing the procedural test backend")
-        for step in range(1, PROGRESS_STEPS + 1):
+        total = job.expected_total_steps
+        for step in range(1, total + 1):
             await anyio.sleep(STEP_SECONDS)  # a checkpoint: cancel lands here
-            progress.sampling(step, PROGRESS_STEPS, 1 / STEP_SECONDS)
+            progress.sampling(step, total, 1 / STEP_SECONDS)
         images = []
         for index in range(job.count):
             png = procedural_png(job.prompt, job.run_id, index)

@@ -13,12 +13,14 @@ import errno
 import logging
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import time
 import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
@@ -45,6 +47,26 @@ class SamplerExit:
         return self.exit_code == 0 and not self.timed_out
 
 
+class LiveSamplers:
+    """The sampler process groups and job directories that exist right now.
+
+    Normal endings clean up after themselves; this is for an abrupt exit (a second
+    Ctrl-C), which must still leave no process and no directory behind.
+    """
+
+    def __init__(self) -> None:
+        self.groups: set[int] = set()
+        self.directories: set[Path] = set()
+
+    def abort_all(self) -> None:
+        for pgid in list(self.groups):
+            _signal_group(pgid, signal.SIGKILL)
+        for directory in list(self.directories):
+            shutil.rmtree(directory, ignore_errors=True)
+        self.groups.clear()
+        self.directories.clear()
+
+
 class SamplerStartError(Exception):
     """The sampler could not be started at all (not executable, wrong format, ...)."""
 
@@ -55,6 +77,7 @@ async def run_sampler(
     timeout_seconds: float,
     kill_grace_seconds: float,
     on_output: Callable[[bytes], None],
+    live: LiveSamplers | None = None,
 ) -> SamplerExit:
     """Run the sampler to its end, a timeout, or the caller's cancellation.
 
@@ -78,10 +101,15 @@ async def run_sampler(
         finally:
             os.close(slave)
         logger.debug("sampler started: pid %d", process.pid)
-        async with process:
-            return await _supervise(
-                process, master, started, timeout_seconds, kill_grace_seconds, on_output
-            )
+        live = live if live is not None else LiveSamplers()
+        live.groups.add(process.pid)
+        try:
+            async with process:
+                return await _supervise(
+                    process, master, started, timeout_seconds, kill_grace_seconds, on_output
+                )
+        finally:
+            live.groups.discard(process.pid)
     finally:
         os.close(master)
 

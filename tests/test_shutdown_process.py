@@ -1,0 +1,118 @@
+"""Shutdown and host failure over the real stdio: answered where possible, nothing left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.standin import StandIn
+from tests.worker_clients import WorkerProcess, request, worker_environment
+
+StartWorker = Callable[..., WorkerProcess]
+STUBBORN = {"STANDIN_SD_HANG": "1", "STANDIN_SD_IGNORE_SIGTERM": "1", "STANDIN_SD_GRANDCHILD": "1"}
+
+
+def _start_busy_worker(
+    standin: StandIn, worker_process: StartWorker, env: dict[str, str] | None = None
+) -> WorkerProcess:
+    """A worker with one stubborn job running and one waiting."""
+    worker = worker_process({**standin.env, **STUBBORN, **(env or {})})
+    worker.send(request("generate", {"prompt": "running"}, "running"))
+    worker.send(request("generate", {"prompt": "waiting"}, "waiting"))
+    seen: set[str] = set()
+    while not {"sampling", "queued"} <= seen:
+        message = worker.receive()
+        seen.add(message.get("params", {}).get("phase", ""))
+    return worker
+
+
+def _answers(worker: WorkerProcess) -> dict[Any, dict[str, Any]]:
+    answers: dict[Any, dict[str, Any]] = {}
+    for message in worker.messages():
+        if "method" not in message:
+            assert message["id"] not in answers, "answered twice"
+            answers[message["id"]] = message
+    return answers
+
+
+def test_end_of_input_cancels_every_job_answers_them_and_exits_in_time(
+    standin: StandIn, worker_process: StartWorker
+) -> None:
+    worker = _start_busy_worker(standin, worker_process)
+    closed = time.monotonic()
+    worker.close_input()
+    answers = _answers(worker)
+    assert worker.wait() == 0
+    elapsed = time.monotonic() - closed
+    assert elapsed < 0.3 + 1.0, f"shutdown took {elapsed:.2f}s (grace 0.3s + 1s allowed)"
+    assert {id_: a["error"]["code"] for id_, a in answers.items()} == {
+        "running": -32800,
+        "waiting": -32800,
+    }
+    assert answers["running"]["error"]["data"] == {"reason": "the worker is shutting down"}
+    assert standin.live_processes() == []
+    assert standin.leftover_temp_entries() == []
+
+
+def test_sigterm_cancels_and_exits_zero(standin: StandIn, worker_process: StartWorker) -> None:
+    worker = _start_busy_worker(standin, worker_process)
+    worker.signal(signal.SIGTERM)
+    answers = _answers(worker)
+    assert worker.wait() == 0
+    assert {a["error"]["code"] for a in answers.values()} == {-32800}
+    assert len(answers) == 2
+    assert standin.live_processes() == []
+    assert standin.leftover_temp_entries() == []
+
+
+def test_a_second_sigint_exits_at_once_and_still_kills_the_samplers(
+    standin: StandIn, worker_process: StartWorker
+) -> None:
+    worker = _start_busy_worker(
+        standin, worker_process, {"SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS": "20000"}
+    )
+    worker.signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert worker.process.poll() is None  # still in its 20 s grace
+    interrupted = time.monotonic()
+    worker.signal(signal.SIGINT)
+    assert worker.wait() == 130
+    assert time.monotonic() - interrupted < 2
+    assert standin.live_processes() == []
+    assert standin.leftover_temp_entries() == []
+
+
+def test_a_host_that_closes_stdout_mid_job_takes_the_sampler_down(standin: StandIn) -> None:
+    read_end, write_end = os.pipe()
+    env = worker_environment({**standin.env, "STANDIN_SD_SECONDS_PER_STEP": "0.05"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker"],
+        stdin=subprocess.PIPE,
+        stdout=write_end,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(write_end)
+    assert process.stdin is not None
+    try:
+        process.stdin.write(
+            json.dumps(request("generate", {"prompt": "fox", "stepCount": 60}, 1)).encode() + b"\n"
+        )
+        process.stdin.flush()
+        with os.fdopen(read_end, "rb") as stdout:
+            stdout.readline()  # the first progress line: the job is under way
+        # stdout is closed now; the next progress line breaks the pipe
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdin.close()
+    assert standin.live_processes() == []
+    assert standin.leftover_temp_entries() == []

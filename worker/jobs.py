@@ -1,0 +1,155 @@
+"""Admission, order and cancellation of `generate` jobs.
+
+The sampler is one heavy resource (one Neural Engine, gigabytes of model), so at most
+`max_concurrency` jobs run; the rest wait in arrival order in a bounded queue. A job that
+is cancelled, queued or running, is answered -32800 exactly once and never also with a
+result: the decision is taken in one place, `JobQueue.run`, without an await between the
+check and the answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+
+from protocol.errors import ErrorCode, ErrorDetailData, QueueFullData
+from worker.context import JsonId
+from worker.errors import WorkerError
+from worker.progress import ProgressReporter
+from worker.settings import ENV_MAX_QUEUE
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Job:
+    request_id: JsonId
+    run_id: str
+    progress: ProgressReporter
+    turn: anyio.Event = field(default_factory=anyio.Event)
+    scope: anyio.CancelScope | None = None
+    cancel_reason: str | None = None
+    finished: bool = False
+    position: int | None = None
+    """1-based place in the queue while waiting; reported whenever it changes."""
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_reason is not None
+
+
+class JobQueue:
+    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+        self._max_concurrency = max_concurrency
+        self._max_queue = max_queue
+        self._running: list[Job] = []
+        self._waiting: deque[Job] = deque()
+        self._closed = False
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def run(self, job: Job, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` for `job` when its turn comes; -32800 if it is cancelled first or
+        meanwhile, -32006 if the queue is full."""
+        if self._closed:
+            raise _cancelled(job, "the worker is shutting down")
+        if len(self._running) < self._max_concurrency and not self._waiting:
+            self._running.append(job)
+        elif len(self._waiting) >= self._max_queue:
+            raise WorkerError(
+                ErrorCode.QUEUE_FULL,
+                f"Queue full: {len(self._waiting)} jobs are already waiting (the limit is "
+                f"{self._max_queue}, {ENV_MAX_QUEUE}). Retry when some have finished.",
+                QueueFullData(max_queue=self._max_queue),
+            )
+        else:
+            self._waiting.append(job)
+            self._report_positions()
+        try:
+            if job in self._waiting:
+                await job.turn.wait()
+            if job.cancelled:
+                raise _cancelled(job, job.cancel_reason)
+            with anyio.CancelScope() as scope:
+                job.scope = scope
+                if job.cancelled:  # cancelled between its turn and this scope
+                    scope.cancel()
+                result = await work()
+            if job.cancelled:
+                raise _cancelled(job, job.cancel_reason)
+            return result
+        finally:
+            job.finished = True
+            self._release(job)
+
+    def cancel(self, request_id: JsonId | None = None, run_id: str | None = None) -> list[JsonId]:
+        """Cancel the unfinished jobs with this request id, or of this run."""
+        jobs = [
+            job
+            for job in [*self._running, *self._waiting]
+            if (request_id is not None and _same_id(job.request_id, request_id))
+            or (run_id is not None and job.run_id == run_id)
+        ]
+        for job in jobs:
+            self._cancel(job, "cancelled by the host")
+        return [job.request_id for job in jobs]
+
+    def close(self) -> None:
+        """Refuse new jobs and cancel every job that is waiting or running."""
+        self._closed = True
+        for job in [*self._running, *self._waiting]:
+            self._cancel(job, "the worker is shutting down")
+
+    def _cancel(self, job: Job, reason: str) -> None:
+        if job.finished or job.cancelled:
+            return
+        job.cancel_reason = reason
+        if job in self._waiting:
+            self._waiting.remove(job)
+            job.turn.set()
+            self._report_positions()
+        elif job.scope is not None:
+            job.scope.cancel()
+
+    def _release(self, job: Job) -> None:
+        if job in self._running:
+            self._running.remove(job)
+        elif job in self._waiting:
+            self._waiting.remove(job)
+        while self._waiting and len(self._running) < self._max_concurrency:
+            next_job = self._waiting.popleft()
+            self._running.append(next_job)
+            next_job.turn.set()
+        self._report_positions()
+
+    def _report_positions(self) -> None:
+        for position, waiting in enumerate(self._waiting, start=1):
+            if waiting.position != position:
+                waiting.position = position
+                waiting.progress.queued(position)
+
+
+def _same_id(a: JsonId, b: JsonId) -> bool:
+    return type(a) is type(b) and a == b
+
+
+def _cancelled(job: Job, reason: str | None) -> WorkerError:
+    text = reason or "cancelled"
+    return WorkerError(
+        ErrorCode.CANCELLED,
+        f"Request cancelled: {text}.",
+        ErrorDetailData(reason=text),
+    )
