@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from protocol.errors import ErrorCode
+from protocol.models import GenerateParams
 from worker.backends.coreml import prepare_output_path
 from worker.errors import WorkerError
+from worker.generation import plan_job
 from worker.images import (
     check_png,
     safe_file_name,
@@ -28,6 +30,7 @@ from worker.sampler.output_parser import (
     SamplingStarted,
     StepCompleted,
 )
+from worker.settings import Settings
 
 
 def _command(**overrides: object) -> SamplerCommand:
@@ -76,8 +79,10 @@ def test_argv_flags_follow_the_settings() -> None:
 
 
 def test_expected_total_steps_per_scheduler() -> None:
-    assert _command(scheduler="pndm", step_count=20).expected_total_steps() == 21
-    assert _command(scheduler="dpmpp", step_count=20).expected_total_steps() == 20
+    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "20"})
+    pndm = plan_job(GenerateParams(prompt="x", scheduler="pndm"), settings)
+    dpmpp = plan_job(GenerateParams(prompt="x", scheduler="dpmpp"), settings)
+    assert (pndm.expected_total_steps, dpmpp.expected_total_steps) == (21, 20)
 
 
 def _parse(*chunks: bytes) -> list[object]:

@@ -88,8 +88,10 @@ def test_lines_file_names_and_step_totals(tmp_path: Path, scheduler: str, total:
     ]
 
 
-def test_stdout_is_block_buffered_on_a_pipe(tmp_path: Path) -> None:
+def _seconds_to_first_byte(tmp_path: Path, terminal: bool) -> float:
+    """Run 4 steps of 0.1 s into a pipe or a terminal; how long until `Loading`'s `L` came."""
     resources = make_resource_dir(tmp_path / "res")
+    reader, writer = os.pipe() if stdout == subprocess.PIPE else pty.openpty()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -100,42 +102,26 @@ def test_stdout_is_block_buffered_on_a_pipe(tmp_path: Path) -> None:
             "--",
             "x",
         ],
-        stdout=subprocess.PIPE,
+        stdout=writer,
         env={**os.environ, "STANDIN_SD_SECONDS_PER_STEP": "0.1"},
     )
-    assert process.stdout is not None
+    os.close(writer)
     started = time.monotonic()
-    first = process.stdout.read(1)
+    first = os.read(reader, 1)
     waited = time.monotonic() - started
     process.wait(30)
-    process.stdout.close()
+    os.close(reader)
     assert first == b"L"
+    return waited
+
+
+def test_stdout_is_block_buffered_on_a_pipe(tmp_path: Path) -> None:
+    waited = _seconds_to_first_byte(tmp_path, terminal=False)
     assert waited >= 0.4, "output arrived before the run ended: the pipe was not buffered"
 
 
 def test_stdout_is_line_buffered_on_a_terminal(tmp_path: Path) -> None:
-    resources = make_resource_dir(tmp_path / "res")
-    master, slave = pty.openpty()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(STANDIN_SAMPLER),
-            f"--resource-path={resources}",
-            f"--output-path={tmp_path}",
-            "--step-count=4",
-            "--",
-            "x",
-        ],
-        stdout=slave,
-        env={**os.environ, "STANDIN_SD_SECONDS_PER_STEP": "0.1"},
-    )
-    os.close(slave)
-    started = time.monotonic()
-    first = os.read(master, 1)
-    waited = time.monotonic() - started
-    process.wait(30)
-    os.close(master)
-    assert first == b"L"
+    waited = _seconds_to_first_byte(tmp_path, terminal=True)
     assert waited < 0.4, "the first line waited for the run: the terminal was not line-buffered"
 
 

@@ -46,7 +46,3 @@ class SamplerCommand:
         if self.reduce_memory:
             argv.append("--reduce-memory")
         return [*argv, "--", self.prompt]
-
-    def expected_total_steps(self) -> int:
-        """The sampler's own step total M: PNDM adds a warm-up step, DPM++ does not."""
-        return self.step_count + 1 if self.scheduler == "pndm" else self.step_count
