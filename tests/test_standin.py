@@ -91,7 +91,7 @@ def test_lines_file_names_and_step_totals(tmp_path: Path, scheduler: str, total:
 def _seconds_to_first_byte(tmp_path: Path, terminal: bool) -> float:
     """Run 4 steps of 0.1 s into a pipe or a terminal; how long until `Loading`'s `L` came."""
     resources = make_resource_dir(tmp_path / "res")
-    reader, writer = os.pipe() if stdout == subprocess.PIPE else pty.openpty()
+    reader, writer = pty.openpty() if terminal else os.pipe()
     process = subprocess.Popen(
         [
             sys.executable,
