@@ -23,6 +23,11 @@ class ErrorCode(IntEnum):
     def description(self) -> str:
         return self._description_
 
+    @classmethod
+    def from_code(cls, code: object) -> ErrorCode | None:
+        """The member for a code read off the wire, or None for a code this protocol lacks."""
+        return next((member for member in cls if member.value == code), None)
+
     PARSE_ERROR = (-32700, "The line is not valid UTF-8 or not valid JSON.")
     INVALID_REQUEST = (
         -32600,

@@ -1,0 +1,1 @@
+"""`studio-imagegen`: a terminal client for trying the worker by hand."""

@@ -1,0 +1,127 @@
+"""What a person sees: a progress bar, a capabilities summary, an error with its hint."""
+
+from __future__ import annotations
+
+from typing import Any, TextIO
+
+from protocol.errors import ErrorCode
+from protocol.models import CapabilitiesResult, ProgressParams
+
+BAR_WIDTH = 24
+
+
+def progress_bar(progress: ProgressParams) -> str:
+    """One line: phase, bar, step i/M, steps/s and ETA when known, the worker's message."""
+    filled = round(progress.fraction * BAR_WIDTH)
+    bar = "█" * filled + "░" * (BAR_WIDTH - filled)
+    parts = [f"{progress.phase:<8}", bar]
+    if progress.phase == "queued" and progress.queue_position is not None:
+        parts.append(f"position {progress.queue_position}")
+    elif progress.total_steps:
+        parts.append(f"{progress.step:>3}/{progress.total_steps}")
+    if progress.steps_per_second:
+        parts.append(f"{progress.steps_per_second:.2f} step/s")
+    if progress.eta_ms is not None:
+        seconds = round(progress.eta_ms / 1000)
+        parts.append(f"ETA {seconds // 60}:{seconds % 60:02d}")
+    parts.append(progress.message)
+    return "  ".join(parts)
+
+
+class ProgressDisplay:
+    """Redraws one line on a terminal; prints one line per update elsewhere."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._live = stream.isatty()
+        self._drawn = False
+
+    def update(self, progress: ProgressParams) -> None:
+        line = progress_bar(progress)
+        if self._live:
+            self._stream.write("\r\x1b[2K" + line)
+            self._drawn = True
+        else:
+            self._stream.write(line + "\n")
+        self._stream.flush()
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._stream.write("\n")
+            self._stream.flush()
+            self._drawn = False
+
+
+def capabilities_summary(caps: CapabilitiesResult) -> str:
+    backend = caps.backend
+    state = "available" if backend.available else "NOT available"
+    test_only = " (test only)" if backend.test_only else ""
+    lines = [f"Backend    {backend.id}{test_only}: {state}", f"           {backend.reason}"]
+    if backend.missing:
+        lines.append("Missing    " + "\n           ".join(backend.missing))
+    if backend.install_hint:
+        lines.append(f"Fix        {backend.install_hint}")
+    lines.append(f"Model      {backend.model_id or '-'}")
+    if backend.sample_binary or backend.resource_path:
+        lines.append(f"Sampler    {backend.sample_binary or '-'}")
+        lines.append(f"Resources  {backend.resource_path or '-'}")
+    limits, features, defaults = caps.limits, caps.features, caps.defaults
+    lines.append(
+        f"Limits     images 1..{limits.max_image_count} · steps {limits.step_count.min}.."
+        f"{limits.step_count.max} · guidance {limits.guidance_scale.min:g}.."
+        f"{limits.guidance_scale.max:g} · timeout {limits.timeout_ms.min}.."
+        f"{limits.timeout_ms.max} ms · queue {limits.max_queue} · concurrent "
+        f"{limits.max_concurrency}"
+    )
+    lines.append(
+        f"Features   text-to-image {_yes(features.text_to_image)} · image-to-image "
+        f"{_yes(features.image_to_image)} · negative prompt {_yes(features.negative_prompt)} · "
+        f"ratios {', '.join(features.aspect_ratios)} · progress {_yes(features.progress)} · "
+        f"cancel {_yes(features.cancel)}"
+    )
+    lines.append(
+        f"           schedulers {', '.join(features.schedulers)} · compute units "
+        f"{', '.join(features.compute_units)}"
+    )
+    lines.append(
+        f"Defaults   {defaults.step_count} steps · guidance {defaults.guidance_scale:g} · "
+        f"{defaults.scheduler} · {defaults.compute_units} · safety checker "
+        f"{'off' if defaults.disable_safety else 'on'} · reduce memory "
+        f"{_yes(defaults.reduce_memory)} · timeout {defaults.timeout_ms} ms"
+    )
+    for problem in caps.config_errors:
+        lines.append(f"Config     {problem.variable}={problem.value!r} {problem.reason}")
+    platform = caps.platform
+    lines.append(
+        f"Worker     {caps.worker.name} {caps.worker.version} · protocol {caps.protocol_version}"
+        f" · {platform.os} {platform.os_version} ({platform.machine}) · Python {platform.python}"
+    )
+    return "\n".join(lines)
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def error_report(error: dict[str, Any]) -> str:
+    """`NAME (code): message`, then what `data` says to do about it."""
+    code = error.get("code")
+    known = ErrorCode.from_code(code)
+    name = known.name if known else "UNKNOWN"
+    lines = [f"error {name} ({code}): {error.get('message', '')}"]
+    data = error.get("data")
+    if isinstance(data, dict):
+        for field_error in data.get("errors", []):
+            lines.append(f"  {field_error.get('field')}: {field_error.get('message')}")
+        if data.get("missing"):
+            lines.append("  missing: " + ", ".join(map(str, data["missing"])))
+        if data.get("installHint"):
+            lines.append(f"  fix: {data['installHint']}")
+        if "supported" in data:
+            lines.append(f"  supported: {', '.join(data['supported']) or 'none'}")
+        if data.get("stderr"):
+            tail = str(data["stderr"]).strip().splitlines()[-5:]
+            lines.append("  sampler stderr:\n    " + "\n    ".join(tail))
+        if "variable" in data:
+            lines.append(f"  {data['variable']}={data.get('value')!r}: {data.get('reason')}")
+    return "\n".join(lines)
