@@ -18,6 +18,8 @@ class WireModel(BaseModel):
         serialize_by_alias=True,
         extra="forbid",
         frozen=True,
+        # Built on first use, so start-up pays only for the models a request needs.
+        defer_build=True,
     )
 
     def to_wire(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from protocol.models import (
 )
 from protocol.version import PROTOCOL_VERSION
 from worker import __version__
-from worker.backends import coreml_install, mock
+from worker.backends import MOCK_BACKEND_ID, MOCK_MODEL_ID, coreml_install
 from worker.host import HostPlatform
 from worker.settings import ENV_BACKEND, Settings
 
@@ -48,12 +48,12 @@ def describe_backend(settings: Settings, host: HostPlatform) -> BackendStatus:
         )
     if settings.backend == "mock":
         return BackendStatus(
-            id="mock",
+            id=MOCK_BACKEND_ID,
             available=True,
             reason="Test-only procedural backend: deterministic patterns, not diffusion.",
             missing=[],
             install_hint="",
-            model_id=mock.MODEL_ID,
+            model_id=MOCK_MODEL_ID,
             sample_binary=None,
             resource_path=None,
             test_only=True,

@@ -14,7 +14,7 @@ import anyio
 from worker import __version__
 from worker.app import build_server
 from worker.host import HostPlatform
-from worker.sampler.process import LiveSamplers
+from worker.live import LiveSamplers
 from worker.server import Server
 from worker.settings import Settings
 from worker.stdio import FdLineWriter, claim_stdin, claim_stdout, open_fd_reader

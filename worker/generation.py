@@ -30,13 +30,19 @@ from protocol.models import (
 )
 from worker import __version__
 from worker.backends.base import Backend, GenerationJob, Rendered
+from worker.backends.coreml import CoreMLBackend
+from worker.backends.mock import MockBackend
+from worker.context import RequestContext
 from worker.errors import WorkerError
+from worker.host import HostPlatform
 from worker.images import (
     safe_file_name,
     to_base64,
     with_text_chunks,
     write_without_clobbering,
 )
+from worker.jobs import Job, JobQueue
+from worker.live import LiveSamplers
 from worker.progress import ProgressReporter
 from worker.seed import derive_seed
 from worker.settings import Settings
@@ -44,6 +50,28 @@ from worker.settings import Settings
 A1111_SAMPLER_NAMES: dict[Scheduler, str] = {"pndm": "PNDM", "dpmpp": "DPM++ 2M"}
 PARAMETERS_KEYWORD = "parameters"
 JSON_KEYWORD = "studio-imagegen"
+
+
+class Generator:
+    """Serves `generate`: checks, queues, renders with the configured backend, delivers."""
+
+    def __init__(self, settings: Settings, host: HostPlatform, live: LiveSamplers) -> None:
+        self._settings = settings
+        self._backend: Backend = (
+            MockBackend() if settings.backend == "mock" else CoreMLBackend(settings, host, live)
+        )
+
+    async def generate(
+        self, context: RequestContext, params: GenerateParams, queue: JobQueue
+    ) -> GenerateResult:
+        check_request(params, self._settings)
+        plan = plan_job(params, self._settings)
+        progress = ProgressReporter(context, plan.run_id, plan.expected_total_steps)
+        job = Job(request_id=context.request_id, run_id=plan.run_id, progress=progress)
+        rendered, started = await queue.run(
+            job, lambda: render_timed(self._backend, plan, progress)
+        )
+        return deliver(params, plan, rendered, started)
 
 
 def check_request(params: GenerateParams, settings: Settings) -> None:

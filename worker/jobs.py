@@ -13,15 +13,17 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
 from protocol.errors import ErrorCode, ErrorDetailData, QueueFullData
 from worker.context import JsonId
 from worker.errors import WorkerError
-from worker.progress import ProgressReporter
 from worker.settings import ENV_MAX_QUEUE
+
+if TYPE_CHECKING:  # the queue only calls it; loading it waits for the first generate
+    from worker.progress import ProgressReporter
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from protocol.models import (
     CancelParams,
@@ -13,18 +14,16 @@ from protocol.models import (
     GenerateParams,
     GenerateResult,
 )
-from worker.backends.base import Backend
-from worker.backends.coreml import CoreMLBackend
-from worker.backends.mock import MockBackend
 from worker.capabilities import describe_capabilities
 from worker.context import RequestContext
 from worker.dispatch import Method
-from worker.generation import check_request, deliver, plan_job, render_timed
 from worker.host import HostPlatform
-from worker.jobs import Job, JobQueue
-from worker.progress import ProgressReporter
-from worker.sampler.process import LiveSamplers
+from worker.jobs import JobQueue
+from worker.live import LiveSamplers
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.generation import Generator
 
 
 @dataclass
@@ -33,15 +32,10 @@ class WorkerMethods:
     host: HostPlatform
     live: LiveSamplers = field(default_factory=LiveSamplers)
     queue: JobQueue = field(init=False)
-    backend: Backend = field(init=False)
+    _generator: Generator | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.queue = JobQueue(self.settings.max_concurrency, self.settings.max_queue)
-        self.backend = (
-            MockBackend()
-            if self.settings.backend == "mock"
-            else CoreMLBackend(self.settings, self.host, self.live)
-        )
 
     async def capabilities(
         self, context: RequestContext, params: CapabilitiesParams
@@ -49,14 +43,12 @@ class WorkerMethods:
         return describe_capabilities(self.settings, self.host)
 
     async def generate(self, context: RequestContext, params: GenerateParams) -> GenerateResult:
-        check_request(params, self.settings)
-        plan = plan_job(params, self.settings)
-        progress = ProgressReporter(context, plan.run_id, plan.expected_total_steps)
-        job = Job(request_id=context.request_id, run_id=plan.run_id, progress=progress)
-        rendered, started = await self.queue.run(
-            job, lambda: render_timed(self.backend, plan, progress)
-        )
-        return deliver(params, plan, rendered, started)
+        if self._generator is None:
+            # Loaded on the first generate: start-up and `capabilities` stay light.
+            from worker.generation import Generator
+
+            self._generator = Generator(self.settings, self.host, self.live)
+        return await self._generator.generate(context, params, self.queue)
 
     async def cancel(self, context: RequestContext, params: CancelParams) -> CancelResult:
         cancelled = self.queue.cancel(request_id=params.request_id, run_id=params.run_id)

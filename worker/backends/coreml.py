@@ -20,10 +20,11 @@ from worker.backends.coreml_install import BACKEND_ID, locate_installation, mode
 from worker.errors import WorkerError
 from worker.host import HostPlatform
 from worker.images import RenderedImage, check_png, select_outputs
+from worker.live import LiveSamplers
 from worker.progress import ProgressReporter
 from worker.sampler.command import SamplerCommand
 from worker.sampler.output_parser import OtherLine, SamplerEvent, SamplerOutputParser
-from worker.sampler.process import LiveSamplers, SamplerExit, SamplerStartError, run_sampler
+from worker.sampler.process import SamplerExit, SamplerStartError, run_sampler
 from worker.settings import ENV_TIMEOUT_MS, Settings
 
 logger = logging.getLogger(__name__)

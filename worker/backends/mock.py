@@ -11,14 +11,13 @@ import io
 import time
 
 import anyio
-import anyio.lowlevel
 
+from worker.backends import MOCK_BACKEND_ID as BACKEND_ID
+from worker.backends import MOCK_MODEL_ID as MODEL_ID
 from worker.backends.base import GenerationJob, Rendered
 from worker.images import RenderedImage
 from worker.progress import ProgressReporter
 
-BACKEND_ID = "mock"
-MODEL_ID = "local/macos-procedural-v1"
 IMAGE_SIZE = 512
 STEP_SECONDS = 0.002
 

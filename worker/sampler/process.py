@@ -13,17 +13,17 @@ import errno
 import logging
 import os
 import pty
-import shutil
 import signal
 import subprocess
 import time
 import tty
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
+
+from worker.live import LiveSamplers, signal_group
 
 logger = logging.getLogger(__name__)
 
@@ -45,26 +45,6 @@ class SamplerExit:
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
-
-
-class LiveSamplers:
-    """The sampler process groups and job directories that exist right now.
-
-    Normal endings clean up after themselves; this is for an abrupt exit (a second
-    Ctrl-C), which must still leave no process and no directory behind.
-    """
-
-    def __init__(self) -> None:
-        self.groups: set[int] = set()
-        self.directories: set[Path] = set()
-
-    def abort_all(self) -> None:
-        for pgid in list(self.groups):
-            _signal_group(pgid, signal.SIGKILL)
-        for directory in list(self.directories):
-            shutil.rmtree(directory, ignore_errors=True)
-        self.groups.clear()
-        self.directories.clear()
 
 
 class SamplerStartError(Exception):
@@ -135,7 +115,7 @@ async def _supervise(
                 timed_out = True
                 logger.info("sampler timed out after %.1fs; stopping it", timeout_seconds)
                 await stop_process_group(process, kill_grace_seconds)
-            _signal_group(process.pid, signal.SIGKILL)  # helpers it left behind
+            signal_group(process.pid, signal.SIGKILL)  # helpers it left behind
             readers.cancel_scope.deadline = anyio.current_time() + _DRAIN_SECONDS
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -155,16 +135,11 @@ async def _supervise(
 async def stop_process_group(process: Process, grace_seconds: float) -> None:
     """SIGTERM to the whole group, SIGKILL after the grace (or at once for leftovers)."""
     if process.returncode is None:
-        _signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
         with anyio.move_on_after(grace_seconds):
             await process.wait()
-    _signal_group(process.pid, signal.SIGKILL)
+    signal_group(process.pid, signal.SIGKILL)
     await process.wait()
-
-
-def _signal_group(pgid: int, signum: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
 
 
 async def _read_terminal(master: int, on_output: Callable[[bytes], None]) -> None:
