@@ -48,6 +48,10 @@ class WorkerConnection:
         )
         return cls(process, raw_log)
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
     def on_notification(self, handler: Callable[[Message], None]) -> None:
         self._notification_handlers.append(handler)
 

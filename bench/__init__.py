@@ -1,0 +1,1 @@
+"""Benchmarks of the worker against the stand-in sampler: `python -m bench`."""

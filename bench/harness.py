@@ -1,0 +1,112 @@
+"""What the benchmarks share: a stand-in setup, a worker to talk to, statistics."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.connection import WorkerConnection
+from fixtures.resources import make_resource_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STANDIN_SAMPLER = REPO_ROOT / "fixtures" / "stable_diffusion_sample.py"
+WORKER_COMMAND = [sys.executable, "-m", "worker"]
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    name: str
+    unit: str
+    samples: list[float]
+    target: str
+    met: bool | None
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def p95(self) -> float:
+        return percentile(self.samples, 95)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "unit": self.unit,
+            "median": self.median,
+            "p95": self.p95,
+            "runs": len(self.samples),
+            "target": self.target,
+            "met": self.met,
+            "notes": self.notes,
+            **self.extra,
+        }
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(samples)
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return ordered[int(rank) - 1]
+
+
+class StandInSetup:
+    """A fake resource bundle and a private temp dir; the environment for a worker."""
+
+    def __init__(self) -> None:
+        self._root = tempfile.TemporaryDirectory(prefix="imagegen-bench-")
+        root = Path(self._root.name)
+        self.resources = make_resource_dir(root / "resources")
+        self.tmp = root / "tmp"
+        self.tmp.mkdir()
+        self.outputs = root / "outputs"
+        self.outputs.mkdir()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(STANDIN_SAMPLER),
+            "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(self.resources),
+            "SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL": "warning",
+            "TMPDIR": str(self.tmp),
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
+            ),
+            **extra,
+        }
+
+    def close(self) -> None:
+        self._root.cleanup()
+
+
+@asynccontextmanager
+async def running_worker(env: dict[str, str]) -> AsyncIterator[WorkerConnection]:
+    import anyio
+
+    connection = await WorkerConnection.start(WORKER_COMMAND, env=env)
+    async with anyio.create_task_group() as group:
+        group.start_soon(connection.read_forever)
+        try:
+            yield connection
+        finally:
+            with anyio.CancelScope(shield=True):
+                await connection.close()
+            group.cancel_scope.cancel()
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise LookupError(key)

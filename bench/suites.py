@@ -1,0 +1,286 @@
+"""The six measurements, each returning rows for the table. Sizes come from `Sizes`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench.harness import (
+    WORKER_COMMAND,
+    Row,
+    StandInSetup,
+    percentile,
+    proc_status_kib,
+    running_worker,
+)
+from client.connection import Message, WorkerConnection
+from worker.sampler.command import SamplerCommand
+
+LITERAL_IMPORTS = "import jsonrpcserver, pydantic, anyio, PIL"
+AS_USED_IMPORTS = "import jsonrpcserver, anyio, PIL.Image; from pydantic import BaseModel"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    cold_start_runs: int = 15
+    overhead_runs: int = 7
+    overhead_steps: int = 20
+    overhead_step_seconds: float = 0.05
+    progress_runs: int = 3
+    cancel_runs: int = 10
+    stubborn_grace_ms: int = 500
+    throughput_requests: int = 5000
+    throughput_runs: int = 3
+    memory_images: int = 8
+
+
+SMOKE = Sizes(
+    cold_start_runs=2,
+    overhead_runs=1,
+    overhead_steps=3,
+    overhead_step_seconds=0.01,
+    progress_runs=1,
+    cancel_runs=2,
+    stubborn_grace_ms=200,
+    throughput_requests=200,
+    throughput_runs=1,
+    memory_images=2,
+)
+
+
+def _time_command(argv: list[str], **kwargs: Any) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kwargs)
+    return time.perf_counter() - started
+
+
+async def cold_start(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """Spawn to `capabilities` answered, against a bare import of the dependencies."""
+    env = setup.env()
+    worker, literal, as_used = [], [], []
+    for _ in range(sizes.cold_start_runs):
+        started = time.perf_counter()
+        connection = await WorkerConnection.start(WORKER_COMMAND, env=env)
+        async with anyio.create_task_group() as group:
+            group.start_soon(connection.read_forever)
+            await connection.call("capabilities")
+            worker.append(time.perf_counter() - started)
+            await connection.close()
+            group.cancel_scope.cancel()
+        literal.append(_time_command([sys.executable, "-c", LITERAL_IMPORTS]))
+        as_used.append(_time_command([sys.executable, "-c", AS_USED_IMPORTS]))
+    ms = [s * 1000 for s in worker]
+    rows = [Row("cold start: spawn to capabilities", "ms", ms, "", None)]
+    for label, baseline, imports in [
+        ("literal", literal, LITERAL_IMPORTS),
+        ("as used", as_used, AS_USED_IMPORTS),
+    ]:
+        ratios = [w / b for w, b in zip(worker, baseline, strict=True)]
+        rows.append(
+            Row(
+                f"cold start / bare imports ({label})",
+                "x",
+                ratios,
+                "<= 1.30",
+                sorted(ratios)[len(ratios) // 2] <= 1.30,
+                notes=f'`python -c "{imports}"`: median '
+                f"{sorted(baseline)[len(baseline) // 2] * 1000:.0f} ms",
+            )
+        )
+    return rows
+
+
+async def overhead(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """`generate` through the worker against the stand-in run directly, same arguments."""
+    step_env = {"STANDIN_SD_SECONDS_PER_STEP": str(sizes.overhead_step_seconds)}
+    env = setup.env(**step_env)
+    direct, through = [], []
+    async with running_worker(env) as connection:
+        # Warm-up: the first generate also loads the generate path (once per worker).
+        await connection.call("generate", {"prompt": "warm-up", "stepCount": 1})
+        for run in range(sizes.overhead_runs):
+            output = setup.outputs / f"direct-{run}"
+            output.mkdir()
+            command = SamplerCommand(
+                binary=Path(env["SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"]),
+                resource_path=setup.resources,
+                output_path=output,
+                prompt="a red fox in snow",
+                negative_prompt="",
+                compute_units="cpuAndNeuralEngine",
+                step_count=sizes.overhead_steps,
+                image_count=1,
+                seed=42,
+                guidance_scale=7.5,
+                scheduler="pndm",
+                disable_safety=True,
+                reduce_memory=False,
+            )
+            # The same environment the worker's child gets (PATH decides which python3
+            # the stand-in's shebang finds).
+            direct.append(_time_command(command.argv(), env={**os.environ, **env}))
+            started = time.perf_counter()
+            response = await connection.call(
+                "generate",
+                {"prompt": "a red fox in snow", "seed": 42, "stepCount": sizes.overhead_steps},
+            )
+            through.append(time.perf_counter() - started)
+            assert "result" in response, response
+    ratios = [t / d for t, d in zip(through, direct, strict=True)]
+    added = [(t - d) * 1000 for t, d in zip(through, direct, strict=True)]
+    return [
+        Row(
+            f"generate overhead ({sizes.overhead_steps} steps at "
+            f"{sizes.overhead_step_seconds * 1000:.0f} ms)",
+            "x",
+            ratios,
+            "<= 1.03",
+            sorted(ratios)[len(ratios) // 2] <= 1.03,
+            notes=f"direct median {sorted(direct)[len(direct) // 2] * 1000:.0f} ms; "
+            f"worker adds median {sorted(added)[len(added) // 2]:.0f} ms",
+        )
+    ]
+
+
+async def progress_latency(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """From the stand-in writing a step line (it stamps the time) to the host reading it."""
+    stamps = setup.tmp.parent / "stamps.txt"
+    env = setup.env(
+        STANDIN_SD_SECONDS_PER_STEP=str(sizes.overhead_step_seconds),
+        STANDIN_SD_STAMP_FILE=str(stamps),
+    )
+    latencies: list[float] = []
+    async with running_worker(env) as connection:
+        for _ in range(sizes.progress_runs):
+            stamps.write_text("")
+            arrivals: dict[int, float] = {}
+
+            def on_progress(message: Message, arrivals: dict[int, float] = arrivals) -> None:
+                params = message["params"]
+                if params["phase"] == "sampling" and params["step"] > 0:
+                    arrivals[params["step"]] = time.time()
+
+            connection.on_notification(on_progress)
+            await connection.call("generate", {"prompt": "fox", "stepCount": sizes.overhead_steps})
+            for line in stamps.read_text().splitlines():
+                index, stamped = line.split()
+                completed = int(index) + 1
+                if completed in arrivals:
+                    latencies.append((arrivals[completed] - float(stamped)) * 1000)
+    return [
+        Row(
+            "progress latency: step line to notification read",
+            "ms",
+            latencies,
+            "p95 <= 25",
+            bool(latencies) and percentile_ok(latencies, 25),
+            notes=f"{len(latencies)} step lines",
+        )
+    ]
+
+
+def percentile_ok(samples: list[float], limit: float) -> bool:
+    return percentile(samples, 95) <= limit
+
+
+async def cancel_latency(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """`cancel` sent to the -32800 answer read, the sampler's process group gone by then."""
+    rows = []
+    cases = [
+        ("obeys SIGTERM", "standin:hang=1", 2000, 150),
+        (
+            f"ignores SIGTERM, grace {sizes.stubborn_grace_ms} ms",
+            "standin:hang=1 standin:ignore_sigterm=1",
+            sizes.stubborn_grace_ms,
+            sizes.stubborn_grace_ms + 150,
+        ),
+    ]
+    for label, steering, grace_ms, target_ms in cases:
+        env = setup.env(SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS=str(grace_ms))
+        samples: list[float] = []
+        async with running_worker(env) as connection:
+            for _ in range(sizes.cancel_runs):
+                sampling = anyio.Event()
+
+                def on_progress(message: Message, sampling: anyio.Event = sampling) -> None:
+                    if message["params"]["phase"] == "sampling":
+                        sampling.set()
+
+                connection.on_notification(on_progress)
+                request_id = await connection.send("generate", {"prompt": f"fox {steering}"})
+                await sampling.wait()
+                started = time.perf_counter()
+                await connection.send("cancel", {"requestId": request_id})
+                response = await connection.response(request_id)
+                samples.append((time.perf_counter() - started) * 1000)
+                assert response["error"]["code"] == -32800, response
+        rows.append(
+            Row(
+                f"cancel latency ({label})",
+                "ms",
+                samples,
+                f"p95 <= {target_ms}",
+                percentile_ok(samples, target_ms),
+            )
+        )
+    return rows
+
+
+async def throughput(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """Pipelined `capabilities` requests, all written before any answer is awaited."""
+    rates = []
+    async with running_worker(setup.env()) as connection:
+        for _ in range(sizes.throughput_runs):
+            started = time.perf_counter()
+            ids = [await connection.send("capabilities") for _ in range(sizes.throughput_requests)]
+            for id_ in ids:
+                await connection.response(id_)
+            rates.append(sizes.throughput_requests / (time.perf_counter() - started))
+    return [
+        Row(
+            f"throughput: {sizes.throughput_requests} pipelined capabilities",
+            "req/s",
+            rates,
+            ">= 2000",
+            sorted(rates)[len(rates) // 2] >= 2000,
+        )
+    ]
+
+
+async def memory(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """Idle resident memory, and the peak while returning base64 images."""
+    async with running_worker(setup.env(STANDIN_SD_SECONDS_PER_STEP="0")) as connection:
+        await connection.call("capabilities")
+        idle = proc_status_kib(connection.pid, "VmRSS") / 1024
+        response = await connection.call(
+            "generate", {"prompt": "fox", "count": sizes.memory_images, "stepCount": 1}
+        )
+        assert len(response["result"]["images"]) == sizes.memory_images, response
+        peak = proc_status_kib(connection.pid, "VmHWM") / 1024
+    return [
+        Row("memory: idle RSS", "MiB", [idle], "reported", None),
+        Row(
+            f"memory: peak RSS returning {sizes.memory_images} base64 images",
+            "MiB",
+            [peak],
+            "reported",
+            None,
+        ),
+    ]
+
+
+SUITES = {
+    "cold-start": cold_start,
+    "overhead": overhead,
+    "progress": progress_latency,
+    "cancel": cancel_latency,
+    "throughput": throughput,
+    "memory": memory,
+}
