@@ -20,6 +20,8 @@ class WireModel(BaseModel):
         frozen=True,
         # Built on first use, so start-up pays only for the models a request needs.
         defer_build=True,
+        # What the worker sends always carries every field, defaults included.
+        json_schema_serialization_defaults_required=True,
     )
 
     def to_wire(self) -> dict[str, Any]:

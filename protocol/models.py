@@ -131,6 +131,9 @@ class InputImage(WireModel):
     staged_path: str
 
 
+_FROM_SETTINGS = "Absent: the worker's default (see `capabilities.defaults`)"
+
+
 class GenerateParams(WireModel):
     """One image node's request. Overrides are optional; the environment gives the rest."""
 
@@ -138,20 +141,33 @@ class GenerateParams(WireModel):
         default=None, alias="schema", description=f"Accepted when it is `{REQUEST_SCHEMA_TAG}`"
     )
     prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="Trimmed; must not be empty")
-    count: int = Field(default=1, ge=1, le=MAX_IMAGE_COUNT)
+    count: int = Field(default=1, ge=1, le=MAX_IMAGE_COUNT, description="Images to make")
     run_id: str = Field(default="", description="The Studio run; part of the derived seed")
     aspect_ratio: str = Field(default="1:1", description="Only `1:1` is supported")
     input_images: list[InputImage] = Field(default_factory=list, description="Must be empty")
-    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
-    step_count: int | None = Field(default=None, ge=STEP_COUNT_MIN, le=STEP_COUNT_MAX)
-    guidance_scale: float | None = Field(default=None, ge=GUIDANCE_SCALE_MIN, le=GUIDANCE_SCALE_MAX)
-    scheduler: Scheduler | None = None
-    compute_units: ComputeUnits | None = None
+    negative_prompt: str = Field(
+        default="", max_length=MAX_PROMPT_CHARS, description="Trimmed; what to steer away from"
+    )
+    step_count: int | None = Field(
+        default=None, ge=STEP_COUNT_MIN, le=STEP_COUNT_MAX, description=_FROM_SETTINGS
+    )
+    guidance_scale: float | None = Field(
+        default=None, ge=GUIDANCE_SCALE_MIN, le=GUIDANCE_SCALE_MAX, description=_FROM_SETTINGS
+    )
+    scheduler: Scheduler | None = Field(default=None, description=_FROM_SETTINGS)
+    compute_units: ComputeUnits | None = Field(default=None, description=_FROM_SETTINGS)
     seed: int | None = Field(
         default=None, ge=0, le=SEED_MAX, description="Derived from prompt and runId when absent"
     )
-    timeout_ms: int | None = Field(default=None, ge=REQUEST_TIMEOUT_MS_MIN, le=TIMEOUT_MS_MAX)
-    output: Literal["base64", "path"] = "base64"
+    timeout_ms: int | None = Field(
+        default=None,
+        ge=REQUEST_TIMEOUT_MS_MIN,
+        le=TIMEOUT_MS_MAX,
+        description=_FROM_SETTINGS + "; counted from the sampler's start",
+    )
+    output: Literal["base64", "path"] = Field(
+        default="base64", description="Images inline as base64, or written to `outputDir`"
+    )
     output_dir: str | None = Field(
         default=None, description="With output `path`: an existing directory the host owns"
     )

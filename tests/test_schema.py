@@ -6,7 +6,14 @@ import json
 
 from protocol.errors import ERROR_DATA_MODELS, ErrorCode
 from protocol.models import METHOD_MODELS
-from protocol.schema import SCHEMA_PATH, build_schema
+from protocol.schema import (
+    FIELDS_BEGIN,
+    FIELDS_END,
+    README_PATH,
+    SCHEMA_PATH,
+    build_schema,
+    render_field_reference,
+)
 
 
 def test_checked_in_schema_matches_the_models() -> None:
@@ -39,3 +46,25 @@ def test_wire_names_are_camel_case() -> None:
         properties
     )
     assert not any("_" in name for name in properties)
+
+
+def test_protocol_readme_field_tables_match_the_models() -> None:
+    text = README_PATH.read_text(encoding="utf-8")
+    region = text[text.index(FIELDS_BEGIN) + len(FIELDS_BEGIN) : text.index(FIELDS_END)]
+    assert region.strip() == render_field_reference().strip(), (
+        "protocol/README.md field tables are out of date: run `python -m protocol.schema --write`"
+    )
+
+
+def test_protocol_readme_shows_every_method_and_a_real_answer_for_every_error() -> None:
+    text = README_PATH.read_text(encoding="utf-8")
+    for method in METHOD_MODELS:
+        assert f"`{method}`" in text
+    exchanges = text[text.index("<!-- exchanges:begin -->") :]
+    answers = [line for line in exchanges.splitlines() if line.startswith("<- ")]
+    shown = {code for code in ErrorCode if any(f'"code":{int(code)}' in a for a in answers)}
+    # -32603 cannot be provoked from outside a healthy worker; the in-process tests show it.
+    assert set(ErrorCode) - shown == {ErrorCode.INTERNAL_ERROR}
+    for code in ErrorCode:
+        assert f"| {int(code)} | {code.name} |" in text
+    assert any('"method":"progress"' in a and '"phase":"queued"' in a for a in answers)
