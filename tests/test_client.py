@@ -35,7 +35,8 @@ def test_capabilities_summary_says_why_the_backend_is_unavailable(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert "Backend    coreml_diffusion: NOT available" in result.stdout
     assert "macOS 13.1" in result.stdout
-    assert "Fix        git clone" in result.stdout
+    assert "Fix        run the worker on a Mac" in result.stdout
+    assert "studio-imagegen-worker install" in result.stdout
     assert "Limits     images 1..8 · steps 1..80" in result.stdout
 
 
@@ -90,7 +91,7 @@ def test_errors_show_name_message_hint_and_exit_by_kind(standin: StandIn, tmp_pa
     unavailable = _client(["generate", "fox", "--out", str(tmp_path)], {"HOME": str(tmp_path)})
     assert unavailable.returncode == 4
     assert "error BACKEND_UNAVAILABLE (-32002)" in unavailable.stderr
-    assert "fix: git clone" in unavailable.stderr
+    assert "fix: studio-imagegen-worker install" in unavailable.stderr
 
 
 def test_ctrl_c_cancels_the_job_and_waits_for_the_answer(standin: StandIn, tmp_path: Path) -> None:

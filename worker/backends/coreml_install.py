@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from protocol.models import ComputeUnits
 from worker.host import HostPlatform
@@ -36,21 +37,36 @@ REQUIRED_RESOURCES = (
 UNET_CHUNKS = ("UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc")
 
 SAMPLER_REPOSITORY = "https://github.com/apple/ml-stable-diffusion"
+INSTALL_COMMAND = "studio-imagegen-worker install"
 BUILD_HINT = (
-    f"git clone {SAMPLER_REPOSITORY} ~/gits/apps/ml-stable-diffusion && "
-    "cd ~/gits/apps/ml-stable-diffusion && "
-    "swift build -c release --product StableDiffusionSample"
+    f"{INSTALL_COMMAND} (or by hand: git clone {SAMPLER_REPOSITORY} "
+    "~/gits/apps/ml-stable-diffusion && cd ~/gits/apps/ml-stable-diffusion && "
+    "swift build -c release --product StableDiffusionSample)"
 )
 RESOURCES_HINT = (
-    f"download {BUNDLE_NAME}.zip from the Hugging Face repository "
+    f"{INSTALL_COMMAND} (or by hand: download {BUNDLE_NAME}.zip from the Hugging Face repository "
     "apple/coreml-stable-diffusion-2-1-base-palettized and unzip it into "
     f"~/.systemsculpt/local-image-models/{BUNDLE_NAME}/ "
-    f"(or point {ENV_RESOURCE_PATH} at an unpacked bundle)"
+    f"(or point {ENV_RESOURCE_PATH} at an unpacked bundle))"
 )
 
 
 def model_id(compute_units: ComputeUnits) -> str:
     return f"{MODEL_ID_PREFIX}:{compute_units}"
+
+
+CheckStatus = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One thing looked at: its verdict, what was found, and the command that fixes it."""
+
+    name: str
+    status: CheckStatus
+    detail: str
+    fix: str = ""
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,19 +78,21 @@ class SamplerInstallation:
     resource_path: Path
     explicit_binary: bool
     """True when SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN names it (trusted on any OS)."""
-    missing: tuple[str, ...]
-    problems: tuple[str, ...]
-    """What stops it from running, each in words a person can act on."""
-    hints: tuple[str, ...]
+    checks: tuple[Check, ...]
 
     @property
     def available(self) -> bool:
-        return not self.problems
+        return all(check.status != "fail" for check in self.checks)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return tuple(item for check in self.checks for item in check.missing)
 
     @property
     def reason(self) -> str:
-        if self.problems:
-            return " ".join(self.problems)
+        failed = [check.detail for check in self.checks if check.status == "fail"]
+        if failed:
+            return " ".join(failed)
         if self.explicit_binary:
             return (
                 f"Using the sampler named by {ENV_SAMPLE_BIN} ({self.sample_binary}); "
@@ -84,7 +102,8 @@ class SamplerInstallation:
 
     @property
     def install_hint(self) -> str:
-        return "; then ".join(self.hints)
+        fixes = [check.fix for check in self.checks if check.status == "fail" and check.fix]
+        return "; then ".join(dict.fromkeys(fixes))
 
 
 def locate_installation(
@@ -92,55 +111,103 @@ def locate_installation(
     host: HostPlatform,
     which: Callable[[str], str | None] = shutil.which,
 ) -> SamplerInstallation:
-    missing: list[str] = []
-    problems: list[str] = []
-    hints: list[str] = []
+    """The platform, sampler and resource checks, in the order `doctor` prints them."""
     explicit = settings.sample_bin is not None
     binary = _find_binary(settings, which)
-
-    if not explicit and not host.runs_core_ml:
-        problems.append(
-            f"Core ML Stable Diffusion needs macOS 13.1 or later; this machine runs "
-            f"{host.system} {host.os_version}. To drive a sampler anyway (a wrapper, a "
-            f"stand-in, a runner that forwards to a Mac), set {ENV_SAMPLE_BIN} to it."
-        )
-    if binary is None:
-        expected = settings.sample_bin or settings.default_sample_bin
-        missing.append(str(expected))
-        if explicit:
-            problems.append(f"{ENV_SAMPLE_BIN} names {expected}, which does not exist.")
-            hints.append(f"point {ENV_SAMPLE_BIN} at the StableDiffusionSample binary")
-        else:
-            problems.append(
-                f"StableDiffusionSample was not found at {expected} nor as "
-                f"{SAMPLE_BIN_ON_PATH} on PATH."
-            )
-            hints.append(BUILD_HINT)
-    elif not (binary.is_file() and os.access(binary, os.X_OK)):
-        problems.append(f"The sampler {binary} is not an executable file.")
-        hints.append(f"chmod +x {binary}")
-
-    resource_missing = _missing_resources(settings.resource_path)
-    if resource_missing == [str(settings.resource_path)]:
-        missing.extend(resource_missing)
-        problems.append(f"The model resource directory {settings.resource_path} does not exist.")
-        hints.append(RESOURCES_HINT)
-    elif resource_missing:
-        missing.extend(resource_missing)
-        problems.append(
-            f"The model resources in {settings.resource_path} are incomplete: "
-            f"{', '.join(Path(item).name for item in resource_missing)} missing."
-        )
-        hints.append(RESOURCES_HINT)
-
     return SamplerInstallation(
         sample_binary=binary,
         resource_path=settings.resource_path,
         explicit_binary=explicit,
-        missing=tuple(missing),
-        problems=tuple(problems),
-        hints=tuple(hints),
+        checks=(
+            check_platform(host, explicit),
+            check_sampler(settings, binary),
+            check_resources(settings.resource_path),
+        ),
     )
+
+
+def check_platform(host: HostPlatform, explicit_binary: bool) -> Check:
+    described = f"{host.system} {host.os_version} on {host.machine}"
+    if host.runs_core_ml:
+        if host.machine != "arm64":
+            return Check(
+                "platform",
+                "warn",
+                f"{described}: Core ML runs, but slowly without Apple silicon's Neural Engine.",
+            )
+        return Check("platform", "ok", f"{described}: Core ML with the Neural Engine.")
+    if explicit_binary:
+        return Check(
+            "platform",
+            "ok",
+            f"{described}: not macOS, but {ENV_SAMPLE_BIN} names a sampler, which is trusted.",
+        )
+    return Check(
+        "platform",
+        "fail",
+        f"Core ML Stable Diffusion needs macOS 13.1 or later; this machine runs "
+        f"{host.system} {host.os_version}. To drive a sampler anyway (a wrapper, a "
+        f"stand-in, a runner that forwards to a Mac), set {ENV_SAMPLE_BIN} to it.",
+        fix="run the worker on a Mac with Apple silicon and macOS 13.1 or later",
+    )
+
+
+def check_sampler(settings: Settings, binary: Path | None) -> Check:
+    if binary is None:
+        expected = settings.sample_bin or settings.default_sample_bin
+        if settings.sample_bin is not None:
+            return Check(
+                "sampler",
+                "fail",
+                f"{ENV_SAMPLE_BIN} names {expected}, which does not exist.",
+                fix=f"point {ENV_SAMPLE_BIN} at the StableDiffusionSample binary",
+                missing=(str(expected),),
+            )
+        return Check(
+            "sampler",
+            "fail",
+            f"StableDiffusionSample was not found at {expected} nor as "
+            f"{SAMPLE_BIN_ON_PATH} on PATH.",
+            fix=BUILD_HINT,
+            missing=(str(expected),),
+        )
+    if not (binary.is_file() and os.access(binary, os.X_OK)):
+        return Check(
+            "sampler",
+            "fail",
+            f"The sampler {binary} is not an executable file.",
+            fix=f"chmod +x {binary}",
+        )
+    where = (
+        f"named by {ENV_SAMPLE_BIN}"
+        if settings.sample_bin is not None
+        else "at the default location"
+        if binary == settings.default_sample_bin
+        else "on PATH"
+    )
+    return Check("sampler", "ok", f"{binary} ({where}), executable.")
+
+
+def check_resources(resource_path: Path) -> Check:
+    missing = _missing_resources(resource_path)
+    if missing == [str(resource_path)]:
+        return Check(
+            "resources",
+            "fail",
+            f"The model resource directory {resource_path} does not exist.",
+            fix=RESOURCES_HINT,
+            missing=tuple(missing),
+        )
+    if missing:
+        return Check(
+            "resources",
+            "fail",
+            f"The model resources in {resource_path} are incomplete: "
+            f"{', '.join(Path(item).name for item in missing)} missing.",
+            fix=RESOURCES_HINT,
+            missing=tuple(missing),
+        )
+    return Check("resources", "ok", f"{resource_path}: every required model file is there.")
 
 
 def _find_binary(settings: Settings, which: Callable[[str], str | None]) -> Path | None:
