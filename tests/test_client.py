@@ -91,7 +91,7 @@ def test_errors_show_name_message_hint_and_exit_by_kind(standin: StandIn, tmp_pa
     unavailable = _client(["generate", "fox", "--out", str(tmp_path)], {"HOME": str(tmp_path)})
     assert unavailable.returncode == 4
     assert "error BACKEND_UNAVAILABLE (-32002)" in unavailable.stderr
-    assert "fix: studio-imagegen-worker install" in unavailable.stderr
+    assert "fix: run the worker on a Mac" in unavailable.stderr
 
 
 def test_ctrl_c_cancels_the_job_and_waits_for_the_answer(standin: StandIn, tmp_path: Path) -> None:
