@@ -15,6 +15,7 @@ from worker import __version__
 from worker.app import build_server
 from worker.host import HostPlatform
 from worker.live import LiveSamplers
+from worker.provision.commands import add_commands, run_doctor, run_install
 from worker.server import Server
 from worker.settings import Settings
 from worker.stdio import FdLineWriter, claim_stdin, claim_stdout, open_fd_reader
@@ -50,11 +51,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{serve,doctor,install}")
+    commands.add_parser("serve", help="serve JSON-RPC on stdin/stdout (the default)")
+    add_commands(commands)
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parse_args(argv)
+    args = parse_args(argv)
+    if args.command == "doctor":
+        return run_doctor(args)
+    if args.command == "install":
+        return run_install(args)
+    return serve()
+
+
+def serve() -> int:
     settings = Settings.from_environ(os.environ)
     configure_logging(settings.log_level)
     report_settings(settings)

@@ -46,11 +46,13 @@ ENV_KILL_GRACE_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS"
 WORKER_ONLY_VARIABLES = frozenset({ENV_LOG_LEVEL, ENV_MAX_REQUEST_BYTES})
 """Problems with these are reported, but do not stop `generate`."""
 
-DEFAULT_SAMPLE_BIN = "gits/apps/ml-stable-diffusion/.build/release/StableDiffusionSample"
-"""Relative to the home directory, where the original installer built the sampler."""
+DEFAULT_CHECKOUT = "gits/apps/ml-stable-diffusion"
+"""Relative to the home directory, where the original installer cloned the sampler."""
+DEFAULT_SAMPLE_BIN = f"{DEFAULT_CHECKOUT}/.build/release/StableDiffusionSample"
+DEFAULT_MODELS_DIR = ".systemsculpt/local-image-models"
 SAMPLE_BIN_ON_PATH = "stable-diffusion-sample"
 BUNDLE_NAME = "coreml-stable-diffusion-2-1-base-palettized_split_einsum_v2_compiled"
-DEFAULT_RESOURCE_PATH = f".systemsculpt/local-image-models/{BUNDLE_NAME}/{BUNDLE_NAME}"
+DEFAULT_RESOURCE_PATH = f"{DEFAULT_MODELS_DIR}/{BUNDLE_NAME}/{BUNDLE_NAME}"
 """Relative to the home directory, where the original installer unpacked the bundle."""
 
 DEFAULT_STEP_COUNT = 20

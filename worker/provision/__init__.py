@@ -1,0 +1,1 @@
+"""Getting a Mac from nothing to a working local provider: `doctor` and `install`."""

@@ -1,0 +1,144 @@
+"""`studio-imagegen-worker doctor`: every check, one line each, and a verdict.
+
+The platform, sampler and resource checks are the ones `capabilities` summarises
+(`locate_installation`); doctor adds what only a person asking needs: the sampler
+actually starting, free disk, and the settings.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.backends.coreml_install import Check, locate_installation
+from worker.host import HostPlatform
+from worker.settings import WORKER_ONLY_VARIABLES, Settings
+
+SAMPLER_HELP_TIMEOUT_SECONDS = 20
+MIN_FREE_BYTES_INSTALLED = 1 << 30
+"""Room for outputs and temporary files once the bundle is in place."""
+MIN_FREE_BYTES_TO_INSTALL = 5 << 30
+"""The zip (about 1.1 GB), its unpacked copy, and the sampler's build."""
+
+_MARKS = {"ok": "[ ok ]", "warn": "[warn]", "fail": "[FAIL]"}
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    checks: tuple[Check, ...]
+
+    @property
+    def ready(self) -> bool:
+        return all(check.status != "fail" for check in self.checks)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "checks": [{**asdict(check), "missing": list(check.missing)} for check in self.checks],
+        }
+
+    def render(self) -> str:
+        width = max(len(check.name) for check in self.checks)
+        lines = []
+        for check in self.checks:
+            lines.append(f"{_MARKS[check.status]} {check.name:<{width}}  {check.detail}")
+            if check.fix and check.status != "ok":
+                lines.append(f"{'':>6} {'':<{width}}  fix: {check.fix}")
+        failed = [check.name for check in self.checks if check.status == "fail"]
+        lines.append(
+            "ready: the local provider can generate images"
+            if self.ready
+            else f"not ready: {', '.join(failed)} failed"
+        )
+        return "\n".join(lines)
+
+
+def examine(settings: Settings, host: HostPlatform) -> DoctorReport:
+    installation = locate_installation(settings, host)
+    checks = list(installation.checks)
+    sampler_ok = next(c for c in checks if c.name == "sampler").status == "ok"
+    if installation.sample_binary is not None and sampler_ok:
+        checks.insert(2, check_sampler_starts([str(installation.sample_binary), "--help"]))
+    resources_ok = next(c for c in checks if c.name == "resources").status == "ok"
+    checks.append(check_free_disk(settings.resource_path, installed=resources_ok))
+    checks.append(check_settings(settings))
+    return DoctorReport(tuple(checks))
+
+
+def check_sampler_starts(argv: Sequence[str]) -> Check:
+    """The sampler answers `--help`: it is a program this machine can run."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=SAMPLER_HELP_TIMEOUT_SECONDS,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return Check(
+            "sampler runs",
+            "fail",
+            f"`{' '.join(argv)}` did not answer within {SAMPLER_HELP_TIMEOUT_SECONDS} s.",
+            fix="rebuild it: studio-imagegen-worker install",
+        )
+    except OSError as exc:
+        return Check(
+            "sampler runs",
+            "fail",
+            f"`{' '.join(argv)}` could not start: {exc.strerror or exc}.",
+            fix="rebuild it for this machine: studio-imagegen-worker install",
+        )
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        return Check(
+            "sampler runs",
+            "fail",
+            f"`{' '.join(argv)}` exited with code {result.returncode}: {tail[0]}",
+            fix="rebuild it: studio-imagegen-worker install",
+        )
+    return Check("sampler runs", "ok", "`--help` answers.")
+
+
+def check_free_disk(resource_path: Path, installed: bool) -> Check:
+    probe = resource_path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    needed = MIN_FREE_BYTES_INSTALLED if installed else MIN_FREE_BYTES_TO_INSTALL
+    detail = f"{free / (1 << 30):.1f} GiB free on the volume of {probe}"
+    if free < needed:
+        purpose = "to run" if installed else "to install the model"
+        return Check(
+            "free disk",
+            "warn",
+            f"{detail}; {needed / (1 << 30):.0f} GiB or more is advised {purpose}.",
+            fix="free some space on that volume",
+        )
+    return Check("free disk", "ok", detail + ".")
+
+
+def check_settings(settings: Settings) -> Check:
+    blocking = settings.generation_problems
+    other = [p for p in settings.problems if p.variable in WORKER_ONLY_VARIABLES]
+    described = "; ".join(f"{p.variable}={p.value!r} {p.reason}" for p in settings.problems)
+    if blocking:
+        return Check(
+            "settings",
+            "fail",
+            described,
+            fix="fix or unset those variables, then restart the worker",
+        )
+    if other:
+        return Check("settings", "warn", described, fix="fix or unset those variables")
+    return Check(
+        "settings",
+        "ok",
+        f"backend {settings.backend_name}, {settings.step_count} steps, guidance "
+        f"{settings.guidance_scale:g}, {settings.scheduler}, {settings.compute_units}.",
+    )

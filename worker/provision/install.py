@@ -1,0 +1,326 @@
+"""`studio-imagegen-worker install`: from nothing to a working Core ML provider.
+
+Four idempotent steps, each announced and skipped when already done: clone
+apple/ml-stable-diffusion, build StableDiffusionSample, download and unpack the compiled
+SD 2.1 bundle, verify with doctor's checks. Every command and address can be replaced
+(flags or SYSTEMSCULPT_LOCAL_INSTALL_* variables), which is how it is tested off a Mac.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TextIO
+
+from worker.backends.coreml_install import check_resources
+from worker.host import HostPlatform
+from worker.provision.doctor import DoctorReport, examine
+from worker.provision.download import DownloadError, download_verified
+from worker.settings import (
+    BUNDLE_NAME,
+    DEFAULT_CHECKOUT,
+    DEFAULT_MODELS_DIR,
+    DEFAULT_SAMPLE_BIN,
+    ENV_RESOURCE_PATH,
+    ENV_SAMPLE_BIN,
+    Settings,
+)
+
+SAMPLER_REPOSITORY_URL = "https://github.com/apple/ml-stable-diffusion"
+MODEL_ARCHIVE_URL = (
+    "https://huggingface.co/apple/coreml-stable-diffusion-2-1-base-palettized/resolve/main/"
+    f"{BUNDLE_NAME}.zip"
+)
+MODEL_ARCHIVE_SIZE: int | None = None
+MODEL_ARCHIVE_SHA256: str | None = None
+"""The pinned size and SHA-256 of the bundle zip. Not known to this build: install asks
+for them (flags or environment) rather than unpack an archive it cannot check."""
+
+BUILD_PRODUCT = "StableDiffusionSample"
+BUILT_BINARY = Path(".build/release") / BUILD_PRODUCT
+OUTPUT_TAIL_LINES = 30
+
+ENV_PREFIX = "SYSTEMSCULPT_LOCAL_INSTALL_"
+
+
+class InstallError(Exception):
+    """A step failed; the message says which, why, and what to do."""
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """Where things go and which commands and addresses to use."""
+
+    checkout: Path
+    models_dir: Path
+    repository_url: str
+    git: tuple[str, ...]
+    swift: tuple[str, ...]
+    archive_url: str
+    archive_size: int | None
+    archive_sha256: str | None
+    retry_delay_seconds: float = 2.0
+
+    @property
+    def binary(self) -> Path:
+        return self.checkout / BUILT_BINARY
+
+    @property
+    def resource_path(self) -> Path:
+        return self.models_dir / BUNDLE_NAME / BUNDLE_NAME
+
+    @classmethod
+    def defaults(cls, home: Path, environ: Mapping[str, str]) -> InstallPlan:
+        def env(name: str, default: str) -> str:
+            return environ.get(ENV_PREFIX + name, "").strip() or default
+
+        size = env("MODEL_SIZE", "")
+        return cls(
+            checkout=Path(env("PREFIX", str(home / DEFAULT_CHECKOUT))),
+            models_dir=Path(env("MODELS_DIR", str(home / DEFAULT_MODELS_DIR))),
+            repository_url=env("REPOSITORY_URL", SAMPLER_REPOSITORY_URL),
+            git=tuple(shlex.split(env("GIT", "git"))),
+            swift=tuple(shlex.split(env("SWIFT", "swift"))),
+            archive_url=env("MODEL_URL", MODEL_ARCHIVE_URL),
+            archive_size=int(size) if size else MODEL_ARCHIVE_SIZE,
+            archive_sha256=env("MODEL_SHA256", "") or MODEL_ARCHIVE_SHA256,
+            retry_delay_seconds=float(env("RETRY_DELAY_SECONDS", "2")),
+        )
+
+
+class Installer:
+    def __init__(
+        self,
+        plan: InstallPlan,
+        settings: Settings,
+        host: HostPlatform,
+        home: Path,
+        out: TextIO = sys.stderr,
+    ) -> None:
+        self._plan = plan
+        self._settings = settings
+        self._host = host
+        self._home = home
+        self._out = out
+
+    def run(self, verify_only: bool = False) -> DoctorReport:
+        if not verify_only:
+            if not self._host.runs_core_ml:
+                raise InstallError(
+                    f"this machine runs {self._host.system} {self._host.os_version}; the Core "
+                    "ML sampler needs macOS 13.1 or later. Nothing was changed."
+                )
+            self._clone()
+            self._build()
+            self._fetch_model()
+        return self._verify()
+
+    def _say(self, text: str) -> None:
+        print(text, file=self._out, flush=True)
+
+    def _clone(self) -> None:
+        plan = self._plan
+        self._say(f"[1/4] apple/ml-stable-diffusion in {plan.checkout}")
+        if (plan.checkout / ".git").exists():
+            self._say("      already cloned: reusing it")
+            return
+        if plan.checkout.exists() and any(plan.checkout.iterdir()):
+            raise InstallError(
+                f"{plan.checkout} exists and is not a git clone; move it away or choose "
+                "another place with --prefix"
+            )
+        plan.checkout.parent.mkdir(parents=True, exist_ok=True)
+        self._stream([*plan.git, "clone", plan.repository_url, str(plan.checkout)], "git clone")
+
+    def _build(self) -> None:
+        plan = self._plan
+        self._say(f"[2/4] build {BUILD_PRODUCT} (release)")
+        if plan.binary.is_file() and os.access(plan.binary, os.X_OK):
+            self._say(f"      already built: {plan.binary}")
+            return
+        self._stream(
+            [*plan.swift, "build", "-c", "release", "--product", BUILD_PRODUCT],
+            "swift build",
+            cwd=plan.checkout,
+        )
+        if not plan.binary.is_file():
+            raise InstallError(f"swift build succeeded but {plan.binary} is not there")
+
+    def _fetch_model(self) -> None:
+        plan = self._plan
+        self._say(f"[3/4] Core ML model bundle in {plan.resource_path}")
+        if check_resources(plan.resource_path).status == "ok":
+            self._say("      already in place")
+            return
+        if plan.archive_size is None or plan.archive_sha256 is None:
+            raise InstallError(
+                "this build does not pin the size and SHA-256 of the bundle, and an archive "
+                "that cannot be checked is not unpacked. Copy both from the file's page in "
+                "the Hugging Face repository apple/coreml-stable-diffusion-2-1-base-palettized "
+                f"and pass --model-size and --model-sha256 (or {ENV_PREFIX}MODEL_SIZE and "
+                f"{ENV_PREFIX}MODEL_SHA256)"
+            )
+        plan.models_dir.mkdir(parents=True, exist_ok=True)
+        archive = plan.models_dir / f"{BUNDLE_NAME}.zip"
+        bar = ProgressBar(self._out)
+        try:
+            download_verified(
+                plan.archive_url,
+                archive,
+                size=plan.archive_size,
+                sha256=plan.archive_sha256,
+                progress=bar.update,
+                retry_delay=plan.retry_delay_seconds,
+            )
+        except DownloadError as exc:
+            bar.finish()
+            raise InstallError(f"download failed: {exc}") from exc
+        bar.finish()
+        try:
+            self._unpack(archive)
+        finally:
+            archive.unlink(missing_ok=True)
+
+    def _unpack(self, archive: Path) -> None:
+        """Extract next to the target, check, then move into place in one rename."""
+        plan = self._plan
+        target = plan.models_dir / BUNDLE_NAME
+        staging = Path(tempfile.mkdtemp(prefix=f".{BUNDLE_NAME}.unpacking-", dir=plan.models_dir))
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                root = staging.resolve()
+                for member in bundle.namelist():
+                    if not (staging / member).resolve().is_relative_to(root):
+                        raise InstallError(f"the archive has an unsafe path: {member}")
+                bundle.extractall(staging)
+            check = check_resources(staging / BUNDLE_NAME)
+            if check.status != "ok":
+                raise InstallError(f"the archive does not hold a usable bundle: {check.detail}")
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{BUNDLE_NAME}.old-", dir=plan.models_dir))
+                os.replace(target, old / BUNDLE_NAME)
+                os.replace(staging, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, target)
+        except zipfile.BadZipFile as exc:
+            raise InstallError(f"the archive is not a valid zip: {exc}") from exc
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def _verify(self) -> DoctorReport:
+        plan = self._plan
+        self._say("[4/4] verify")
+        default_binary = self._home / DEFAULT_SAMPLE_BIN
+        settings = replace(
+            self._settings,
+            sample_bin=None if plan.binary == default_binary else plan.binary,
+            resource_path=plan.resource_path,
+        )
+        report = examine(settings, self._host)
+        self._say(report.render())
+        lines = []
+        if plan.binary != default_binary:
+            lines.append(f"export {ENV_SAMPLE_BIN}={shlex.quote(str(plan.binary))}")
+        if plan.resource_path != self._settings.resource_path:
+            lines.append(f"export {ENV_RESOURCE_PATH}={shlex.quote(str(plan.resource_path))}")
+        if lines:
+            self._say("\nThese locations are not the defaults; start the worker with:")
+            for line in lines:
+                self._say("  " + line)
+        return report
+
+    def _stream(self, argv: Sequence[str], what: str, cwd: Path | None = None) -> None:
+        """Run a command, echoing its output as it comes; fail with its tail."""
+        self._say(f"      $ {shlex.join(argv)}")
+        tail: deque[str] = deque(maxlen=OUTPUT_TAIL_LINES)
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",
+            )
+        except OSError as exc:
+            raise InstallError(
+                f"{what} could not start ({exc.strerror or exc}); is {argv[0]} installed? "
+                "(Xcode's command line tools provide git and swift: xcode-select --install)"
+            ) from exc
+        assert process.stdout is not None
+        with process.stdout:
+            for line in process.stdout:
+                tail.append(line.rstrip("\n"))
+                self._say("      | " + line.rstrip("\n"))
+        code = process.wait()
+        if code != 0:
+            last = "\n".join(tail)
+            raise InstallError(f"{what} failed with exit code {code}; its last lines:\n{last}")
+
+
+class ProgressBar:
+    """`downloading  45% [#########-----------]  512.0/1141.4 MiB  12.3 MiB/s`.
+
+    Redrawn in place on a terminal (at most five times a second); one line per tenth in
+    a log.
+    """
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._live = out.isatty()
+        self._started = time.monotonic()
+        self._first: int | None = None
+        self._last_draw = 0.0
+        self._last_tenth = -1
+        self._drawn = False
+
+    def update(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = done
+        finished = done == total
+        if self._live:
+            if now - self._last_draw < 0.2 and not finished:
+                return
+        elif total:
+            tenth = 10 * done // total
+            if tenth == self._last_tenth:
+                return
+            self._last_tenth = tenth
+        self._last_draw = now
+        rate = (done - self._first) / max(now - self._started, 1e-6) / (1 << 20)
+        if total:
+            filled = self.WIDTH * done // total
+            line = (
+                f"      downloading {100 * done / total:5.1f}% "
+                f"[{'#' * filled}{'-' * (self.WIDTH - filled)}] "
+                f"{done / (1 << 20):.1f}/{total / (1 << 20):.1f} MiB  {rate:.1f} MiB/s"
+            )
+        else:
+            line = f"      downloading {done / (1 << 20):.1f} MiB  {rate:.1f} MiB/s"
+        self._out.write(("\r\x1b[2K" + line) if self._live else line + "\n")
+        self._out.flush()
+        self._drawn = self._live
+
+    def finish(self) -> None:
+        if self._drawn:
+            with contextlib.suppress(OSError):
+                self._out.write("\n")
+                self._out.flush()
+        self._drawn = False
