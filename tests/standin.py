@@ -48,3 +48,12 @@ class StandIn:
             except OSError:
                 continue
         return found
+
+
+def proc_status_kib(pid: int, key: str) -> int:
+    """A memory figure of a process from /proc (VmRSS, VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/{pid}/status")

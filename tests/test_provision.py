@@ -177,23 +177,20 @@ def _worker(
 
 
 def _install(
-    machine: Machine, server: BundleServer, *extra: str, env: dict[str, str] | None = None
+    machine: Machine,
+    server: BundleServer,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    pinned: bool = True,
 ) -> subprocess.CompletedProcess[str]:
+    """`install` on a fake Mac with the shims, downloading from `server`."""
+    pins = ["--model-size", str(len(server.data))]
+    pins += ["--model-sha256", hashlib.sha256(server.data).hexdigest()]
     return _worker(
         machine,
         "install",
-        "--platform",
-        MACOS,
-        "--git",
-        str(machine.git),
-        "--swift",
-        str(machine.swift),
-        "--model-url",
-        server.url,
-        "--model-size",
-        str(len(server.data)),
-        "--model-sha256",
-        hashlib.sha256(server.data).hexdigest(),
+        *["--platform", MACOS, "--git", str(machine.git), "--swift", str(machine.swift)],
+        *["--model-url", server.url, *(pins if pinned else [])],
         *extra,
         env=env,
     )
@@ -299,18 +296,7 @@ def test_a_failed_build_shows_the_tail_of_its_output(
 def test_without_pinned_checksums_nothing_is_downloaded(
     machine: Machine, bundle_server: BundleServer
 ) -> None:
-    result = _worker(
-        machine,
-        "install",
-        "--platform",
-        MACOS,
-        "--git",
-        str(machine.git),
-        "--swift",
-        str(machine.swift),
-        "--model-url",
-        bundle_server.url,
-    )
+    result = _install(machine, bundle_server, pinned=False)
     assert result.returncode == 2
     assert "--model-sha256" in result.stderr
     assert bundle_server.requests == []

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.standin import StandIn
+from tests.standin import StandIn, proc_status_kib
 from tests.worker_clients import WorkerProcess, request
 
 StartWorker = Callable[..., WorkerProcess]
@@ -41,14 +41,6 @@ MALFORMED = [
     b"42",
     b'{"jsonrpc":"2.0","method":7,"id":"x"}',
 ]
-
-
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.soak
@@ -128,7 +120,7 @@ def test_soak(standin: StandIn, worker_process: StartWorker) -> None:
             expected.add(id_)
         drain(rng.uniform(0, 0.03))
         if number == 20:
-            warm_rss = _rss_kib(worker.pid)
+            warm_rss = proc_status_kib(worker.pid, "VmRSS")
 
     deadline = time.monotonic() + 240
     while (set(answered) - {None}) != expected or answered[None] < null_answers_expected:
@@ -141,7 +133,7 @@ def test_soak(standin: StandIn, worker_process: StartWorker) -> None:
     ]
     assert answered[None] == null_answers_expected
     assert set(answered) - {None} == expected
-    end_rss = _rss_kib(worker.pid)
+    end_rss = proc_status_kib(worker.pid, "VmRSS")
     worker.close_input()
     assert worker.wait(30) == 0
     for line in worker.raw_lines:

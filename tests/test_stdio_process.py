@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.standin import proc_status_kib
 from tests.worker_clients import WorkerProcess, request, worker_environment
 
 StartWorker = Callable[..., WorkerProcess]
@@ -136,21 +137,13 @@ def test_logs_go_to_stderr_and_config_errors_are_reported_at_start(
         assert json.loads(line)["jsonrpc"] == "2.0"
 
 
-def _peak_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM in /proc status")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc")
 def test_an_oversized_line_is_discarded_without_being_held_in_memory(
     worker_process: StartWorker,
 ) -> None:
     worker = worker_process({"SYSTEMSCULPT_LOCAL_IMAGEGEN_MAX_REQUEST_BYTES": str(1 << 20)})
     assert "result" in worker.call("capabilities", id_=1)
-    before = _peak_rss_kib(worker.pid)
+    before = proc_status_kib(worker.pid, "VmHWM")
     chunk = b"x" * (1 << 20)
     worker.send_raw(b'{"jsonrpc":"2.0","method":"capabilities","id":"')
     for _ in range(96):
@@ -159,7 +152,7 @@ def test_an_oversized_line_is_discarded_without_being_held_in_memory(
     error = worker.receive(timeout=30)
     assert error["error"]["code"] == -32600 and "over the limit" in error["error"]["message"]
     assert worker.call("capabilities", id_=2)["id"] == 2
-    grown_mib = (_peak_rss_kib(worker.pid) - before) / 1024
+    grown_mib = (proc_status_kib(worker.pid, "VmHWM") - before) / 1024
     assert grown_mib < 32, f"peak memory grew by {grown_mib:.0f} MiB for a 96 MiB line"
     worker.close_input()
     assert worker.wait() == 0
