@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +13,6 @@ JsonId = str | int | float | None
 
 Notify = Callable[[str, dict[str, Any]], None]
 """Queues a notification line for the host without waiting."""
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

@@ -55,14 +55,6 @@ class JobQueue:
         self._waiting: deque[Job] = deque()
         self._closed = False
 
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     async def run(self, job: Job, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` for `job` when its turn comes; -32800 if it is cancelled first or
         meanwhile, -32006 if the queue is full."""

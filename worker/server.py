@@ -103,7 +103,6 @@ class Server:
         self._stop_deadline_seconds = stop_deadline_seconds
         self._reading: anyio.CancelScope | None = None
         self._stop_requested = False
-        self._outbox: Outbox | None = None
 
     def stop(self) -> None:
         """Stop reading input; requests in flight are still answered."""
@@ -113,7 +112,6 @@ class Server:
 
     async def serve(self, chunks: ObjectReceiveStream[bytes], sink: LineSink) -> None:
         outbox = Outbox(sink)
-        self._outbox = outbox
         async with anyio.create_task_group() as writer:
             writer.start_soon(outbox.run, self.stop)
             async with anyio.create_task_group() as handlers:
@@ -129,11 +127,6 @@ class Server:
                 # Requests still in flight get until the deadline to be answered.
                 handlers.cancel_scope.deadline = anyio.current_time() + self._stop_deadline_seconds
             outbox.close()
-
-    def notify(self, method: str, params: dict[str, Any]) -> None:
-        """Send a notification to the host (dropped when no host is attached)."""
-        if self._outbox is not None:
-            self._outbox.notify(method, params)
 
     async def _answer(self, item: bytes | OversizedLine, outbox: Outbox) -> None:
         if isinstance(item, OversizedLine):
