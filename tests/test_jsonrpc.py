@@ -236,3 +236,18 @@ async def test_every_output_line_is_one_whole_json_value() -> None:
             await worker.send(request("capabilities", id_=index))
         ids = sorted([(await worker.receive())["id"] for _ in range(50)])
     assert ids == list(range(50))
+
+
+async def test_a_result_that_cannot_be_written_is_internal_error_and_serving_goes_on() -> None:
+    class NotJson(WireModel):
+        value: float
+
+    async def nan(context: RequestContext, params: CapabilitiesParams) -> WireModel:
+        return NotJson(value=float("nan"))  # JSON has no NaN: encoding the answer fails
+
+    server = Server(Dispatcher({"nan": Method(CapabilitiesParams, nan)}), max_request_bytes=1 << 20)
+    async with in_process_worker(server=server) as worker:
+        response = await worker.call("nan", id_=1)
+        assert response["error"]["code"] == -32603 and response["id"] == 1
+        second = await worker.call("nan", id_=2)
+        assert second["error"]["code"] == -32603

@@ -11,8 +11,9 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import ObjectReceiveStream
 
+from protocol.errors import ErrorCode, ErrorDetailData
 from worker.context import JsonId, RequestContext
-from worker.dispatch import Dispatcher, invalid_request
+from worker.dispatch import Dispatcher, error_response, invalid_request
 from worker.framing import OversizedLine, read_lines
 from worker.settings import ENV_MAX_REQUEST_BYTES
 from worker.stdio import is_broken_pipe
@@ -141,6 +142,20 @@ class Server:
         def make_context(request_id: JsonId, is_notification: bool) -> RequestContext:
             return RequestContext(request_id, is_notification, outbox.notify)
 
-        response = await self._dispatcher.handle_line(item, make_context)
-        if response is not None:
-            await outbox.send(response)
+        response: Any = None
+        try:
+            response = await self._dispatcher.handle_line(item, make_context)
+            if response is not None:
+                await outbox.send(response)
+        except Exception:  # a fault of ours must not end the serving loop
+            logger.exception("could not answer a line")
+            answered_id = response.get("id") if isinstance(response, dict) else None
+            await outbox.send(
+                error_response(
+                    ErrorCode.INTERNAL_ERROR,
+                    "Internal error: the worker could not write its answer; its stderr has the "
+                    "details.",
+                    ErrorDetailData(reason="the worker could not write its answer"),
+                    answered_id,
+                )
+            )
