@@ -57,6 +57,13 @@ async def test_invalid_params_lists_every_field_error() -> None:
     assert "colour" in error["message"]
 
 
+async def test_a_param_named_like_an_internal_argument_is_just_an_unknown_field() -> None:
+    async with in_process_worker() as worker:
+        response = await worker.call("capabilities", {"context": 1, "self": 2})
+    assert response["error"]["code"] == -32602
+    assert [e["field"] for e in response["error"]["data"]["errors"]] == ["context", "self"]
+
+
 async def test_unknown_params_on_a_method_without_params() -> None:
     async with in_process_worker() as worker:
         response = await worker.call("capabilities", {"verbose": True})

@@ -139,9 +139,12 @@ class Dispatcher:
         return response
 
     def _adapter(self, name: str, method: Method) -> Callable[..., Awaitable[Any]]:
-        async def call(context: RequestContext, *args: Any, **kwargs: Any) -> Any:
+        # Everything comes through *args/**kwargs (jsonrpcserver passes the context first), so
+        # no params name can clash with a parameter of this function.
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            context, *positional = args
             try:
-                params = _bind(method.params_model, args, kwargs)
+                params = _bind(method.params_model, tuple(positional), kwargs)
                 result = await method.handler(context, params)
             except Exception as exc:
                 raise _as_wire_error(name, exc) from exc
