@@ -111,6 +111,7 @@ async def test_parse_errors_have_null_id_and_the_worker_keeps_serving(
         ({"jsonrpc": "2.0", "method": 5, "id": 1}, '"method" member must be a string'),
         ({"jsonrpc": "2.0", "method": "capabilities", "id": True}, '"id" member'),
         ({"jsonrpc": "2.0", "method": "capabilities", "id": {"a": 1}}, '"id" member'),
+        ('{"jsonrpc": "2.0", "method": "capabilities", "id": 1e400}', '"id" member'),
         ({"jsonrpc": "2.0", "method": "capabilities", "params": 3, "id": 1}, '"params"'),
         ({"jsonrpc": "2.0", "method": "capabilities", "id": 1, "extra": 1}, "'extra'"),
         ("capabilities", "expected a request object, got str"),
@@ -119,7 +120,10 @@ async def test_parse_errors_have_null_id_and_the_worker_keeps_serving(
 )
 async def test_invalid_requests_have_null_id(message: Any, reason: str) -> None:
     async with in_process_worker() as worker:
-        await worker.send(message)
+        if isinstance(message, str) and message.startswith("{"):
+            await worker.send_raw(message.encode() + b"\n")  # JSON Python cannot produce
+        else:
+            await worker.send(message)
         response = await worker.receive()
     assert response["id"] is None
     assert response["error"]["code"] == -32600

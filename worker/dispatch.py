@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -63,7 +64,9 @@ def _reject_constant(name: str) -> Any:
 
 
 def _is_valid_id(value: object) -> bool:
-    return value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+    if isinstance(value, float):
+        return math.isfinite(value)  # 1e400 parses to inf, which no JSON answer can carry
+    return value is None or (isinstance(value, str | int) and not isinstance(value, bool))
 
 
 def envelope_problem(value: JsonValue) -> str | None:
