@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from protocol.base import WireModel
 from protocol.errors import ConfigInvalidData
@@ -123,12 +131,18 @@ class CapabilitiesResult(WireModel):
 
 
 class InputImage(WireModel):
-    """A file Studio staged on local disk for image-to-image (not supported yet)."""
+    """A file Studio staged on local disk for image-to-image (not supported yet).
 
-    hash: str
-    mime_type: str
-    size_bytes: int
-    staged_path: str
+    Read leniently (extra fields allowed, none required) so that any request with input
+    images is answered -32001 unsupported feature, never -32602 for its shape.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    hash: str | None = None
+    mime_type: str | None = None
+    size_bytes: int | None = None
+    staged_path: str | None = None
 
 
 _FROM_SETTINGS = "Absent: the worker's default (see `capabilities.defaults`)"

@@ -230,6 +230,7 @@ async def test_the_v1_request_schema_tag_is_accepted(standin: StandIn) -> None:
             "inputImages",
             [],
         ),
+        ({"inputImages": [{"stagedPath": "/tmp/ref.png", "width": 640}]}, "inputImages", []),
         ({"aspectRatio": "16:9"}, "aspectRatio", ["1:1"]),
     ],
 )
