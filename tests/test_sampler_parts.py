@@ -111,6 +111,14 @@ def test_parser_reads_the_samplers_lines() -> None:
     ]
 
 
+def test_a_step_line_that_also_saved_images_is_still_a_step() -> None:
+    line = (
+        b"\x1b[1A\x1b[KStep 2 of 5  [mean: 1.00, median: 1.00, last 1.00] step/sec"
+        b" saved 2 image(s)\n"
+    )
+    assert _parse(line) == [StepCompleted(completed=3, total=5, steps_per_second=1.0)]
+
+
 def test_parser_handles_lines_split_anywhere_and_crlf() -> None:
     line = b"\x1b[1A\x1b[KStep 4 of 5  [mean: 2.00, median: 2.00, last 2.00] step/sec\r\n"
     assert _parse(*[line[i : i + 1] for i in range(len(line))]) == [

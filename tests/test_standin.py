@@ -164,3 +164,26 @@ def test_single_image_names_have_no_index_and_prompt_is_cut_at_75(tmp_path: Path
     assert [p.name for p in tmp_path.glob("*.png")] == [
         prompt[:75].replace(" ", "_") + ".9.final.png"
     ]
+
+
+def test_save_every_writes_intermediates_and_says_so_on_the_step_line(tmp_path: Path) -> None:
+    resources = make_resource_dir(tmp_path / "res")
+    args = [
+        f"--resource-path={resources}",
+        f"--output-path={tmp_path}",
+        "--step-count=3",
+        "--save-every=2",
+        "--seed=5",
+        "--scheduler=dpmpp",
+        "--",
+        "fox",
+    ]
+    result = _run(args, STANDIN_SD_SECONDS_PER_STEP="0")
+    assert result.returncode == 0
+    steps = [line for line in result.stdout.decode().splitlines() if "Step " in line]
+    assert [line.endswith(" saved 1 image(s)") for line in steps] == [True, False, True]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "fox.5.0.png",
+        "fox.5.2.png",
+        "fox.5.final.png",
+    ]
