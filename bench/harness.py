@@ -34,7 +34,7 @@ class Row:
 
     @property
     def median(self) -> float:
-        return statistics.median(self.samples)
+        return median(self.samples)
 
     @property
     def p95(self) -> float:
@@ -52,6 +52,10 @@ class Row:
             "notes": self.notes,
             **self.extra,
         }
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
 
 
 def percentile(samples: list[float], pct: float) -> float:

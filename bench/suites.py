@@ -16,6 +16,7 @@ from bench.harness import (
     WORKER_COMMAND,
     Row,
     StandInSetup,
+    median,
     percentile,
     proc_status_kib,
     running_worker,
@@ -89,9 +90,8 @@ async def cold_start(setup: StandInSetup, sizes: Sizes) -> list[Row]:
                 "x",
                 ratios,
                 "<= 1.30",
-                sorted(ratios)[len(ratios) // 2] <= 1.30,
-                notes=f'`python -c "{imports}"`: median '
-                f"{sorted(baseline)[len(baseline) // 2] * 1000:.0f} ms",
+                median(ratios) <= 1.30,
+                notes=f'`python -c "{imports}"`: median {median(baseline) * 1000:.0f} ms',
             )
         )
     return rows
@@ -142,9 +142,9 @@ async def overhead(setup: StandInSetup, sizes: Sizes) -> list[Row]:
             "x",
             ratios,
             "<= 1.03",
-            sorted(ratios)[len(ratios) // 2] <= 1.03,
-            notes=f"direct median {sorted(direct)[len(direct) // 2] * 1000:.0f} ms; "
-            f"worker adds median {sorted(added)[len(added) // 2]:.0f} ms",
+            median(ratios) <= 1.03,
+            notes=f"direct median {median(direct) * 1000:.0f} ms; "
+            f"worker adds median {median(added):.0f} ms",
         )
     ]
 
@@ -249,7 +249,7 @@ async def throughput(setup: StandInSetup, sizes: Sizes) -> list[Row]:
             "req/s",
             rates,
             ">= 2000",
-            sorted(rates)[len(rates) // 2] >= 2000,
+            median(rates) >= 2000,
         )
     ]
 

@@ -15,6 +15,12 @@ from fixtures.resources import make_resource_dir
 from tests.standin import STANDIN_SAMPLER
 
 
+def _locations(tmp_path: Path) -> list[str]:
+    """--resource-path (a fresh fake bundle) and --output-path (tmp_path) arguments."""
+    resources = make_resource_dir(tmp_path / "res")
+    return [f"--resource-path={resources}", f"--output-path={tmp_path}"]
+
+
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, str(STANDIN_SAMPLER), *args],
@@ -54,10 +60,8 @@ def test_missing_resources_exit_1_with_error_on_stderr(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("scheduler", "total"), [("pndm", 4), ("dpmpp", 3)])
 def test_lines_file_names_and_step_totals(tmp_path: Path, scheduler: str, total: int) -> None:
-    resources = make_resource_dir(tmp_path / "res")
     args = [
-        f"--resource-path={resources}",
-        f"--output-path={tmp_path}",
+        *_locations(tmp_path),
         "--step-count=3",
         "--image-count=2",
         "--seed=42",
@@ -90,14 +94,12 @@ def test_lines_file_names_and_step_totals(tmp_path: Path, scheduler: str, total:
 
 def _seconds_to_first_byte(tmp_path: Path, terminal: bool) -> float:
     """Run 4 steps of 0.1 s into a pipe or a terminal; how long until `Loading`'s `L` came."""
-    resources = make_resource_dir(tmp_path / "res")
     reader, writer = pty.openpty() if terminal else os.pipe()
     process = subprocess.Popen(
         [
             sys.executable,
             str(STANDIN_SAMPLER),
-            f"--resource-path={resources}",
-            f"--output-path={tmp_path}",
+            *_locations(tmp_path),
             "--step-count=4",
             "--",
             "x",
@@ -126,10 +128,8 @@ def test_stdout_is_line_buffered_on_a_terminal(tmp_path: Path) -> None:
 
 
 def test_safety_checker_withholds_flagged_images_only_when_safety_is_on(tmp_path: Path) -> None:
-    resources = make_resource_dir(tmp_path / "res")
     base = [
-        f"--resource-path={resources}",
-        f"--output-path={tmp_path}",
+        *_locations(tmp_path),
         "--step-count=1",
         "--image-count=2",
         "--seed=7",
@@ -148,12 +148,10 @@ def test_safety_checker_withholds_flagged_images_only_when_safety_is_on(tmp_path
 
 
 def test_single_image_names_have_no_index_and_prompt_is_cut_at_75(tmp_path: Path) -> None:
-    resources = make_resource_dir(tmp_path / "res")
     prompt = "word " * 30
     result = _run(
         [
-            f"--resource-path={resources}",
-            f"--output-path={tmp_path}",
+            *_locations(tmp_path),
             "--step-count=1",
             "--seed=9",
             "--",
@@ -167,10 +165,8 @@ def test_single_image_names_have_no_index_and_prompt_is_cut_at_75(tmp_path: Path
 
 
 def test_save_every_writes_intermediates_and_says_so_on_the_step_line(tmp_path: Path) -> None:
-    resources = make_resource_dir(tmp_path / "res")
     args = [
-        f"--resource-path={resources}",
-        f"--output-path={tmp_path}",
+        *_locations(tmp_path),
         "--step-count=3",
         "--save-every=2",
         "--seed=5",

@@ -158,21 +158,18 @@ def deliver(
     images = []
     for image in rendered.images:
         png = with_text_chunks(image.png, _text_chunks(params, job, rendered, image.index))
-        generated = GeneratedImage(
-            width=image.width,
-            height=image.height,
-            file_name=image.file_name,
-            seed=job.seed,
-            index=image.index,
-        )
+        delivered: dict[str, str] = {"file_name": image.file_name}
         if params.output == "path":
             assert params.output_dir is not None
             path = write_without_clobbering(
                 Path(params.output_dir), safe_file_name(image.file_name), png
             )
-            generated = generated.model_copy(update={"path": str(path), "file_name": path.name})
+            delivered = {"file_name": path.name, "path": str(path)}
         else:
-            generated = generated.model_copy(update={"base64": to_base64(png)})
+            delivered["base64"] = to_base64(png)
+        generated = GeneratedImage(
+            width=image.width, height=image.height, seed=job.seed, index=image.index, **delivered
+        )
         images.append(generated)
     aspect = f"{rendered.width}:{rendered.height}" if rendered.width != rendered.height else "1:1"
     return GenerateResult(
