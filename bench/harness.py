@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from client.connection import WorkerConnection
-from fixtures.resources import make_resource_dir
+from fixtures.standin import install_standin
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STANDIN_SAMPLER = REPO_ROOT / "fixtures" / "stable_diffusion_sample.py"
 WORKER_COMMAND = [sys.executable, "-m", "worker"]
 
 
@@ -71,7 +70,7 @@ class StandInSetup:
     def __init__(self) -> None:
         self._root = tempfile.TemporaryDirectory(prefix="imagegen-bench-")
         root = Path(self._root.name)
-        self.resources = make_resource_dir(root / "resources")
+        self.standin = install_standin(root / "standin")
         self.tmp = root / "tmp"
         self.tmp.mkdir()
         self.outputs = root / "outputs"
@@ -79,8 +78,7 @@ class StandInSetup:
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
-            "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(STANDIN_SAMPLER),
-            "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(self.resources),
+            **self.standin.env(),
             "SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL": "warning",
             "TMPDIR": str(self.tmp),
             "PYTHONPATH": os.pathsep.join(

@@ -104,13 +104,13 @@ async def overhead(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     direct, through = [], []
     async with running_worker(env) as connection:
         # Warm-up: the first generate also loads the generate path (once per worker).
-        await connection.call("generate", {"prompt": "warm-up", "stepCount": 1})
+        await connection.call("generate", {"prompt": "warm-up", "stepCount": 2})
         for run in range(sizes.overhead_runs):
             output = setup.outputs / f"direct-{run}"
             output.mkdir()
             command = SamplerCommand(
                 binary=Path(env["SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"]),
-                resource_path=setup.resources,
+                resource_path=setup.standin.resources,
                 output_path=output,
                 prompt="a red fox in snow",
                 negative_prompt="",
@@ -123,8 +123,7 @@ async def overhead(setup: StandInSetup, sizes: Sizes) -> list[Row]:
                 disable_safety=True,
                 reduce_memory=False,
             )
-            # The same environment the worker's child gets (PATH decides which python3
-            # the stand-in's shebang finds).
+            # The same environment the worker's child gets.
             direct.append(_time_command(command.argv(), env={**os.environ, **env}))
             started = time.perf_counter()
             response = await connection.call(
@@ -260,7 +259,7 @@ async def memory(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         await connection.call("capabilities")
         idle = proc_status_kib(connection.pid, "VmRSS") / 1024
         response = await connection.call(
-            "generate", {"prompt": "fox", "count": sizes.memory_images, "stepCount": 1}
+            "generate", {"prompt": "fox", "count": sizes.memory_images, "stepCount": 2}
         )
         assert len(response["result"]["images"]) == sizes.memory_images, response
         peak = proc_status_kib(connection.pid, "VmHWM") / 1024

@@ -5,24 +5,26 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
-from fixtures.resources import make_resource_dir
-from tests.worker_clients import REPO_ROOT
-
-STANDIN_SAMPLER = REPO_ROOT / "fixtures" / "stable_diffusion_sample.py"
+from fixtures.standin import install_standin
+from tests.worker_clients import LINUX, InProcessWorker, in_process_worker, request
+from worker.settings import Settings
 
 
 class StandIn:
     """The environment of a worker whose sampler is the stand-in, with its own temp dir."""
 
     def __init__(self, root: Path) -> None:
-        self.resources = make_resource_dir(root / "resources")
+        install = install_standin(root / "standin")
+        self.sampler = install.sampler
+        self.resources = install.resources
         self.tmp = root / "tmp"
         self.tmp.mkdir()
         self.marker = uuid.uuid4().hex
         self.env: dict[str, str] = {
-            "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(STANDIN_SAMPLER),
-            "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(self.resources),
+            **install.env(),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "4",
             "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS": "300",
             "STANDIN_SD_SECONDS_PER_STEP": "0.005",
@@ -57,3 +59,32 @@ def proc_status_kib(pid: int, key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
     raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+async def generate_once(
+    standin: StandIn, params: dict[str, Any], env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The response to one generate, and the progress notifications that came before it.
+
+    `env` goes to the settings, and its STANDIN_SD_* steering to the sampler's environment.
+    """
+    env = env or {}
+    settings = Settings.from_environ({**standin.env, **env})
+    steering = {k: v for k, v in env.items() if k.startswith("STANDIN_SD_")}
+    with mock.patch.dict(os.environ, steering):
+        async with in_process_worker(settings, LINUX) as worker:
+            return await call_collecting(worker, params)
+
+
+async def call_collecting(
+    worker: InProcessWorker, params: dict[str, Any], id_: Any = "g"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    await worker.send(request("generate", params, id_))
+    notifications = []
+    while True:
+        message = await worker.receive(wait=30)
+        if "method" in message:
+            assert message["method"] == "progress"
+            notifications.append(message["params"])
+        else:
+            return message, notifications

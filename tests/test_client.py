@@ -66,7 +66,7 @@ def test_generate_shows_progress_and_prints_the_image_paths(
 
 def test_raw_shows_every_line_exchanged(standin: StandIn, tmp_path: Path) -> None:
     result = _client(
-        ["--raw", "generate", "fox", "--steps", "1", "--out", str(tmp_path)], standin.env
+        ["--raw", "generate", "fox", "--steps", "2", "--out", str(tmp_path)], standin.env
     )
     assert result.returncode == 0
     sent = [line for line in result.stderr.splitlines() if line.startswith("-> ")]

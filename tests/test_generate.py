@@ -5,47 +5,16 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 from PIL import Image
 
-from tests.standin import StandIn
-from tests.worker_clients import LINUX, InProcessWorker, in_process_worker, request
+from tests.standin import StandIn, call_collecting, generate_once
+from tests.worker_clients import LINUX, in_process_worker
 from worker.seed import derive_seed
 from worker.settings import Settings
-
-
-async def _generate(
-    standin: StandIn, params: dict[str, Any], env: dict[str, str] | None = None
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The response to one generate, and the progress notifications that came before it.
-
-    `env` goes to the settings, and its STANDIN_SD_* steering to the sampler's environment.
-    """
-    env = env or {}
-    settings = Settings.from_environ({**standin.env, **env})
-    steering = {k: v for k, v in env.items() if k.startswith("STANDIN_SD_")}
-    with mock.patch.dict(os.environ, steering):
-        async with in_process_worker(settings, LINUX) as worker:
-            return await _call_collecting(worker, params)
-
-
-async def _call_collecting(
-    worker: InProcessWorker, params: dict[str, Any], id_: Any = "g"
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    await worker.send(request("generate", params, id_))
-    notifications = []
-    while True:
-        message = await worker.receive(wait=30)
-        if "method" in message:
-            assert message["method"] == "progress"
-            notifications.append(message["params"])
-        else:
-            return message, notifications
 
 
 def _decode(image: dict[str, Any]) -> Image.Image:
@@ -55,7 +24,7 @@ def _decode(image: dict[str, Any]) -> Image.Image:
 
 
 async def test_generate_returns_checked_pngs_with_their_parameters(standin: StandIn) -> None:
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin,
         {"prompt": " a red fox in snow ", "runId": "run_1", "count": 2, "negativePrompt": "blurry"},
     )
@@ -100,15 +69,15 @@ async def test_generate_returns_checked_pngs_with_their_parameters(standin: Stan
 
 
 async def test_the_same_request_gives_the_same_images(standin: StandIn) -> None:
-    first, _ = await _generate(standin, {"prompt": "fox", "runId": "r"})
-    second, _ = await _generate(standin, {"prompt": "fox", "runId": "r"})
-    other, _ = await _generate(standin, {"prompt": "fox", "runId": "other"})
+    first, _ = await generate_once(standin, {"prompt": "fox", "runId": "r"})
+    second, _ = await generate_once(standin, {"prompt": "fox", "runId": "r"})
+    other, _ = await generate_once(standin, {"prompt": "fox", "runId": "other"})
     pixels = [_decode(r["result"]["images"][0]).tobytes() for r in (first, second, other)]
     assert pixels[0] == pixels[1] != pixels[2]
 
 
 async def test_overrides_reach_the_sampler(standin: StandIn) -> None:
-    response, notifications = await _generate(
+    response, notifications = await generate_once(
         standin,
         {
             "prompt": "fox",
@@ -131,7 +100,7 @@ async def test_overrides_reach_the_sampler(standin: StandIn) -> None:
 async def test_progress_counts_completed_steps_of_the_samplers_own_total(
     standin: StandIn, scheduler: str, total: int
 ) -> None:
-    response, notifications = await _generate(
+    response, notifications = await generate_once(
         standin, {"prompt": "fox", "runId": "run-9", "stepCount": 5, "scheduler": scheduler}
     )
     assert "result" in response
@@ -154,8 +123,8 @@ async def test_path_output_writes_into_the_hosts_directory_without_clobbering(
     out = tmp_path / "studio-out"
     out.mkdir()
     params = {"prompt": "fox", "count": 2, "seed": 5, "output": "path", "outputDir": str(out)}
-    first, _ = await _generate(standin, params)
-    second, _ = await _generate(standin, params)
+    first, _ = await generate_once(standin, params)
+    second, _ = await generate_once(standin, params)
     paths = [image["path"] for r in (first, second) for image in r["result"]["images"]]
     assert [Path(p).name for p in paths] == [
         "fox.0.5.final.png",
@@ -192,14 +161,14 @@ async def test_path_output_writes_into_the_hosts_directory_without_clobbering(
 async def test_invalid_params_name_the_field(
     standin: StandIn, params: dict[str, Any], field: str
 ) -> None:
-    response, notifications = await _generate(standin, params)
+    response, notifications = await generate_once(standin, params)
     assert response["error"]["code"] == -32602
     assert field in [e["field"] for e in response["error"]["data"]["errors"]]
     assert notifications == []
 
 
 async def test_the_v1_request_schema_tag_is_accepted(standin: StandIn) -> None:
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin,
         {
             "schema": "studio.local-image-generation.request.v1",
@@ -237,7 +206,7 @@ async def test_the_v1_request_schema_tag_is_accepted(standin: StandIn) -> None:
 async def test_unsupported_controls_fail_loudly_before_anything_runs(
     standin: StandIn, params: dict[str, Any], feature: str, supported: list[str]
 ) -> None:
-    response, notifications = await _generate(standin, {"prompt": "fox", **params})
+    response, notifications = await generate_once(standin, {"prompt": "fox", **params})
     assert response["error"]["code"] == -32001
     assert response["error"]["data"] == {"feature": feature, "supported": supported}
     assert notifications == []
@@ -246,7 +215,7 @@ async def test_unsupported_controls_fail_loudly_before_anything_runs(
 async def test_missing_resources_are_backend_unavailable(standin: StandIn) -> None:
     (standin.resources / "Unet.mlmodelc" / "model.mil").unlink()
     (standin.resources / "Unet.mlmodelc").rmdir()
-    response, notifications = await _generate(standin, {"prompt": "fox"})
+    response, notifications = await generate_once(standin, {"prompt": "fox"})
     error = response["error"]
     assert error["code"] == -32002
     assert error["data"]["backend"] == "coreml_diffusion"
@@ -265,7 +234,7 @@ async def test_no_sampler_on_linux_is_backend_unavailable(tmp_path: Path) -> Non
 
 
 async def test_invalid_configuration_is_config_invalid(standin: StandIn) -> None:
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER": "euler"}
     )
     assert response["error"]["code"] == -32007
@@ -274,7 +243,7 @@ async def test_invalid_configuration_is_config_invalid(standin: StandIn) -> None
 
 
 async def test_unknown_backend_is_config_invalid(standin: StandIn) -> None:
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "cloud"}
     )
     assert response["error"]["code"] == -32007
@@ -284,7 +253,7 @@ async def test_unknown_backend_is_config_invalid(standin: StandIn) -> None:
 async def test_a_failing_sampler_is_sampler_failed_with_exit_code_and_stderr(
     standin: StandIn,
 ) -> None:
-    response, notifications = await _generate(
+    response, notifications = await generate_once(
         standin, {"prompt": "fox"}, {"STANDIN_SD_FAIL_AT_STEP": "2", "STANDIN_SD_EXIT_CODE": "3"}
     )
     error = response["error"]
@@ -296,7 +265,7 @@ async def test_a_failing_sampler_is_sampler_failed_with_exit_code_and_stderr(
 
 
 async def test_a_crashing_sampler_is_sampler_failed_with_the_signal(standin: StandIn) -> None:
-    response, _ = await _generate(standin, {"prompt": "fox"}, {"STANDIN_SD_CRASH_AT_STEP": "1"})
+    response, _ = await generate_once(standin, {"prompt": "fox"}, {"STANDIN_SD_CRASH_AT_STEP": "1"})
     error = response["error"]
     assert error["code"] == -32003
     assert error["data"]["exitCode"] is None and error["data"]["signal"] == "SIGTRAP"
@@ -311,7 +280,7 @@ async def test_a_sampler_that_rejects_its_arguments_says_so(
         f'#!/bin/sh\nexec "{standin.env["SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"]}" --bogus "$@"\n'
     )
     wrapper.chmod(0o755)
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(wrapper)}
     )
     assert response["error"]["code"] == -32003
@@ -325,7 +294,7 @@ async def test_a_sampler_that_cannot_start_is_sampler_failed(
     broken = tmp_path / "not-a-program"
     broken.write_bytes(b"\x7fELF garbage")
     broken.chmod(0o755)
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(broken)}
     )
     assert response["error"]["code"] == -32003
@@ -333,7 +302,7 @@ async def test_a_sampler_that_cannot_start_is_sampler_failed(
 
 
 async def test_a_hanging_sampler_times_out(standin: StandIn) -> None:
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin, {"prompt": "fox", "timeoutMs": 1000}, {"STANDIN_SD_HANG": "1"}
     )
     assert response["error"]["code"] == -32004
@@ -342,7 +311,7 @@ async def test_a_hanging_sampler_times_out(standin: StandIn) -> None:
 
 
 async def test_a_sampler_ignoring_sigterm_is_killed_after_the_grace(standin: StandIn) -> None:
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin,
         {"prompt": "fox", "timeoutMs": 1000},
         {"STANDIN_SD_HANG": "1", "STANDIN_SD_IGNORE_SIGTERM": "1", "STANDIN_SD_GRANDCHILD": "1"},
@@ -365,13 +334,13 @@ async def test_a_sampler_ignoring_sigterm_is_killed_after_the_grace(standin: Sta
 async def test_unusable_output_is_output_invalid(
     standin: StandIn, env: dict[str, str], reason: str
 ) -> None:
-    response, _ = await _generate(standin, {"prompt": "fox"}, env)
+    response, _ = await generate_once(standin, {"prompt": "fox"}, env)
     assert response["error"]["code"] == -32005
     assert reason in response["error"]["data"]["reason"]
 
 
 async def test_images_withheld_by_safety_become_warnings(standin: StandIn) -> None:
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin,
         {"prompt": "fox", "count": 3, "seed": 1},
         {"STANDIN_SD_FLAG_IMAGES": "1", "SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY": "0"},
@@ -384,7 +353,7 @@ async def test_images_withheld_by_safety_become_warnings(standin: StandIn) -> No
 async def test_flooded_stderr_garbage_and_stray_children_do_not_break_a_job(
     standin: StandIn,
 ) -> None:
-    response, _ = await _generate(
+    response, _ = await generate_once(
         standin,
         {"prompt": "fox"},
         {
@@ -410,7 +379,7 @@ async def test_flooded_stderr_garbage_and_stray_children_do_not_break_a_job(
     ],
 )
 async def test_unusual_prompts_reach_the_sampler_intact(standin: StandIn, prompt: str) -> None:
-    response, _ = await _generate(standin, {"prompt": prompt, "seed": 11})
+    response, _ = await generate_once(standin, {"prompt": prompt, "seed": 11})
     assert "result" in response, response
     png = _decode(response["result"]["images"][0])
     assert json.loads(png.info["studio-imagegen"])["effective"]["prompt"] == prompt.strip()
@@ -420,11 +389,9 @@ async def test_unusual_prompts_reach_the_sampler_intact(standin: StandIn, prompt
 async def test_mock_backend_is_deterministic_and_shaped_like_core_ml() -> None:
     settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"})
     async with in_process_worker(settings, LINUX) as worker:
-        first, progress = await _call_collecting(
-            worker, {"prompt": "fox", "runId": "r", "count": 2}
-        )
-        again, _ = await _call_collecting(worker, {"prompt": "fox", "runId": "r", "count": 2})
-        other, _ = await _call_collecting(worker, {"prompt": "fox", "runId": "s", "count": 1})
+        first, progress = await call_collecting(worker, {"prompt": "fox", "runId": "r", "count": 2})
+        again, _ = await call_collecting(worker, {"prompt": "fox", "runId": "r", "count": 2})
+        other, _ = await call_collecting(worker, {"prompt": "fox", "runId": "s", "count": 1})
     result = first["result"]
     assert result["modelId"] == "local/macos-procedural-v1"
     assert result["metadata"]["backend"] == "mock" and result["metadata"]["sampleBinary"] is None

@@ -178,7 +178,7 @@ async def test_the_lsp_cancel_notification_is_honoured(standin: StandIn) -> None
 async def test_a_sampler_ignoring_sigterm_is_killed_after_the_grace(standin: StandIn) -> None:
     async def body(worker: InProcessWorker, inbox: Inbox) -> None:
         await worker.send(request("generate", {"prompt": "fox", "stepCount": 40}, "stubborn"))
-        await worker.send(request("generate", {"prompt": "next", "stepCount": 1}, "next"))
+        await worker.send(request("generate", {"prompt": "next", "stepCount": 2}, "next"))
         await inbox.wait_for(lambda: "sampling" in inbox.phases("stubborn"))
         stubborn = set(standin.live_processes())
         assert len(stubborn) == 2  # the sampler and the child it left running
@@ -214,7 +214,7 @@ async def test_cancel_racing_the_end_of_a_job_answers_exactly_once(standin: Stan
     async def body(worker: InProcessWorker, inbox: Inbox) -> None:
         for attempt in range(12):
             id_ = f"job-{attempt}"
-            await worker.send(request("generate", {"prompt": "fox", "stepCount": 1}, id_))
+            await worker.send(request("generate", {"prompt": "fox", "stepCount": 2}, id_))
             await anyio.sleep(rng.uniform(0.0, 0.25))
             await worker.send(request("cancel", {"requestId": id_}, f"cancel-{attempt}"))
             said = (await inbox.response(f"cancel-{attempt}"))["result"]["cancelled"]

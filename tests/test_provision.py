@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fixtures.resources import make_resource_dir
-from tests.standin import STANDIN_SAMPLER
+from fixtures.standin import StandInInstall, install_standin
 from tests.worker_clients import worker_environment
 from worker.settings import BUNDLE_NAME
 
@@ -124,6 +124,7 @@ class Machine:
     log: Path
     git: Path
     swift: Path
+    standin: StandInInstall
 
     def calls(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
@@ -152,7 +153,7 @@ def machine(tmp_path: Path) -> Machine:
     swift.write_text(SWIFT_SHIM)
     git.chmod(0o755)
     swift.chmod(0o755)
-    return Machine(home, tmp_path / "shim.log", git, swift)
+    return Machine(home, tmp_path / "shim.log", git, swift, install_standin(tmp_path / "standin"))
 
 
 def _worker(
@@ -168,7 +169,7 @@ def _worker(
             {
                 "HOME": str(machine.home),
                 "SHIM_LOG": str(machine.log),
-                "SHIM_SAMPLER": str(STANDIN_SAMPLER),
+                "SHIM_SAMPLER": str(machine.standin.sampler),
                 "SYSTEMSCULPT_LOCAL_INSTALL_RETRY_DELAY_SECONDS": "0.05",
                 **(env or {}),
             }
@@ -344,11 +345,7 @@ def test_doctor_text_and_exit_code(machine: Machine) -> None:
 
 
 def test_doctor_json_and_an_intel_mac_warning(machine: Machine, tmp_path: Path) -> None:
-    resources = make_resource_dir(tmp_path / "res")
-    env = {
-        "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(STANDIN_SAMPLER),
-        "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(resources),
-    }
+    env = machine.standin.env()
     result = _worker(machine, "doctor", "--json", "--platform", "macos:14.5:x86_64", env=env)
     assert result.returncode == 0, result.stdout
     report = json.loads(result.stdout)

@@ -10,7 +10,6 @@ from PIL import Image
 
 from protocol.errors import ErrorCode
 from protocol.models import GenerateParams
-from worker.backends.coreml import prepare_output_path
 from worker.errors import WorkerError
 from worker.generation import plan_job
 from worker.images import (
@@ -204,22 +203,3 @@ def test_write_without_clobbering_picks_a_free_name(tmp_path: Path) -> None:
 
 def test_safe_file_name() -> None:
     assert safe_file_name("a/b\nc\\d.png") == "a_b_c_d.png"
-
-
-@pytest.mark.parametrize(
-    ("prompt", "made"),
-    [
-        ("a fox", []),
-        ("AC/DC poster", ["out/AC"]),
-        ("../../etc/passwd", ["out/d/d", "out/etc"]),
-    ],
-)
-def test_output_path_makes_the_directories_the_file_name_implies(
-    tmp_path: Path, prompt: str, made: list[str]
-) -> None:
-    output = prepare_output_path(tmp_path, prompt)
-    assert output.is_relative_to(tmp_path)
-    for directory in made:
-        assert (tmp_path / directory).is_dir()
-    target = (output / (prompt.replace(" ", "_") + ".1.final.png")).resolve()
-    assert target.is_relative_to(tmp_path.resolve())

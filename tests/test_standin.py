@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.resources import make_resource_dir
-from tests.standin import STANDIN_SAMPLER
+from fixtures.standin import STANDIN_SCRIPT
 
 
 def _locations(tmp_path: Path) -> list[str]:
@@ -23,7 +23,7 @@ def _locations(tmp_path: Path) -> list[str]:
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, str(STANDIN_SAMPLER), *args],
+        [sys.executable, str(STANDIN_SCRIPT), *args],
         capture_output=True,
         env={**os.environ, **env},
         timeout=30,
@@ -98,7 +98,7 @@ def _seconds_to_first_byte(tmp_path: Path, terminal: bool) -> float:
     process = subprocess.Popen(
         [
             sys.executable,
-            str(STANDIN_SAMPLER),
+            str(STANDIN_SCRIPT),
             *_locations(tmp_path),
             "--step-count=4",
             "--",
@@ -130,7 +130,7 @@ def test_stdout_is_line_buffered_on_a_terminal(tmp_path: Path) -> None:
 def test_safety_checker_withholds_flagged_images_only_when_safety_is_on(tmp_path: Path) -> None:
     base = [
         *_locations(tmp_path),
-        "--step-count=1",
+        "--step-count=2",
         "--image-count=2",
         "--seed=7",
     ]
@@ -152,7 +152,7 @@ def test_single_image_names_have_no_index_and_prompt_is_cut_at_75(tmp_path: Path
     result = _run(
         [
             *_locations(tmp_path),
-            "--step-count=1",
+            "--step-count=2",
             "--seed=9",
             "--",
             prompt,

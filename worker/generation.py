@@ -66,6 +66,7 @@ class Generator:
     ) -> GenerateResult:
         check_request(params, self._settings)
         plan = plan_job(params, self._settings)
+        self._backend.check(plan)
         progress = ProgressReporter(context, plan.run_id, plan.expected_total_steps)
         job = Job(request_id=context.request_id, run_id=plan.run_id, progress=progress)
         rendered, started = await queue.run(

@@ -8,6 +8,7 @@ from typing import Protocol
 from protocol.models import ComputeUnits, Scheduler
 from worker.images import RenderedImage
 from worker.progress import ProgressReporter
+from worker.sampler.schedule import timestep_count
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class GenerationJob:
 
     @property
     def expected_total_steps(self) -> int:
-        return self.step_count + 1 if self.scheduler == "pndm" else self.step_count
+        return timestep_count(self.step_count, self.scheduler)
 
 
 @dataclass(frozen=True)
@@ -50,5 +51,8 @@ class Rendered:
 
 class Backend(Protocol):
     def model_id(self, job: GenerationJob) -> str: ...
+
+    def check(self, job: GenerationJob) -> None:
+        """Raise the WorkerError this job would fail with, before it is queued."""
 
     async def render(self, job: GenerationJob, progress: ProgressReporter) -> Rendered: ...

@@ -11,6 +11,8 @@ from pathlib import Path
 from protocol.errors import (
     BackendUnavailableData,
     ErrorCode,
+    FieldError,
+    InvalidParamsData,
     OutputInvalidData,
     SamplerFailedData,
     TimedOutData,
@@ -23,15 +25,16 @@ from worker.images import RenderedImage, check_png, select_outputs
 from worker.live import LiveSamplers
 from worker.progress import ProgressReporter
 from worker.sampler.command import SamplerCommand
+from worker.sampler.naming import OutputLayout, output_layout, prepare_output_path
 from worker.sampler.output_parser import OtherLine, SamplerEvent, SamplerOutputParser
 from worker.sampler.process import SamplerExit, SamplerStartError, run_sampler
+from worker.sampler.schedule import schedule_problems
 from worker.settings import ENV_TIMEOUT_MS, Settings
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZE = (512, 512)
 """Fixed when the bundle was converted: SD 2.1 base makes 512x512 images."""
-FILE_NAME_PREFIX_CHARS = 75
 JOB_DIRECTORY_PREFIX = "studio-imagegen-"
 _MESSAGE_DETAIL_CHARS = 600
 
@@ -46,6 +49,28 @@ class CoreMLBackend:
 
     def model_id(self, job: GenerationJob) -> str:
         return model_id(job.compute_units)
+
+    def check(self, job: GenerationJob) -> None:
+        """Refuse, before the job is queued, what the sampler would crash on or fail to
+        save after the whole run: -32602 naming the field, the limit and the fix."""
+        errors = [
+            FieldError(field=field, message=reason)
+            for field, reason in schedule_problems(job.step_count, job.scheduler)
+        ]
+        layout = _output_layout(job)
+        longest_output_path = Path(tempfile.gettempdir(), JOB_DIRECTORY_PREFIX + "x" * 8, "out")
+        output_path_bytes = len(str(longest_output_path).encode()) + 2 * layout.climb
+        errors += [
+            FieldError(field="prompt", message=reason)
+            for reason in layout.problems(output_path_bytes)
+        ]
+        if errors:
+            summary = "; ".join(f"{error.field}: {error.message}" for error in errors)
+            raise WorkerError(
+                ErrorCode.INVALID_PARAMS,
+                f"Invalid params: {summary}.",
+                InvalidParamsData(errors=errors),
+            )
 
     async def render(self, job: GenerationJob, progress: ProgressReporter) -> Rendered:
         installation = locate_installation(self._settings, self._host)
@@ -67,7 +92,7 @@ class CoreMLBackend:
             command = SamplerCommand(
                 binary=installation.sample_binary,
                 resource_path=installation.resource_path,
-                output_path=prepare_output_path(job_directory, job.prompt),
+                output_path=prepare_output_path(job_directory, _output_layout(job)),
                 prompt=job.prompt,
                 negative_prompt=job.negative_prompt,
                 compute_units=job.compute_units,
@@ -130,26 +155,8 @@ class CoreMLBackend:
         return outcome, other_lines
 
 
-def prepare_output_path(job_directory: Path, prompt: str) -> Path:
-    """The `--output-path` for a prompt, inside the job directory.
-
-    The sampler names files after the first 75 characters of the prompt and writes them
-    relative to the output path, so a `/` there means a subdirectory (which must exist)
-    and `..` could climb out. The output path is nested deep enough that `..` stays
-    inside the job directory, and the subdirectory the name implies is created.
-    """
-    name_prefix = prompt[:FILE_NAME_PREFIX_CHARS].replace(" ", "_")
-    directories = name_prefix.split("/")[:-1]
-    output_path = job_directory.joinpath("out", *(["d"] * directories.count("..")))
-    output_path.mkdir(parents=True)
-    current = output_path
-    for part in directories:
-        if part == "..":
-            current = current.parent
-        elif part not in ("", "."):
-            current = current / part
-            current.mkdir(exist_ok=True)
-    return output_path
+def _output_layout(job: GenerationJob) -> OutputLayout:
+    return output_layout(job.prompt, image_count=job.count, seed=job.seed)
 
 
 def _raise_for_failure(outcome: SamplerExit, job: GenerationJob, stdout_tail: list[str]) -> None:

@@ -26,6 +26,9 @@ class MockBackend:
     def model_id(self, job: GenerationJob) -> str:
         return MODEL_ID
 
+    def check(self, job: GenerationJob) -> None:
+        """The procedural patterns can render any job that passed validation."""
+
     async def render(self, job: GenerationJob, progress: ProgressReporter) -> Rendered:
         started = time.monotonic()
         progress.loading("Preparing the procedural test backend")
