@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AllowInfNan,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictFloat,
@@ -33,10 +35,38 @@ SEED_MAX = 2**32 - 1
 MAX_PROMPT_CHARS = 20_000
 """Far beyond the text encoder's 77 tokens, well within one command-line argument."""
 
-RequestId = StrictInt | StrictStr
-"""The JSON-RPC id of a request the host names (in `cancel`)."""
-JsonRpcId = StrictInt | StrictStr | StrictFloat | None
-"""Any JSON-RPC id, as the host sent it (null and fractions included)."""
+JsonRpcId = StrictInt | StrictStr | Annotated[StrictFloat, AllowInfNan(False)] | None
+"""Any JSON-RPC id the worker accepts, as the host sent it (null and fractions included)."""
+
+
+def _json_number(value: Any) -> Any:
+    """JSON's types, not Python's coercions: true, false and "3" are not numbers."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError(f"expected a JSON number, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a string" if isinstance(value, str | bytes) else type(value).__name__
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_number)]
+"""A JSON integer; `3.0` counts (JSON Schema's `integer` is any number with no fraction)."""
+JsonFloat = Annotated[float, BeforeValidator(_json_number)]
+"""A JSON number, integers included."""
+# Bounds go before the validator, so that the schema states them as minimum and maximum.
+StepCount = Annotated[
+    int, Field(ge=STEP_COUNT_MIN, le=STEP_COUNT_MAX), BeforeValidator(_json_number)
+]
+GuidanceScale = Annotated[
+    float, Field(ge=GUIDANCE_SCALE_MIN, le=GUIDANCE_SCALE_MAX), BeforeValidator(_json_number)
+]
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX), BeforeValidator(_json_number)]
+TimeoutMs = Annotated[
+    int, Field(ge=REQUEST_TIMEOUT_MS_MIN, le=TIMEOUT_MS_MAX), BeforeValidator(_json_number)
+]
 
 
 # --- capabilities ------------------------------------------------------------
@@ -133,15 +163,16 @@ class CapabilitiesResult(WireModel):
 class InputImage(WireModel):
     """A file Studio staged on local disk for image-to-image (not supported yet).
 
-    Read leniently (extra fields allowed, none required) so that any request with input
-    images is answered -32001 unsupported feature, never -32602 for its shape.
+    Every field is optional and other fields are allowed, so any list of such objects
+    that is not empty is answered -32001 unsupported feature; an item that is not an
+    object, or a field of the wrong type, is -32602.
     """
 
     model_config = ConfigDict(extra="allow")
 
     hash: str | None = None
     mime_type: str | None = None
-    size_bytes: int | None = None
+    size_bytes: JsonInt | None = None
     staged_path: str | None = None
 
 
@@ -155,29 +186,22 @@ class GenerateParams(WireModel):
         default=None, alias="schema", description=f"Accepted when it is `{REQUEST_SCHEMA_TAG}`"
     )
     prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="Trimmed; must not be empty")
-    count: int = Field(default=1, ge=1, le=MAX_IMAGE_COUNT, description="Images to make")
+    count: JsonInt = Field(default=1, ge=1, le=MAX_IMAGE_COUNT, description="Images to make")
     run_id: str = Field(default="", description="The Studio run; part of the derived seed")
     aspect_ratio: str = Field(default="1:1", description="Only `1:1` is supported")
-    input_images: list[InputImage] = Field(default_factory=list, description="Must be empty")
+    input_images: list[InputImage] = Field(
+        default_factory=list, description="Any item makes the request -32001 (text-to-image only)"
+    )
     negative_prompt: str = Field(
         default="", max_length=MAX_PROMPT_CHARS, description="Trimmed; what to steer away from"
     )
-    step_count: int | None = Field(
-        default=None, ge=STEP_COUNT_MIN, le=STEP_COUNT_MAX, description=_FROM_SETTINGS
-    )
-    guidance_scale: float | None = Field(
-        default=None, ge=GUIDANCE_SCALE_MIN, le=GUIDANCE_SCALE_MAX, description=_FROM_SETTINGS
-    )
+    step_count: StepCount | None = Field(default=None, description=_FROM_SETTINGS)
+    guidance_scale: GuidanceScale | None = Field(default=None, description=_FROM_SETTINGS)
     scheduler: Scheduler | None = Field(default=None, description=_FROM_SETTINGS)
     compute_units: ComputeUnits | None = Field(default=None, description=_FROM_SETTINGS)
-    seed: int | None = Field(
-        default=None, ge=0, le=SEED_MAX, description="Derived from prompt and runId when absent"
-    )
-    timeout_ms: int | None = Field(
-        default=None,
-        ge=REQUEST_TIMEOUT_MS_MIN,
-        le=TIMEOUT_MS_MAX,
-        description=_FROM_SETTINGS + "; counted from the sampler's start",
+    seed: Seed | None = Field(default=None, description="Derived from prompt and runId when absent")
+    timeout_ms: TimeoutMs | None = Field(
+        default=None, description=_FROM_SETTINGS + "; counted from the sampler's start"
     )
     output: Literal["base64", "path"] = Field(
         default="base64", description="Images inline as base64, or written to `outputDir`"
@@ -260,22 +284,28 @@ class GenerateResult(WireModel):
 
 
 class CancelParams(WireModel):
-    """Exactly one of `requestId` (a `generate`'s JSON-RPC id) or `runId` (a whole run)."""
+    """Exactly one of `requestId` (a `generate`'s JSON-RPC id, whatever its type, null
+    included) or `runId` (every job of a Studio run)."""
 
-    request_id: RequestId | None = None
-    run_id: str | None = None
+    request_id: JsonRpcId = None
+    run_id: StrictStr | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> CancelParams:
-        if (self.request_id is None) == (self.run_id is None):
+        if self.names_request == (self.run_id is not None):
             raise ValueError("give exactly one of requestId or runId")
         return self
+
+    @property
+    def names_request(self) -> bool:
+        """True when `requestId` was given (an explicit null names a request with id null)."""
+        return "request_id" in self.model_fields_set
 
 
 class CancelRequestParams(WireModel):
     """`$/cancelRequest` notification, as the Language Server Protocol sends it."""
 
-    id: RequestId
+    id: JsonRpcId
 
 
 class CancelResult(WireModel):

@@ -196,7 +196,7 @@ async def test_a_sampler_ignoring_sigterm_is_killed_after_the_grace(standin: Sta
 
 @pytest.mark.parametrize(
     "params",
-    [{"requestId": "x", "runId": "y"}, {}, {"requestId": True}, {"requestId": 1.5}],
+    [{"requestId": "x", "runId": "y"}, {}, {"requestId": True}, {"requestId": [1]}, {"runId": 5}],
 )
 async def test_cancel_params_are_checked(standin: StandIn, params: dict[str, Any]) -> None:
     async def body(worker: InProcessWorker, inbox: Inbox) -> None:
@@ -204,6 +204,44 @@ async def test_cancel_params_are_checked(standin: StandIn, params: dict[str, Any
         assert (await inbox.response("c"))["error"]["code"] == -32602
 
     await _with_worker(standin, {}, body)
+
+
+@pytest.mark.parametrize("via", ["cancel", "$/cancelRequest"])
+@pytest.mark.parametrize(
+    ("generate_id", "named_as"), [(1.5, 1.5), (None, None), (2.0, 2), ("7", "7")]
+)
+async def test_every_id_generate_accepts_can_be_cancelled(
+    standin: StandIn, via: str, generate_id: Any, named_as: Any
+) -> None:
+    async def body(worker: InProcessWorker, inbox: Inbox) -> None:
+        await worker.send(request("generate", {"prompt": "fox", "stepCount": 40}, generate_id))
+        await inbox.wait_for(lambda: "sampling" in inbox.phases(generate_id))
+        if via == "cancel":
+            await worker.send(request("cancel", {"requestId": named_as}, "c"))
+            assert (await inbox.response("c"))["result"] == {"cancelled": [generate_id]}
+        else:
+            await worker.send({"jsonrpc": "2.0", "method": via, "params": {"id": named_as}})
+        answer = await inbox.response(generate_id)
+        assert answer["error"]["code"] == -32800, answer
+
+    await _with_worker(standin, {}, body)
+
+
+async def test_a_generate_sent_as_a_notification_is_not_run(
+    standin: StandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(worker: InProcessWorker, inbox: Inbox) -> None:
+        await worker.send(
+            {"jsonrpc": "2.0", "method": "generate", "params": {"prompt": "fox", "stepCount": 40}}
+        )
+        await worker.send(request("capabilities", id_="after"))
+        assert "result" in await inbox.response("after")
+        await anyio.sleep(0.3)
+        assert standin.live_processes() == []
+        assert inbox.order == ["after"] and not inbox.progress
+
+    await _with_worker(standin, {}, body)
+    assert "ignored 'generate' sent as a notification (no id)" in caplog.text
 
 
 async def test_cancel_racing_the_end_of_a_job_answers_exactly_once(standin: StandIn) -> None:

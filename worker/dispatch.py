@@ -39,6 +39,9 @@ class Method:
 
     params_model: type[WireModel]
     handler: Handler
+    runs_as_notification: bool = True
+    """False for a method whose only output is its result: sent without an id, nobody
+    could receive it, so it is not run at all."""
 
 
 def error_response(code: ErrorCode, message: str, data: WireModel, id_: JsonId) -> JsonValue:
@@ -146,6 +149,13 @@ class Dispatcher:
         # no params name can clash with a parameter of this function.
         async def call(*args: Any, **kwargs: Any) -> Any:
             context, *positional = args
+            if context.is_notification and not method.runs_as_notification:
+                logger.warning(
+                    "ignored %r sent as a notification (no id): nobody could receive its "
+                    "result; send it as a request with an id",
+                    name,
+                )
+                return Success(None)
             try:
                 params = _bind(method.params_model, tuple(positional), kwargs)
                 result = await method.handler(context, params)

@@ -89,14 +89,16 @@ class JobQueue:
             job.finished = True
             self._release(job)
 
-    def cancel(self, request_id: JsonId | None = None, run_id: str | None = None) -> list[JsonId]:
-        """Cancel the unfinished jobs with this request id, or of this run."""
-        jobs = [
-            job
-            for job in [*self._running, *self._waiting]
-            if (request_id is not None and _same_id(job.request_id, request_id))
-            or (run_id is not None and job.run_id == run_id)
-        ]
+    def cancel_request(self, request_id: JsonId) -> list[JsonId]:
+        """Cancel the unfinished job of this request id (of any JSON type, null included)."""
+        return self._cancel_where(lambda job: same_id(job.request_id, request_id))
+
+    def cancel_run(self, run_id: str) -> list[JsonId]:
+        """Cancel every unfinished job of this Studio run."""
+        return self._cancel_where(lambda job: job.run_id == run_id)
+
+    def _cancel_where(self, matches: Callable[[Job], bool]) -> list[JsonId]:
+        jobs = [job for job in [*self._running, *self._waiting] if matches(job)]
         for job in jobs:
             self._cancel(job, "cancelled by the host")
         return [job.request_id for job in jobs]
@@ -136,8 +138,11 @@ class JobQueue:
                 waiting.progress.queued(position)
 
 
-def _same_id(a: JsonId, b: JsonId) -> bool:
-    return type(a) is type(b) and a == b
+def same_id(a: JsonId, b: JsonId) -> bool:
+    """JSON equality of two ids: numbers by value (1 and 1.0 alike), strings apart."""
+    if isinstance(a, str) or isinstance(b, str) or a is None or b is None:
+        return type(a) is type(b) and a == b
+    return a == b
 
 
 def _cancelled(job: Job, reason: str | None) -> WorkerError:

@@ -51,13 +51,15 @@ class WorkerMethods:
         return await self._generator.generate(context, params, self.queue)
 
     async def cancel(self, context: RequestContext, params: CancelParams) -> CancelResult:
-        cancelled = self.queue.cancel(request_id=params.request_id, run_id=params.run_id)
-        return CancelResult(cancelled=cancelled)
+        if params.names_request:
+            return CancelResult(cancelled=self.queue.cancel_request(params.request_id))
+        assert params.run_id is not None  # the model holds exactly one of the two
+        return CancelResult(cancelled=self.queue.cancel_run(params.run_id))
 
     async def cancel_request(
         self, context: RequestContext, params: CancelRequestParams
     ) -> CancelResult:
-        return CancelResult(cancelled=self.queue.cancel(request_id=params.id))
+        return CancelResult(cancelled=self.queue.cancel_request(params.id))
 
     def shutdown(self) -> None:
         """Refuse new jobs and cancel the rest; each is still answered (-32800)."""
@@ -66,7 +68,7 @@ class WorkerMethods:
     def table(self) -> dict[str, Method]:
         return {
             "capabilities": Method(CapabilitiesParams, self.capabilities),
-            "generate": Method(GenerateParams, self.generate),
+            "generate": Method(GenerateParams, self.generate, runs_as_notification=False),
             "cancel": Method(CancelParams, self.cancel),
             "$/cancelRequest": Method(CancelRequestParams, self.cancel_request),
         }
