@@ -123,6 +123,10 @@ class ConfigInvalidData(WireModel):
     value: str
     reason: str
 
+    def describe(self) -> str:
+        """`VARIABLE='value' reason`: how every bad setting is reported."""
+        return f"{self.variable}={self.value!r} {self.reason}"
+
 
 class ErrorDetailData(WireModel):
     """`data` of -32700, -32600, -32601, -32603 and -32800: what happened, in words."""

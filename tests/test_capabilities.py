@@ -137,8 +137,38 @@ async def test_a_non_executable_explicit_sampler_is_named_with_the_fix(tmp_path:
     )
     backend = (await _capabilities(settings))["backend"]
     assert backend["available"] is False
-    assert "not an executable file" in backend["reason"]
+    assert backend["reason"] == f"The sampler {sampler} is not executable."
     assert backend["installHint"] == f"chmod +x {sampler}"
+
+
+async def test_a_directory_named_as_the_sampler_is_not_a_program(tmp_path: Path) -> None:
+    settings = Settings.from_environ(
+        {
+            "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(tmp_path),
+            "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(make_resource_dir(tmp_path / "r")),
+        }
+    )
+    backend = (await _capabilities(settings))["backend"]
+    assert backend["reason"] == f"The sampler {tmp_path} is a directory, not a program."
+    assert "chmod" not in backend["installHint"]
+    assert ".build/release/StableDiffusionSample" in backend["installHint"]
+
+
+async def test_a_file_named_as_the_resources_is_not_a_directory(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "hostname"
+    not_a_directory.write_text("box\n")
+    settings = Settings.from_environ(
+        {
+            "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(_executable(tmp_path / "sampler")),
+            "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(not_a_directory),
+        }
+    )
+    backend = (await _capabilities(settings))["backend"]
+    assert backend["reason"] == (
+        f"The model resource path {not_a_directory} is a file, not a directory."
+    )
+    assert "does not exist" not in backend["reason"]
+    assert backend["missing"] == []
 
 
 async def test_missing_resources_are_each_listed(tmp_path: Path) -> None:

@@ -233,13 +233,23 @@ async def test_no_sampler_on_linux_is_backend_unavailable(tmp_path: Path) -> Non
     assert "macOS 13.1" in response["error"]["data"]["reason"]
 
 
-async def test_invalid_configuration_is_config_invalid(standin: StandIn) -> None:
-    response, _ = await generate_once(
-        standin, {"prompt": "fox"}, {"SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER": "euler"}
-    )
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER", "euler"),
+        ("SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL", "verbose"),
+        ("SYSTEMSCULPT_LOCAL_IMAGEGEN_MAX_REQUEST_BYTES", "abc"),
+    ],
+)
+async def test_every_unusable_setting_is_config_invalid(
+    standin: StandIn, variable: str, value: str
+) -> None:
+    response, progress = await generate_once(standin, {"prompt": "fox"}, {variable: value})
     assert response["error"]["code"] == -32007
-    assert response["error"]["data"]["variable"] == "SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER"
-    assert response["error"]["data"]["value"] == "euler"
+    assert response["error"]["data"]["variable"] == variable
+    assert response["error"]["data"]["value"] == value
+    assert f"{variable}={value!r}" in response["error"]["message"]
+    assert progress == []
 
 
 async def test_unknown_backend_is_config_invalid(standin: StandIn) -> None:

@@ -20,6 +20,12 @@ import pytest
 from fixtures.resources import make_resource_dir
 from fixtures.standin import StandInInstall, install_standin
 from tests.worker_clients import worker_environment
+from worker.provision.install import (
+    MODEL_ARCHIVE_SHA256,
+    MODEL_ARCHIVE_SIZE,
+    MODEL_ARCHIVE_URL,
+    MODEL_REVISION,
+)
 from worker.settings import BUNDLE_NAME
 
 MACOS = "macos:14.5:arm64"
@@ -257,7 +263,10 @@ def test_a_wrong_checksum_deletes_the_download_and_installs_nothing(
 ) -> None:
     result = _install(machine, bundle_server, "--model-sha256", "0" * 64)
     assert result.returncode == 2
-    assert "the download's SHA-256 is" in result.stderr and "0" * 64 in result.stderr
+    actual = hashlib.sha256(bundle_server.data).hexdigest()
+    assert f"with SHA-256 {actual}; the pins are" in result.stderr
+    assert f"and SHA-256 {'0' * 64}. It was deleted" in result.stderr
+    assert f"--model-sha256 {actual}" in result.stderr
     assert not machine.resource_path.parent.exists()
     assert _leftovers(machine) == []
 
@@ -294,13 +303,53 @@ def test_a_failed_build_shows_the_tail_of_its_output(
     assert bundle_server.requests == []
 
 
-def test_without_pinned_checksums_nothing_is_downloaded(
+def test_the_bundle_is_pinned_to_a_revision_size_and_checksum() -> None:
+    assert f"/resolve/{MODEL_REVISION}/" in MODEL_ARCHIVE_URL and "/main/" not in MODEL_ARCHIVE_URL
+    assert MODEL_ARCHIVE_URL.endswith(f"{BUNDLE_NAME}.zip")
+    assert (MODEL_ARCHIVE_SIZE, MODEL_ARCHIVE_SHA256) == (
+        1_141_379_936,
+        "90c532943d460c559a8d84b7a0f05a4d265fee78ca355fdd5aa734fd43e08972",
+    )
+
+
+def test_a_file_of_another_size_than_the_pin_is_refused_before_it_is_downloaded(
     machine: Machine, bundle_server: BundleServer
 ) -> None:
     result = _install(machine, bundle_server, pinned=False)
+    assert result.returncode == 2, result.stderr
+    offered = len(bundle_server.data)
+    assert f"the server offers {offered} bytes, the pinned size is 1141379936" in result.stderr
+    assert f"--model-size {offered} --model-sha256" in result.stderr
+    assert "SYSTEMSCULPT_LOCAL_INSTALL_MODEL_SIZE" in result.stderr
+    assert bundle_server.requests == [None]
+    assert _leftovers(machine) == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("MODEL_SIZE", "abc", "is not a whole number"),
+        ("MODEL_SHA256", "xyz", "is not 64 hexadecimal digits"),
+        ("GIT", "git 'unclosed", "is not a command line"),
+        ("RETRY_DELAY_SECONDS", "soon", "is not a number"),
+    ],
+)
+@pytest.mark.parametrize("verify", [True, False])
+def test_unusable_install_variables_are_named_without_a_traceback(
+    machine: Machine,
+    bundle_server: BundleServer,
+    variable: str,
+    value: str,
+    reason: str,
+    verify: bool,
+) -> None:
+    name = f"SYSTEMSCULPT_LOCAL_INSTALL_{variable}"
+    extra = ["--verify"] if verify else []
+    result = _install(machine, bundle_server, *extra, env={name: value})
     assert result.returncode == 2
-    assert "--model-sha256" in result.stderr
-    assert bundle_server.requests == []
+    assert f"install: {name}={value!r} {reason}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert machine.calls() == [] and bundle_server.requests == []
 
 
 def test_off_a_mac_install_changes_nothing(machine: Machine, bundle_server: BundleServer) -> None:

@@ -89,7 +89,7 @@ def test_numbers_are_clamped_and_the_clamp_is_logged(
 def test_a_number_that_is_not_a_number_keeps_the_default_and_is_a_problem(value: str) -> None:
     s = settings(SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT=value)
     assert s.step_count == 20
-    (problem,) = s.generation_problems
+    (problem,) = s.problems
     assert problem.variable == ENV_STEP_COUNT and problem.value == value
     assert "1 to 80" in problem.reason
 
@@ -146,11 +146,10 @@ def test_paths_expand_the_home_directory() -> None:
     assert s.resource_path == Path("/models/sd")
 
 
-def test_a_bad_log_level_is_reported_but_does_not_stop_generation() -> None:
+def test_a_bad_log_level_keeps_the_default_and_is_a_problem() -> None:
     s = settings(**{ENV_LOG_LEVEL: "chatty"})
     assert s.log_level == "info"
     assert [p.variable for p in s.problems] == [ENV_LOG_LEVEL]
-    assert s.generation_problems == ()
 
 
 def test_settings_are_immutable() -> None:

@@ -37,7 +37,7 @@ def configure_logging(level: str) -> None:
 
 def report_settings(settings: Settings) -> None:
     for problem in settings.problems:
-        logger.error("%s=%r %s", problem.variable, problem.value, problem.reason)
+        logger.error("%s; generate answers -32007 until it is fixed", problem.describe())
     for adjustment in settings.adjustments:
         logger.warning("%s", adjustment)
 

@@ -92,10 +92,10 @@ def check_request(params: GenerateParams, settings: Settings) -> None:
             f"square images only; use one of {', '.join(ASPECT_RATIOS)}.",
             UnsupportedFeatureData(feature="aspectRatio", supported=ASPECT_RATIOS),
         )
-    problems = settings.generation_problems
+    problems = settings.problems
     if problems:
         first = problems[0]
-        described = "; ".join(f"{p.variable}={p.value!r} {p.reason}" for p in problems)
+        described = "; ".join(problem.describe() for problem in problems)
         raise WorkerError(
             ErrorCode.CONFIG_INVALID,
             f"Configuration invalid: {described}. Fix the environment and restart the worker.",

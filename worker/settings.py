@@ -1,12 +1,16 @@
 """The worker's settings: read once from the `SYSTEMSCULPT_LOCAL_*` environment variables.
 
 A value that cannot be used never raises: the setting keeps its default and the problem
-is recorded, so the worker can report it at start, in `capabilities`, and in `generate`.
+is recorded, so the worker can report it at start, in `capabilities`, and in `generate`
+(which refuses to run, -32007, while any problem stands). `EnvironmentReader` is the one
+reader of environment variables, for the installer's too, so every bad value is
+reported the same way.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +46,6 @@ ENV_TIMEOUT_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_TIMEOUT_MS"
 ENV_MAX_CONCURRENCY = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_CONCURRENCY"
 ENV_MAX_QUEUE = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_QUEUE"
 ENV_KILL_GRACE_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS"
-
-WORKER_ONLY_VARIABLES = frozenset({ENV_LOG_LEVEL, ENV_MAX_REQUEST_BYTES})
-"""Problems with these are reported, but do not stop `generate`."""
 
 DEFAULT_CHECKOUT = "gits/apps/ml-stable-diffusion"
 """Relative to the home directory, where the original installer cloned the sampler."""
@@ -98,18 +99,14 @@ class Settings:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
     problems: tuple[ConfigInvalidData, ...] = ()
-    """Values that could not be used; the setting kept its default."""
+    """Values that could not be used; the setting kept its default, and `generate` answers
+    -32007 until they are fixed."""
     adjustments: tuple[str, ...] = ()
     """Values that were usable after clamping, described for the log."""
 
-    @property
-    def generation_problems(self) -> tuple[ConfigInvalidData, ...]:
-        """The problems that make `generate` answer -32007."""
-        return tuple(p for p in self.problems if p.variable not in WORKER_ONLY_VARIABLES)
-
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], home: Path | None = None) -> Settings:
-        reader = _EnvironmentReader(environ)
+        reader = EnvironmentReader(environ)
         home = home if home is not None else Path.home()
         backend_name = reader.raw(ENV_BACKEND).lower()
         backend: BackendId | None
@@ -163,13 +160,43 @@ class Settings:
 
 
 @dataclass
-class _EnvironmentReader:
+class EnvironmentReader:
+    """Reads variables, keeps the default for an unusable value and records why."""
+
     environ: Mapping[str, str]
     problems: list[ConfigInvalidData] = field(default_factory=list)
     adjustments: list[str] = field(default_factory=list)
 
     def raw(self, variable: str) -> str:
         return self.environ.get(variable, "").strip()
+
+    def text(self, variable: str, default: str) -> str:
+        return self.raw(variable) or default
+
+    def command(self, variable: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A command and its arguments, split as a POSIX shell would."""
+        text = self.raw(variable)
+        if not text:
+            return default
+        try:
+            words = tuple(shlex.split(text))
+        except ValueError as exc:
+            self.problem(variable, f"is not a command line ({exc}); quote it as in a shell")
+            return default
+        if not words:
+            self.problem(variable, "is empty after splitting; name a command")
+            return default
+        return words
+
+    def hex_digest(self, variable: str, length: int, default: T) -> str | T:
+        """A checksum written in hexadecimal, `length` digits."""
+        text = self.raw(variable).lower()
+        if not text:
+            return default
+        if len(text) != length or any(c not in "0123456789abcdef" for c in text):
+            self.problem(variable, f"is not {length} hexadecimal digits")
+            return default
+        return text
 
     def problem(self, variable: str, reason: str) -> None:
         value = self.environ.get(variable, "")

@@ -37,6 +37,7 @@ REQUIRED_RESOURCES = (
 UNET_CHUNKS = ("UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc")
 
 SAMPLER_REPOSITORY = "https://github.com/apple/ml-stable-diffusion"
+BUILT_BINARY_IN_CHECKOUT = ".build/release/StableDiffusionSample"
 INSTALL_COMMAND = "studio-imagegen-worker install"
 BUILD_HINT = (
     f"{INSTALL_COMMAND} (or by hand: git clone {SAMPLER_REPOSITORY} "
@@ -171,11 +172,26 @@ def check_sampler(settings: Settings, binary: Path | None) -> Check:
             fix=BUILD_HINT,
             missing=(str(expected),),
         )
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
+    if binary.is_dir():
         return Check(
             "sampler",
             "fail",
-            f"The sampler {binary} is not an executable file.",
+            f"The sampler {binary} is a directory, not a program.",
+            fix=f"point {ENV_SAMPLE_BIN} at the StableDiffusionSample binary itself (in a "
+            f"checkout: {BUILT_BINARY_IN_CHECKOUT})",
+        )
+    if not binary.is_file():
+        return Check(
+            "sampler",
+            "fail",
+            f"The sampler {binary} is not a regular file (a device, a socket or a pipe).",
+            fix=f"point {ENV_SAMPLE_BIN} at the StableDiffusionSample binary",
+        )
+    if not os.access(binary, os.X_OK):
+        return Check(
+            "sampler",
+            "fail",
+            f"The sampler {binary} is not executable.",
             fix=f"chmod +x {binary}",
         )
     where = (
@@ -189,6 +205,14 @@ def check_sampler(settings: Settings, binary: Path | None) -> Check:
 
 
 def check_resources(resource_path: Path) -> Check:
+    if resource_path.exists() and not resource_path.is_dir():
+        return Check(
+            "resources",
+            "fail",
+            f"The model resource path {resource_path} is a file, not a directory.",
+            fix=f"point {ENV_RESOURCE_PATH} at the unpacked bundle's directory (the one that "
+            "holds Unet.mlmodelc), or unset it for the default",
+        )
     missing = _missing_resources(resource_path)
     if missing == [str(resource_path)]:
         return Check(

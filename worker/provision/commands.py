@@ -40,8 +40,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     install.add_argument("--swift", help="the swift command (default: swift)")
     install.add_argument("--repository-url", help="where to clone the sampler from")
     install.add_argument("--model-url", help="where to download the bundle zip from")
-    install.add_argument("--model-size", type=int, help="the bundle zip's size in bytes")
-    install.add_argument("--model-sha256", help="the bundle zip's SHA-256")
+    install.add_argument(
+        "--model-size", type=int, help="override the pinned size of the bundle zip, in bytes"
+    )
+    install.add_argument("--model-sha256", help="override the pinned SHA-256 of the bundle zip")
     _add_platform_option(install)
 
 
@@ -83,7 +85,11 @@ def run_install(args: argparse.Namespace) -> int:
     from worker.provision.install import Installer, InstallError, InstallPlan
 
     home = Path.home()
-    plan = InstallPlan.defaults(home, os.environ)
+    try:
+        plan = InstallPlan.defaults(home, os.environ)
+    except InstallError as exc:
+        print(f"install: {exc}", file=sys.stderr)
+        return EXIT_INSTALL_FAILED
     overrides = {
         "checkout": args.prefix and args.prefix.expanduser().resolve(),
         "models_dir": args.models_dir and args.models_dir.expanduser().resolve(),

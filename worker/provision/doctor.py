@@ -16,7 +16,7 @@ from typing import Any
 
 from worker.backends.coreml_install import Check, locate_installation
 from worker.host import HostPlatform
-from worker.settings import WORKER_ONLY_VARIABLES, Settings
+from worker.settings import Settings
 
 SAMPLER_HELP_TIMEOUT_SECONDS = 20
 MIN_FREE_BYTES_INSTALLED = 1 << 30
@@ -124,18 +124,13 @@ def check_free_disk(resource_path: Path, installed: bool) -> Check:
 
 
 def check_settings(settings: Settings) -> Check:
-    blocking = settings.generation_problems
-    other = [p for p in settings.problems if p.variable in WORKER_ONLY_VARIABLES]
-    described = "; ".join(f"{p.variable}={p.value!r} {p.reason}" for p in settings.problems)
-    if blocking:
+    if settings.problems:
         return Check(
             "settings",
             "fail",
-            described,
+            "; ".join(problem.describe() for problem in settings.problems),
             fix="fix or unset those variables, then restart the worker",
         )
-    if other:
-        return Check("settings", "warn", described, fix="fix or unset those variables")
     return Check(
         "settings",
         "ok",

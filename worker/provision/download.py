@@ -23,6 +23,25 @@ class DownloadError(Exception):
     """The file could not be fetched or did not match its pinned size and checksum."""
 
 
+class PinMismatch(DownloadError):
+    """The server's file is not the pinned one (its size, or its SHA-256, differs)."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        actual_size: int,
+        pinned_size: int,
+        actual_sha256: str | None = None,
+        pinned_sha256: str,
+    ) -> None:
+        super().__init__(detail)
+        self.actual_size = actual_size
+        self.pinned_size = pinned_size
+        self.actual_sha256 = actual_sha256
+        self.pinned_sha256 = pinned_sha256
+
+
 def download_verified(
     url: str,
     destination: Path,
@@ -42,7 +61,7 @@ def download_verified(
     part = destination.with_name(destination.name + ".part")
     for attempt in range(1, attempts + 1):
         try:
-            _fetch_rest(url, part, size, progress, timeout)
+            _fetch_rest(url, part, size, sha256, progress, timeout)
             break
         except DownloadError:
             raise
@@ -64,7 +83,9 @@ def download_verified(
     os.replace(part, destination)
 
 
-def _fetch_rest(url: str, part: Path, size: int, progress: Progress, timeout: float) -> None:
+def _fetch_rest(
+    url: str, part: Path, size: int, sha256: str, progress: Progress, timeout: float
+) -> None:
     offset = part.stat().st_size if part.exists() else 0
     if offset >= size:
         return
@@ -78,6 +99,15 @@ def _fetch_rest(url: str, part: Path, size: int, progress: Progress, timeout: fl
             raise  # an OSError: retried
         raise DownloadError(f"the server refused {url}: HTTP {exc.code} {exc.reason}") from exc
     with response:
+        offered = _offered_size(response, offset)
+        if offered is not None and offered != size:
+            raise PinMismatch(
+                f"the server offers {offered} bytes, the pinned size is {size}; nothing more "
+                "was downloaded",
+                actual_size=offered,
+                pinned_size=size,
+                pinned_sha256=sha256,
+            )
         if response.status == 200 and offset:
             logger.info("the server does not resume downloads; starting over")
             offset = 0
@@ -95,24 +125,32 @@ def _fetch_rest(url: str, part: Path, size: int, progress: Progress, timeout: fl
         raise ConnectionError(f"the connection closed after {_size(part)} of {size} bytes")
 
 
+def _offered_size(response: http.client.HTTPResponse, offset: int) -> int | None:
+    """The whole file's size as the server states it, if it does."""
+    if response.status == 206:
+        total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    length = response.headers.get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
 def _verify(part: Path, size: int, sha256: str) -> None:
+    """The SHA-256 decides; the size is reported beside it."""
     actual_size = part.stat().st_size
-    if actual_size != size:
-        part.unlink()
-        raise DownloadError(
-            f"the download is {actual_size} bytes, the pinned size is {size}; it was deleted, "
-            "run install again"
-        )
     digest = hashlib.sha256()
     with open(part, "rb") as file:
         for chunk in iter(lambda: file.read(CHUNK_BYTES), b""):
             digest.update(chunk)
-    if digest.hexdigest() != sha256.lower():
+    actual = digest.hexdigest()
+    if actual != sha256.lower():
         part.unlink()
-        raise DownloadError(
-            f"the download's SHA-256 is {digest.hexdigest()}, the pinned one is {sha256}; "
-            "the file was deleted, run install again (if it fails again, the file on the "
-            "server changed: report it)"
+        raise PinMismatch(
+            f"the download is {actual_size} bytes with SHA-256 {actual}; the pins are "
+            f"{size} bytes and SHA-256 {sha256}. It was deleted",
+            actual_size=actual_size,
+            pinned_size=size,
+            actual_sha256=actual,
+            pinned_sha256=sha256,
         )
 
 

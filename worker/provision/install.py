@@ -26,7 +26,7 @@ from typing import TextIO
 from worker.backends.coreml_install import check_resources
 from worker.host import HostPlatform
 from worker.provision.doctor import DoctorReport, examine
-from worker.provision.download import DownloadError, download_verified
+from worker.provision.download import DownloadError, PinMismatch, download_verified
 from worker.settings import (
     BUNDLE_NAME,
     DEFAULT_CHECKOUT,
@@ -34,18 +34,22 @@ from worker.settings import (
     DEFAULT_SAMPLE_BIN,
     ENV_RESOURCE_PATH,
     ENV_SAMPLE_BIN,
+    EnvironmentReader,
     Settings,
 )
 
 SAMPLER_REPOSITORY_URL = "https://github.com/apple/ml-stable-diffusion"
+MODEL_REPOSITORY = "apple/coreml-stable-diffusion-2-1-base-palettized"
+MODEL_REVISION = "bf4734c9f67dc7b7f9ced335d1cee9a860bf3a85"
+"""A commit of the model repository, not `main`: the pinned checksum cannot drift."""
 MODEL_ARCHIVE_URL = (
-    "https://huggingface.co/apple/coreml-stable-diffusion-2-1-base-palettized/resolve/main/"
-    f"{BUNDLE_NAME}.zip"
+    f"https://huggingface.co/{MODEL_REPOSITORY}/resolve/{MODEL_REVISION}/{BUNDLE_NAME}.zip"
 )
-MODEL_ARCHIVE_SIZE: int | None = None
-MODEL_ARCHIVE_SHA256: str | None = None
-"""The pinned size and SHA-256 of the bundle zip. Not known to this build: install asks
-for them (flags or environment) rather than unpack an archive it cannot check."""
+MODEL_ARCHIVE_SIZE = 1_141_379_936
+MODEL_ARCHIVE_SHA256 = "90c532943d460c559a8d84b7a0f05a4d265fee78ca355fdd5aa734fd43e08972"
+"""The bundle zip at that revision. The SHA-256 decides; the size lets a wrong file be
+refused before it is downloaded whole."""
+SHA256_HEX_DIGITS = 64
 
 BUILD_PRODUCT = "StableDiffusionSample"
 BUILT_BINARY = Path(".build/release") / BUILD_PRODUCT
@@ -68,8 +72,8 @@ class InstallPlan:
     git: tuple[str, ...]
     swift: tuple[str, ...]
     archive_url: str
-    archive_size: int | None
-    archive_sha256: str | None
+    archive_size: int
+    archive_sha256: str
     retry_delay_seconds: float = 2.0
 
     @property
@@ -82,21 +86,32 @@ class InstallPlan:
 
     @classmethod
     def defaults(cls, home: Path, environ: Mapping[str, str]) -> InstallPlan:
-        def env(name: str, default: str) -> str:
-            return environ.get(ENV_PREFIX + name, "").strip() or default
-
-        size = env("MODEL_SIZE", "")
-        return cls(
-            checkout=Path(env("PREFIX", str(home / DEFAULT_CHECKOUT))),
-            models_dir=Path(env("MODELS_DIR", str(home / DEFAULT_MODELS_DIR))),
-            repository_url=env("REPOSITORY_URL", SAMPLER_REPOSITORY_URL),
-            git=tuple(shlex.split(env("GIT", "git"))),
-            swift=tuple(shlex.split(env("SWIFT", "swift"))),
-            archive_url=env("MODEL_URL", MODEL_ARCHIVE_URL),
-            archive_size=int(size) if size else MODEL_ARCHIVE_SIZE,
-            archive_sha256=env("MODEL_SHA256", "") or MODEL_ARCHIVE_SHA256,
-            retry_delay_seconds=float(env("RETRY_DELAY_SECONDS", "2")),
+        """The plan from `SYSTEMSCULPT_LOCAL_INSTALL_*`; InstallError names every unusable
+        value, as the worker reports its own settings."""
+        reader = EnvironmentReader(environ)
+        plan = cls(
+            checkout=Path(reader.text(ENV_PREFIX + "PREFIX", str(home / DEFAULT_CHECKOUT))),
+            models_dir=Path(reader.text(ENV_PREFIX + "MODELS_DIR", str(home / DEFAULT_MODELS_DIR))),
+            repository_url=reader.text(ENV_PREFIX + "REPOSITORY_URL", SAMPLER_REPOSITORY_URL),
+            git=reader.command(ENV_PREFIX + "GIT", ("git",)),
+            swift=reader.command(ENV_PREFIX + "SWIFT", ("swift",)),
+            archive_url=reader.text(ENV_PREFIX + "MODEL_URL", MODEL_ARCHIVE_URL),
+            archive_size=reader.number(
+                ENV_PREFIX + "MODEL_SIZE", int, 1, 1 << 40, MODEL_ARCHIVE_SIZE
+            ),
+            archive_sha256=reader.hex_digest(
+                ENV_PREFIX + "MODEL_SHA256", SHA256_HEX_DIGITS, MODEL_ARCHIVE_SHA256
+            ),
+            retry_delay_seconds=reader.number(
+                ENV_PREFIX + "RETRY_DELAY_SECONDS", float, 0.0, 600.0, 2.0
+            ),
         )
+        if reader.problems:
+            raise InstallError(
+                "; ".join(problem.describe() for problem in reader.problems)
+                + ". Fix or unset these variables."
+            )
+        return plan
 
 
 class Installer:
@@ -163,14 +178,6 @@ class Installer:
         if check_resources(plan.resource_path).status == "ok":
             self._say("      already in place")
             return
-        if plan.archive_size is None or plan.archive_sha256 is None:
-            raise InstallError(
-                "this build does not pin the size and SHA-256 of the bundle, and an archive "
-                "that cannot be checked is not unpacked. Copy both from the file's page in "
-                "the Hugging Face repository apple/coreml-stable-diffusion-2-1-base-palettized "
-                f"and pass --model-size and --model-sha256 (or {ENV_PREFIX}MODEL_SIZE and "
-                f"{ENV_PREFIX}MODEL_SHA256)"
-            )
         plan.models_dir.mkdir(parents=True, exist_ok=True)
         archive = plan.models_dir / f"{BUNDLE_NAME}.zip"
         bar = ProgressBar(self._out)
@@ -183,6 +190,15 @@ class Installer:
                 progress=bar.update,
                 retry_delay=plan.retry_delay_seconds,
             )
+        except PinMismatch as exc:
+            bar.finish()
+            raise InstallError(
+                f"the bundle at {plan.archive_url} is not the pinned one: {exc}. If the "
+                "file was replaced on purpose, check where it comes from, then pass "
+                f"--model-size {exc.actual_size} --model-sha256 "
+                f"{exc.actual_sha256 or '<its SHA-256>'} (or "
+                f"{ENV_PREFIX}MODEL_SIZE and {ENV_PREFIX}MODEL_SHA256)"
+            ) from exc
         except DownloadError as exc:
             bar.finish()
             raise InstallError(f"download failed: {exc}") from exc
