@@ -58,6 +58,11 @@ class ErrorCode(IntEnum):
         -32007,
         "A SYSTEMSCULPT_LOCAL_* environment variable has a value that cannot be used.",
     )
+    OUTPUT_NOT_WRITTEN = (
+        -32008,
+        "The images were made but could not be written to `outputDir` (disk full, folder "
+        "removed, ...); none of them is left there.",
+    )
     CANCELLED = (-32800, "The request was cancelled (the LSP's RequestCancelled code).")
 
 
@@ -128,6 +133,13 @@ class ConfigInvalidData(WireModel):
         return f"{self.variable}={self.value!r} {self.reason}"
 
 
+class OutputNotWrittenData(WireModel):
+    """`data` of -32008: the file that could not be written and the system's reason."""
+
+    path: str
+    reason: str
+
+
 class ErrorDetailData(WireModel):
     """`data` of -32700, -32600, -32601, -32603 and -32800: what happened, in words."""
 
@@ -147,6 +159,7 @@ ERROR_DATA_MODELS: dict[ErrorCode, type[WireModel]] = {
     ErrorCode.OUTPUT_INVALID: OutputInvalidData,
     ErrorCode.QUEUE_FULL: QueueFullData,
     ErrorCode.CONFIG_INVALID: ConfigInvalidData,
+    ErrorCode.OUTPUT_NOT_WRITTEN: OutputNotWrittenData,
     ErrorCode.CANCELLED: ErrorDetailData,
 }
 """The model of `data` for each code: the schema export and the tests read this table."""

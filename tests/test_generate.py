@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from PIL import Image
 
+from protocol.models import GenerateParams
 from tests.standin import StandIn, call_collecting, generate_once
-from tests.worker_clients import LINUX, in_process_worker
+from tests.worker_clients import LINUX, in_process_worker, request
+from worker.backends.base import Rendered
+from worker.backends.mock import procedural_png
+from worker.errors import WorkerError
+from worker.generation import deliver, plan_job
+from worker.images import RenderedImage, write_without_clobbering
 from worker.seed import derive_seed
 from worker.settings import Settings
 
@@ -137,6 +147,82 @@ async def test_path_output_writes_into_the_hosts_directory_without_clobbering(
         with Image.open(path) as png:
             assert png.size == (512, 512) and "parameters" in png.info
     assert all("base64" not in image for image in first["result"]["images"])
+
+
+@pytest.mark.parametrize(
+    ("directory", "reason"),
+    [("/proc", "No such file or directory"), ("/sys", "Permission denied")],
+)
+async def test_an_output_dir_that_takes_no_files_is_refused_before_sampling(
+    standin: StandIn, directory: str, reason: str
+) -> None:
+    params = {"prompt": "fox", "output": "path", "outputDir": directory}
+    response, progress = await generate_once(standin, params)
+    assert response["error"]["code"] == -32602, response
+    (error,) = response["error"]["data"]["errors"]
+    assert error["field"] == "outputDir"
+    assert error["message"] == f"does not take new files ({reason}); choose another directory"
+    assert progress == []
+
+
+async def test_an_output_dir_removed_during_the_job_is_output_not_written(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    out = tmp_path / "going"
+    out.mkdir()
+    params = {"prompt": "fox", "count": 2, "output": "path", "outputDir": str(out)}
+    settings = Settings.from_environ(standin.env)
+    with mock.patch.dict(os.environ, {"STANDIN_SD_SECONDS_PER_STEP": "0.05"}):
+        async with in_process_worker(settings, LINUX) as worker:
+            await worker.send(request("generate", params, "g"))
+            while "method" in (message := await worker.receive(wait=30)):
+                if message["params"]["phase"] == "sampling" and out.exists():
+                    out.rmdir()
+    assert message["error"]["code"] == -32008, message
+    data = message["error"]["data"]
+    assert data["path"].startswith(f"{out}/fox.0.") and data["path"].endswith(".final.png")
+    assert data["reason"] == "No such file or directory"
+    assert "could not be written: No such file or directory" in message["error"]["message"]
+    assert standin.leftover_temp_entries() == []
+
+
+def test_a_failed_write_leaves_no_image_of_the_request(tmp_path: Path) -> None:
+    """A full disk at the second image: the first is removed too."""
+    out = tmp_path / "out"
+    out.mkdir()
+    real_write = write_without_clobbering
+    calls = []
+
+    def full_disk_on_second(directory: Path, name: str, data: bytes) -> Path:
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory / name))
+        return real_write(directory, name, data)
+
+    rendered = Rendered(
+        images=[
+            RenderedImage(f"fox.{i}.1.final.png", i, procedural_png("fox", "", i), 512, 512)
+            for i in range(2)
+        ],
+        warnings=[],
+        model_id="m",
+        backend="mock",
+        sample_binary=None,
+        resource_path=None,
+        duration_ms=1,
+        width=512,
+        height=512,
+    )
+    params = GenerateParams(prompt="fox", count=2, output="path", output_dir=str(out))
+    job = plan_job(params, Settings.from_environ({}))
+    with (
+        mock.patch("worker.generation.write_without_clobbering", full_disk_on_second),
+        pytest.raises(WorkerError) as raised,
+    ):
+        deliver(params, job, rendered, started=0.0)
+    assert raised.value.code == -32008
+    assert "No space left on device" in raised.value.message
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -280,6 +366,27 @@ async def test_a_crashing_sampler_is_sampler_failed_with_the_signal(standin: Sta
     assert error["code"] == -32003
     assert error["data"]["exitCode"] is None and error["data"]["signal"] == "SIGTRAP"
     assert "Fatal error" in error["data"]["stderr"]
+
+
+async def test_a_sampler_killed_from_outside_is_explained_by_the_signal(
+    standin: StandIn,
+) -> None:
+    settings = Settings.from_environ(standin.env)
+    with mock.patch.dict(os.environ, {"STANDIN_SD_SECONDS_PER_STEP": "0.1"}):
+        async with in_process_worker(settings, LINUX) as worker:
+            await worker.send(request("generate", {"prompt": "fox", "stepCount": 40}, "g"))
+            while "method" in (message := await worker.receive(wait=30)):
+                if message["params"]["phase"] == "sampling":
+                    for pid in standin.live_processes():
+                        os.kill(pid, signal.SIGKILL)
+    error = message["error"]
+    assert error["code"] == -32003
+    assert error["data"]["signal"] == "SIGKILL" and error["data"]["exitCode"] is None
+    assert error["message"].startswith(
+        "StableDiffusionSample died from SIGKILL, sent from outside the worker"
+    )
+    assert error["message"].endswith(": it printed nothing on stderr")
+    assert "Note: This can take a while" not in error["message"]
 
 
 async def test_a_sampler_that_rejects_its_arguments_says_so(

@@ -103,7 +103,7 @@ def test_parser_reads_the_samplers_lines() -> None:
     )
     assert events == [
         Loading("Loading resources and creating pipeline"),
-        OtherLine("(Note: This can take a while the first time using these resources)"),
+        Loading("(Note: This can take a while the first time using these resources)"),
         SamplingStarted(),
         StepCompleted(completed=1, total=21, steps_per_second=1.25),
         ImageSaved("a_fox.42.final.png"),

@@ -36,7 +36,7 @@ def test_every_error_code_has_a_description_and_a_data_model() -> None:
     for code in ErrorCode:
         assert code.__doc__ and code.description == code.__doc__
     server_range = [c for c in ErrorCode if -32099 <= c <= -32000]
-    assert [int(c) for c in server_range] == list(range(-32001, -32008, -1))
+    assert [int(c) for c in server_range] == list(range(-32001, -32009, -1))
     assert int(ErrorCode.CANCELLED) == -32800
 
 

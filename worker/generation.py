@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,7 @@ from protocol.errors import (
     ErrorCode,
     FieldError,
     InvalidParamsData,
+    OutputNotWrittenData,
     UnsupportedFeatureData,
 )
 from protocol.models import (
@@ -112,14 +114,26 @@ def _check_output_dir(output_dir: str | None) -> None:
         problem = "must be an absolute path"
     elif not path.is_dir():
         problem = "is not an existing directory; create it first"
-    elif not os.access(path, os.W_OK | os.X_OK):
-        problem = "is not writable by the worker"
+    else:
+        problem = _unwritable(path)
     if problem:
         raise WorkerError(
             ErrorCode.INVALID_PARAMS,
             f"Invalid params: outputDir {output_dir!r} {problem}.",
             InvalidParamsData(errors=[FieldError(field="outputDir", message=problem)]),
         )
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why no file can be created in `directory`, found by creating one (permissions alone
+    say nothing of /proc, a read-only mount or a full disk)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".studio-imagegen-probe-", dir=directory)
+    except OSError as exc:
+        return f"does not take new files ({exc.strerror or exc}); choose another directory"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 def plan_job(params: GenerateParams, settings: Settings) -> GenerationJob:
@@ -157,14 +171,13 @@ def deliver(
     """Annotate the images and hand them over as the request asked. No await in here: once
     a job has rendered, nothing can cancel it halfway through delivery."""
     images = []
+    written: list[Path] = []
     for image in rendered.images:
         png = with_text_chunks(image.png, _text_chunks(params, job, rendered, image.index))
         delivered: dict[str, str] = {"file_name": image.file_name}
         if params.output == "path":
             assert params.output_dir is not None
-            path = write_without_clobbering(
-                Path(params.output_dir), safe_file_name(image.file_name), png
-            )
+            path = _write_or_roll_back(Path(params.output_dir), image.file_name, png, written)
             delivered = {"file_name": path.name, "path": str(path)}
         else:
             delivered["base64"] = to_base64(png)
@@ -192,6 +205,26 @@ def deliver(
         ),
         warnings=rendered.warnings,
     )
+
+
+def _write_or_roll_back(directory: Path, name: str, png: bytes, written: list[Path]) -> Path:
+    """Write one image of a request; if it fails, remove the ones already written, so the
+    host finds all of a request's images or none, and answer -32008."""
+    target = directory / safe_file_name(name)
+    try:
+        path = write_without_clobbering(directory, safe_file_name(name), png)
+    except OSError as exc:
+        for earlier in written:
+            earlier.unlink(missing_ok=True)
+        reason = exc.strerror or str(exc)
+        raise WorkerError(
+            ErrorCode.OUTPUT_NOT_WRITTEN,
+            f"The images were made but {target} could not be written: {reason}. Check the "
+            "directory (free space, that it still exists) and generate again.",
+            OutputNotWrittenData(path=str(exc.filename or target), reason=reason),
+        ) from exc
+    written.append(path)
+    return path
 
 
 def _text_chunks(

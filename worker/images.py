@@ -119,6 +119,10 @@ def write_without_clobbering(directory: Path, name: str, data: bytes) -> Path:
         except FileExistsError:
             attempt += 1
             continue
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+        except OSError:
+            path.unlink(missing_ok=True)  # no half-written image (a full disk)
+            raise
         return path.resolve()

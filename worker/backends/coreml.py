@@ -29,7 +29,7 @@ from worker.sampler.naming import OutputLayout, output_layout, prepare_output_pa
 from worker.sampler.output_parser import OtherLine, SamplerEvent, SamplerOutputParser
 from worker.sampler.process import SamplerExit, SamplerStartError, run_sampler
 from worker.sampler.schedule import schedule_problems
-from worker.settings import ENV_TIMEOUT_MS, Settings
+from worker.settings import ENV_REDUCE_MEMORY, ENV_TIMEOUT_MS, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,18 @@ IMAGE_SIZE = (512, 512)
 """Fixed when the bundle was converted: SD 2.1 base makes 512x512 images."""
 JOB_DIRECTORY_PREFIX = "studio-imagegen-"
 _MESSAGE_DETAIL_CHARS = 600
+SIGNAL_CAUSES = {
+    "SIGKILL": (
+        ", sent from outside the worker (on a Mac, most often because memory ran out: close "
+        f"other apps, lower count, or set {ENV_REDUCE_MEMORY}=1)"
+    ),
+    "SIGTRAP": ", a crash inside the sampler (a Swift runtime trap)",
+    "SIGILL": ", a crash inside the sampler (a Swift runtime trap)",
+    "SIGSEGV": ", a crash inside the sampler",
+    "SIGBUS": ", a crash inside the sampler",
+    "SIGABRT": ", a crash inside the sampler",
+}
+"""What a signal says about why the sampler died, in the words of the error message."""
 
 
 class CoreMLBackend:
@@ -169,17 +181,23 @@ def _raise_for_failure(outcome: SamplerExit, job: GenerationJob, stdout_tail: li
         )
     if outcome.succeeded:
         return
-    detail = outcome.stderr_tail or "\n".join(stdout_tail)
-    detail = _one_paragraph(detail)[-_MESSAGE_DETAIL_CHARS:]
     if outcome.signal is not None:
-        what = f"died from {outcome.signal}"
-    elif outcome.exit_code == 64:
-        what = "rejected its arguments (exit code 64); the sampler build may not match this worker"
+        # A signal is explained by stderr and the signal; stdout holds progress only.
+        what = f"died from {outcome.signal}{SIGNAL_CAUSES.get(outcome.signal, '')}"
+        detail = outcome.stderr_tail or "it printed nothing on stderr"
     else:
-        what = f"exited with code {outcome.exit_code}"
+        if outcome.exit_code == 64:
+            what = (
+                "rejected its arguments (exit code 64); the sampler build may not match this worker"
+            )
+        else:
+            what = f"exited with code {outcome.exit_code}"
+        # Without stderr, the lines of stdout that are not progress may say why.
+        detail = outcome.stderr_tail or "\n".join(stdout_tail) or "it printed nothing"
+    detail = _one_paragraph(detail)[-_MESSAGE_DETAIL_CHARS:]
     raise WorkerError(
         ErrorCode.SAMPLER_FAILED,
-        f"StableDiffusionSample {what}: {detail or 'it printed nothing'}",
+        f"StableDiffusionSample {what}: {detail}",
         SamplerFailedData(
             exit_code=outcome.exit_code, signal=outcome.signal, stderr=outcome.stderr_tail
         ),

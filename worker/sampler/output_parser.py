@@ -12,7 +12,10 @@ _STEP = re.compile(
 )
 _SAFETY = re.compile(r"Image (\d+) failed safety check and was not saved")
 _SAVED = re.compile(r"^Saved (.+)$")
-_LOADING = "Loading resources and creating pipeline"
+_LOADING = (
+    "Loading resources and creating pipeline",
+    "(Note: This can take a while the first time using these resources)",
+)
 _SAMPLING = "Sampling ..."
 
 
@@ -97,7 +100,7 @@ class SamplerOutputParser:
         text = _ANSI.sub("", raw).strip()
         if not text:
             return []
-        if text == _LOADING:
+        if text in _LOADING:
             return [Loading(text)]
         if text == _SAMPLING:
             return [SamplingStarted()]
