@@ -40,6 +40,7 @@ class Sizes:
     throughput_requests: int = 5000
     throughput_runs: int = 3
     memory_images: int = 8
+    flood_bytes: int = 20 * 1024 * 1024
 
 
 SMOKE = Sizes(
@@ -53,6 +54,7 @@ SMOKE = Sizes(
     throughput_requests=200,
     throughput_runs=1,
     memory_images=2,
+    flood_bytes=1024 * 1024,
 )
 
 
@@ -275,6 +277,36 @@ async def memory(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     ]
 
 
+async def output_flood(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """A sampler that prints megabytes without a newline: the reader must stay linear."""
+    env = setup.env(STANDIN_SD_SECONDS_PER_STEP="0")
+    plain: list[float] = []
+    flooded: list[float] = []
+    async with running_worker(env) as connection:
+        await connection.call("generate", {"prompt": "warm-up", "stepCount": 2})
+        for _ in range(3):
+            for prompt, times in (
+                ("fox", plain),
+                (f"fox standin:flood_bytes={sizes.flood_bytes}", flooded),
+            ):
+                started = time.perf_counter()
+                response = await connection.call("generate", {"prompt": prompt, "stepCount": 2})
+                times.append((time.perf_counter() - started) * 1000)
+                assert "result" in response, response
+    extra = median(flooded) - median(plain)
+    mib = sizes.flood_bytes / (1 << 20)
+    return [
+        Row(
+            f"output flood: {mib:.0f} MiB without a newline, extra time per job",
+            "ms",
+            [f - p for f, p in zip(flooded, plain, strict=True)],
+            "reported (was 53 s for 20 MiB)",
+            None,
+            notes=f"plain job {median(plain):.0f} ms; {extra / mib:.1f} ms per MiB",
+        )
+    ]
+
+
 SUITES = {
     "cold-start": cold_start,
     "overhead": overhead,
@@ -282,4 +314,5 @@ SUITES = {
     "cancel": cancel_latency,
     "throughput": throughput,
     "memory": memory,
+    "output-flood": output_flood,
 }

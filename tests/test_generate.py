@@ -475,6 +475,7 @@ async def test_flooded_stderr_garbage_and_stray_children_do_not_break_a_job(
         {"prompt": "fox"},
         {
             "STANDIN_SD_STDERR_BYTES": str(4 << 20),
+            "STANDIN_SD_FLOOD_BYTES": str(8 << 20),
             "STANDIN_SD_GARBAGE": "1",
             "STANDIN_SD_GRANDCHILD": "1",
         },

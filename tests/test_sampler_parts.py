@@ -21,6 +21,7 @@ from worker.images import (
 )
 from worker.sampler.command import SamplerCommand
 from worker.sampler.output_parser import (
+    MAX_LINE_CHARS,
     ImageSaved,
     ImageWithheld,
     Loading,
@@ -136,6 +137,36 @@ def test_parser_finds_safety_messages_without_their_own_newline() -> None:
 def test_parser_survives_garbage() -> None:
     events = _parse(b"\xff\xfe\x1b[31mwarn\x07\n", b"\n\n", b"trailing without newline")
     assert events == [OtherLine("\ufffd\ufffdwarn\x07"), OtherLine("trailing without newline")]
+
+
+def test_a_flood_without_newlines_keeps_only_a_bounded_tail() -> None:
+    parser = SamplerOutputParser()
+    chunk = b"x" * 65536
+    for _ in range(320):  # 20 MiB, no newline
+        assert parser.feed(chunk) == []
+    assert parser.feed(b"y" * 10) == []
+    step = b"\n\x1b[1A\x1b[KStep 0 of 3  [mean: 1.00, median: 1.00, last 1.00] step/sec\n"
+    events = parser.feed(step)
+    assert len(events) == 2
+    flood, step_event = events
+    assert isinstance(flood, OtherLine) and flood.text.endswith("x" * 100 + "y" * 10)
+    assert len(flood.text) <= 2 * MAX_LINE_CHARS
+    assert step_event == StepCompleted(completed=1, total=3, steps_per_second=1.0)
+
+
+def test_a_flood_in_tiny_pieces_is_still_split_correctly() -> None:
+    parser = SamplerOutputParser()
+    events: list[object] = []
+    for _ in range(3 * MAX_LINE_CHARS):
+        events += parser.feed(b"z")
+    message = b"Image 2 failed safety check and was not saved"
+    events += parser.feed(message)
+    events += parser.finish()
+    flood, withheld = events
+    assert isinstance(flood, OtherLine) and set(flood.text) == {"z"}
+    # At least the limit is kept of the line's end, the message included.
+    assert MAX_LINE_CHARS <= len(flood.text) + len(message) <= 2 * MAX_LINE_CHARS
+    assert withheld == ImageWithheld(2)
 
 
 def test_prompt_text_without_the_escape_is_not_a_step() -> None:

@@ -55,44 +55,67 @@ class OtherLine:
 SamplerEvent = Loading | SamplingStarted | StepCompleted | ImageSaved | ImageWithheld | OtherLine
 
 
+MAX_LINE_CHARS = 16 * 1024
+"""Of a longer line only the last this many characters are kept (a flood without a
+newline must not grow memory or slow the parser)."""
+
+
 class SamplerOutputParser:
     """Feed it bytes as they come; it returns the events completed by them.
 
-    Lines end in `\\n` (a terminal may add `\\r`); the safety message has no newline of
-    its own, so it is recognised wherever it completes.
+    Lines end in `\\n` (a terminal may add `\\r`). The safety message has no newline of
+    its own, so a line is split wherever one completes. Each byte is looked at a bounded
+    number of times: only new text is searched for newlines, and the unfinished line is
+    kept as pieces, cut to its tail when it outgrows twice the limit.
     """
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
+        self._pieces: list[str] = []
+        self._size = 0
 
     def feed(self, data: bytes) -> list[SamplerEvent]:
         return self._parse(self._decoder.decode(data))
 
     def finish(self) -> list[SamplerEvent]:
         events = self._parse(self._decoder.decode(b"", final=True))
-        if self._pending:
-            events += self._line(self._pending)
-            self._pending = ""
-        return events
+        return events + self._line(self._take())
 
     def _parse(self, text: str) -> list[SamplerEvent]:
         events: list[SamplerEvent] = []
-        self._pending += text.replace("\r", "")
-        while True:
-            withheld = _SAFETY.search(self._pending)
-            newline = self._pending.find("\n")
-            if withheld and (newline < 0 or withheld.start() < newline):
-                events += self._line(self._pending[: withheld.start()])
-                events.append(ImageWithheld(int(withheld.group(1))))
-                self._pending = self._pending[withheld.end() :]
-                continue
-            if newline < 0:
-                return events
-            events += self._line(self._pending[:newline])
-            self._pending = self._pending[newline + 1 :]
+        text = text.replace("\r", "")
+        start = 0
+        while (newline := text.find("\n", start)) >= 0:
+            self._append(text[start:newline])
+            events += self._line(self._take())
+            start = newline + 1
+        self._append(text[start:])
+        return events
+
+    def _append(self, piece: str) -> None:
+        if not piece:
+            return
+        self._pieces.append(piece)
+        self._size += len(piece)
+        if self._size > 2 * MAX_LINE_CHARS:
+            tail = "".join(self._pieces)[-MAX_LINE_CHARS:]
+            self._pieces, self._size = [tail], len(tail)
+
+    def _take(self) -> str:
+        line = "".join(self._pieces)
+        self._pieces, self._size = [], 0
+        return line
 
     def _line(self, raw: str) -> list[SamplerEvent]:
+        events: list[SamplerEvent] = []
+        position = 0
+        for withheld in _SAFETY.finditer(raw):
+            events += self._text(raw[position : withheld.start()])
+            events.append(ImageWithheld(int(withheld.group(1))))
+            position = withheld.end()
+        return events + self._text(raw[position:])
+
+    def _text(self, raw: str) -> list[SamplerEvent]:
         step = _STEP.match(raw)
         if step:
             index, total = int(step.group(1)), int(step.group(2))
