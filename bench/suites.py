@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -22,7 +21,10 @@ from bench.harness import (
     running_worker,
 )
 from client.connection import Message, WorkerConnection
+from protocol.models import GenerateParams
+from worker.parameters import resolve_parameters
 from worker.sampler.command import SamplerCommand
+from worker.settings import Settings
 
 LITERAL_IMPORTS = "import jsonrpcserver, pydantic, anyio, PIL"
 AS_USED_IMPORTS = "import jsonrpcserver, anyio, PIL.Image; from pydantic import BaseModel"
@@ -107,31 +109,24 @@ async def overhead(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     async with running_worker(env) as connection:
         # Warm-up: the first generate also loads the generate path (once per worker).
         await connection.call("generate", {"prompt": "warm-up", "stepCount": 2})
+        request = {"prompt": "a red fox in snow", "seed": 42, "stepCount": sizes.overhead_steps}
+        # The direct run gets the very arguments the worker resolves for the same request.
+        parameters = resolve_parameters(
+            GenerateParams.model_validate(request), Settings.from_environ(env)
+        )
         for run in range(sizes.overhead_runs):
             output = setup.outputs / f"direct-{run}"
             output.mkdir()
             command = SamplerCommand(
-                binary=Path(env["SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"]),
+                binary=setup.standin.sampler,
                 resource_path=setup.standin.resources,
                 output_path=output,
-                prompt="a red fox in snow",
-                negative_prompt="",
-                compute_units="cpuAndNeuralEngine",
-                step_count=sizes.overhead_steps,
-                image_count=1,
-                seed=42,
-                guidance_scale=7.5,
-                scheduler="pndm",
-                disable_safety=True,
-                reduce_memory=False,
+                parameters=parameters,
             )
             # The same environment the worker's child gets.
             direct.append(_time_command(command.argv(), env={**os.environ, **env}))
             started = time.perf_counter()
-            response = await connection.call(
-                "generate",
-                {"prompt": "a red fox in snow", "seed": 42, "stepCount": sizes.overhead_steps},
-            )
+            response = await connection.call("generate", request)
             through.append(time.perf_counter() - started)
             assert "result" in response, response
     ratios = [t / d for t, d in zip(through, direct, strict=True)]

@@ -134,8 +134,8 @@ class Features(WireModel):
     cancel: bool
 
 
-class Defaults(WireModel):
-    """The effective settings a `generate` uses when it does not override them."""
+class SamplingParameters(WireModel):
+    """The knobs of a job that the environment sets and a request may override."""
 
     step_count: int
     guidance_scale: float
@@ -144,6 +144,15 @@ class Defaults(WireModel):
     disable_safety: bool
     reduce_memory: bool
     timeout_ms: int
+
+
+class Defaults(SamplingParameters):
+    """The effective settings a `generate` uses when it does not override them."""
+
+
+ParameterSource = Literal["request", "environment", "default", "derived"]
+"""Where an effective value came from: the request's own field, a SYSTEMSCULPT_LOCAL_*
+variable, the worker's default, or derived from other values (the seed)."""
 
 
 class CapabilitiesResult(WireModel):
@@ -255,15 +264,16 @@ class GeneratedImage(WireModel):
     )
 
 
-class GenerationMetadata(WireModel):
+class GenerationMetadata(SamplingParameters):
+    """How the images were made: the effective parameters and where each came from."""
+
     backend: str
     sample_binary: str | None
     resource_path: str | None
-    step_count: int
-    guidance_scale: float
-    scheduler: Scheduler
-    compute_units: ComputeUnits
     seed: int
+    sources: dict[str, ParameterSource] = Field(
+        description="For each effective parameter (by its field name), where it came from"
+    )
     requested_aspect_ratio: str
     actual_aspect_ratio: str
     duration_ms: int = Field(description="Wall time of the sampler process")

@@ -21,8 +21,9 @@ from tests.worker_clients import LINUX, in_process_worker, request
 from worker.backends.base import Rendered
 from worker.backends.mock import procedural_png
 from worker.errors import WorkerError
-from worker.generation import deliver, plan_job
+from worker.generation import deliver
 from worker.images import RenderedImage, write_without_clobbering
+from worker.parameters import resolve_parameters
 from worker.seed import derive_seed
 from worker.settings import Settings
 
@@ -214,7 +215,7 @@ def test_a_failed_write_leaves_no_image_of_the_request(tmp_path: Path) -> None:
         height=512,
     )
     params = GenerateParams(prompt="fox", count=2, output="path", output_dir=str(out))
-    job = plan_job(params, Settings.from_environ({}))
+    job = resolve_parameters(params, Settings.from_environ({}))
     with (
         mock.patch("worker.generation.write_without_clobbering", full_disk_on_second),
         pytest.raises(WorkerError) as raised,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -11,7 +12,6 @@ from PIL import Image
 from protocol.errors import ErrorCode
 from protocol.models import GenerateParams
 from worker.errors import WorkerError
-from worker.generation import plan_job
 from worker.images import (
     check_png,
     safe_file_name,
@@ -19,6 +19,7 @@ from worker.images import (
     with_text_chunks,
     write_without_clobbering,
 )
+from worker.parameters import resolve_parameters
 from worker.sampler.command import SamplerCommand
 from worker.sampler.output_parser import (
     MAX_LINE_CHARS,
@@ -33,24 +34,24 @@ from worker.sampler.output_parser import (
 from worker.settings import Settings
 
 
-def _command(**overrides: object) -> SamplerCommand:
-    fields: dict[str, object] = {
-        "binary": Path("/opt/sd/StableDiffusionSample"),
-        "resource_path": Path("/models/sd"),
-        "output_path": Path("/tmp/job/out"),
+def _command(env: dict[str, str] | None = None, **request: Any) -> SamplerCommand:
+    params = {
         "prompt": "--seed 1 a fox",
-        "negative_prompt": "-blurry",
-        "compute_units": "cpuAndNeuralEngine",
-        "step_count": 20,
-        "image_count": 2,
+        "negativePrompt": "-blurry",
+        "stepCount": 20,
+        "count": 2,
         "seed": 42,
-        "guidance_scale": 7.5,
         "scheduler": "dpmpp",
-        "disable_safety": True,
-        "reduce_memory": False,
+        **request,
     }
-    fields.update(overrides)
-    return SamplerCommand(**fields)  # type: ignore[arg-type]
+    return SamplerCommand(
+        binary=Path("/opt/sd/StableDiffusionSample"),
+        resource_path=Path("/models/sd"),
+        output_path=Path("/tmp/job/out"),
+        parameters=resolve_parameters(
+            GenerateParams.model_validate(params), Settings.from_environ(env or {})
+        ),
+    )
 
 
 def test_argv_keeps_prompt_text_out_of_the_options() -> None:
@@ -73,16 +74,39 @@ def test_argv_keeps_prompt_text_out_of_the_options() -> None:
 
 
 def test_argv_flags_follow_the_settings() -> None:
-    argv = _command(disable_safety=False, reduce_memory=True, negative_prompt="").argv()
+    env = {
+        "SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY": "0",
+        "SYSTEMSCULPT_LOCAL_DIFFUSION_REDUCE_MEMORY": "1",
+    }
+    argv = _command(env, negativePrompt="").argv()
     assert "--disable-safety" not in argv and "--reduce-memory" in argv
     assert not any(arg.startswith("--negative-prompt") for arg in argv)
 
 
 def test_expected_total_steps_per_scheduler() -> None:
     settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "20"})
-    pndm = plan_job(GenerateParams(prompt="x", scheduler="pndm"), settings)
-    dpmpp = plan_job(GenerateParams(prompt="x", scheduler="dpmpp"), settings)
-    assert (pndm.expected_total_steps, dpmpp.expected_total_steps) == (21, 20)
+    pndm = resolve_parameters(GenerateParams(prompt="x", scheduler="pndm"), settings)
+    dpmpp = resolve_parameters(GenerateParams(prompt="x", scheduler="dpmpp"), settings)
+    assert (pndm.total_steps, dpmpp.total_steps) == (21, 20)
+
+
+def test_each_effective_value_says_where_it_came_from() -> None:
+    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "14"})
+    derived = resolve_parameters(GenerateParams(prompt="x", guidance_scale=3), settings)
+    assert derived.sampling.step_count == 14 and derived.sampling.guidance_scale == 3.0
+    assert derived.sources == {
+        "stepCount": "environment",
+        "guidanceScale": "request",
+        "scheduler": "default",
+        "computeUnits": "default",
+        "disableSafety": "default",
+        "reduceMemory": "default",
+        "timeoutMs": "default",
+        "seed": "derived",
+    }
+    chosen = resolve_parameters(GenerateParams(prompt="x", step_count=30, seed=5), settings)
+    assert (chosen.sources["stepCount"], chosen.sources["seed"]) == ("request", "request")
+    assert (chosen.sampling.step_count, chosen.seed) == (30, 5)
 
 
 def _parse(*chunks: bytes) -> list[object]:

@@ -11,7 +11,6 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from protocol.errors import (
@@ -31,9 +30,8 @@ from protocol.models import (
     Scheduler,
 )
 from worker import __version__
-from worker.backends.base import Backend, GenerationJob, Rendered
-from worker.backends.coreml import CoreMLBackend
-from worker.backends.mock import MockBackend
+from worker.backends.base import Backend, Rendered
+from worker.backends.registry import BACKENDS
 from worker.context import RequestContext
 from worker.errors import WorkerError
 from worker.host import HostPlatform
@@ -45,8 +43,8 @@ from worker.images import (
 )
 from worker.jobs import Job, JobQueue
 from worker.live import LiveSamplers
+from worker.parameters import JobParameters, resolve_parameters
 from worker.progress import ProgressReporter
-from worker.seed import derive_seed
 from worker.settings import Settings
 
 A1111_SAMPLER_NAMES: dict[Scheduler, str] = {"pndm": "PNDM", "dpmpp": "DPM++ 2M"}
@@ -59,22 +57,24 @@ class Generator:
 
     def __init__(self, settings: Settings, host: HostPlatform, live: LiveSamplers) -> None:
         self._settings = settings
-        self._backend: Backend = (
-            MockBackend() if settings.backend == "mock" else CoreMLBackend(settings, host, live)
+        self._backend: Backend | None = (
+            BACKENDS[settings.backend].load(settings, host, live) if settings.backend else None
         )
 
     async def generate(
         self, context: RequestContext, params: GenerateParams, queue: JobQueue
     ) -> GenerateResult:
-        check_request(params, self._settings)
-        plan = plan_job(params, self._settings)
-        self._backend.check(plan)
-        progress = ProgressReporter(context, plan.run_id, plan.expected_total_steps)
-        job = Job(request_id=context.request_id, run_id=plan.run_id, progress=progress)
+        check_request(params, self._settings)  # an unknown backend is a -32007 here
+        assert self._backend is not None
+        parameters = resolve_parameters(params, self._settings)
+        self._backend.check(parameters)
+        progress = ProgressReporter(context, parameters.run_id, parameters.total_steps)
+        job = Job(request_id=context.request_id, run_id=parameters.run_id, progress=progress)
+        backend = self._backend
         rendered, started = await queue.run(
-            job, lambda: render_timed(self._backend, plan, progress)
+            job, lambda: render_timed(backend, parameters, progress)
         )
-        return deliver(params, plan, rendered, started)
+        return deliver(params, parameters, rendered, started)
 
 
 def check_request(params: GenerateParams, settings: Settings) -> None:
@@ -136,44 +136,23 @@ def _unwritable(directory: Path) -> str | None:
     return None
 
 
-def plan_job(params: GenerateParams, settings: Settings) -> GenerationJob:
-    """The request's overrides on top of the settings, and the seed."""
-    return GenerationJob(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        run_id=params.run_id,
-        count=params.count,
-        seed=params.seed if params.seed is not None else derive_seed(params.prompt, params.run_id),
-        step_count=params.step_count or settings.step_count,
-        guidance_scale=(
-            params.guidance_scale if params.guidance_scale is not None else settings.guidance_scale
-        ),
-        scheduler=params.scheduler or settings.scheduler,
-        compute_units=params.compute_units or settings.compute_units,
-        disable_safety=settings.disable_safety,
-        reduce_memory=settings.reduce_memory,
-        timeout_ms=params.timeout_ms or settings.timeout_ms,
-        kill_grace_ms=settings.kill_grace_ms,
-    )
-
-
 async def render_timed(
-    backend: Backend, job: GenerationJob, progress: ProgressReporter
+    backend: Backend, parameters: JobParameters, progress: ProgressReporter
 ) -> tuple[Rendered, float]:
     """The backend's images, and when the work on them started (the queue excluded)."""
     started = time.monotonic()
-    return await backend.render(job, progress), started
+    return await backend.render(parameters, progress), started
 
 
 def deliver(
-    params: GenerateParams, job: GenerationJob, rendered: Rendered, started: float
+    params: GenerateParams, parameters: JobParameters, rendered: Rendered, started: float
 ) -> GenerateResult:
     """Annotate the images and hand them over as the request asked. No await in here: once
     a job has rendered, nothing can cancel it halfway through delivery."""
     images = []
     written: list[Path] = []
     for image in rendered.images:
-        png = with_text_chunks(image.png, _text_chunks(params, job, rendered, image.index))
+        png = with_text_chunks(image.png, _text_chunks(params, parameters, rendered, image.index))
         delivered: dict[str, str] = {"file_name": image.file_name}
         if params.output == "path":
             assert params.output_dir is not None
@@ -182,7 +161,11 @@ def deliver(
         else:
             delivered["base64"] = to_base64(png)
         generated = GeneratedImage(
-            width=image.width, height=image.height, seed=job.seed, index=image.index, **delivered
+            width=image.width,
+            height=image.height,
+            seed=parameters.seed,
+            index=image.index,
+            **delivered,
         )
         images.append(generated)
     aspect = f"{rendered.width}:{rendered.height}" if rendered.width != rendered.height else "1:1"
@@ -190,15 +173,13 @@ def deliver(
         model_id=rendered.model_id,
         images=images,
         metadata=GenerationMetadata(
+            **parameters.sampling.model_dump(by_alias=False),
+            seed=parameters.seed,
+            sources=dict(parameters.sources),
             backend=rendered.backend,
             sample_binary=rendered.sample_binary,
             resource_path=rendered.resource_path,
-            step_count=job.step_count,
-            guidance_scale=job.guidance_scale,
-            scheduler=job.scheduler,
-            compute_units=job.compute_units,
-            seed=job.seed,
-            requested_aspect_ratio=params.aspect_ratio.strip() or "1:1",
+            requested_aspect_ratio=parameters.requested_aspect_ratio,
             actual_aspect_ratio=aspect,
             duration_ms=rendered.duration_ms,
             total_ms=round((time.monotonic() - started) * 1000),
@@ -228,22 +209,23 @@ def _write_or_roll_back(directory: Path, name: str, png: bytes, written: list[Pa
 
 
 def _text_chunks(
-    params: GenerateParams, job: GenerationJob, rendered: Rendered, index: int
+    params: GenerateParams, parameters: JobParameters, rendered: Rendered, index: int
 ) -> list[tuple[str, str]]:
     """A `parameters` chunk in AUTOMATIC1111's layout, and the exact request as JSON."""
-    lines = [job.prompt]
-    if job.negative_prompt:
-        lines.append(f"Negative prompt: {job.negative_prompt}")
+    sampling = parameters.sampling
+    lines = [parameters.prompt]
+    if parameters.negative_prompt:
+        lines.append(f"Negative prompt: {parameters.negative_prompt}")
     lines.append(
-        f"Steps: {job.step_count}, Sampler: {A1111_SAMPLER_NAMES[job.scheduler]}, "
-        f"CFG scale: {job.guidance_scale:g}, Seed: {job.seed}, "
+        f"Steps: {sampling.step_count}, Sampler: {A1111_SAMPLER_NAMES[sampling.scheduler]}, "
+        f"CFG scale: {sampling.guidance_scale:g}, Seed: {parameters.seed}, "
         f"Size: {rendered.width}x{rendered.height}, Model: {rendered.model_id}, "
-        f"Compute units: {job.compute_units}, Batch size: {job.count}, Batch pos: {index}, "
-        f"Version: studio-imagegen-worker {__version__}"
+        f"Compute units: {sampling.compute_units}, Batch size: {parameters.count}, "
+        f"Batch pos: {index}, Version: studio-imagegen-worker {__version__}"
     )
     record = {
         "request": params.to_wire(),
-        "effective": asdict(job),
+        "effective": parameters.to_record(),
         "modelId": rendered.model_id,
         "backend": rendered.backend,
         "index": index,

@@ -14,7 +14,7 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from protocol.errors import ConfigInvalidData
 from protocol.models import (
@@ -26,10 +26,10 @@ from protocol.models import (
     STEP_COUNT_MIN,
     TIMEOUT_MS_MAX,
     ComputeUnits,
+    Defaults,
     Scheduler,
 )
-
-BackendId = Literal["coreml_diffusion", "mock"]
+from worker.backends import BACKEND_NAMES, COREML_BACKEND_ID, MOCK_BACKEND_ID, BackendId
 
 ENV_BACKEND = "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND"
 ENV_LOG_LEVEL = "SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL"
@@ -46,6 +46,17 @@ ENV_TIMEOUT_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_TIMEOUT_MS"
 ENV_MAX_CONCURRENCY = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_CONCURRENCY"
 ENV_MAX_QUEUE = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_QUEUE"
 ENV_KILL_GRACE_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS"
+
+SAMPLING_VARIABLES = {
+    "step_count": ENV_STEP_COUNT,
+    "guidance_scale": ENV_GUIDANCE_SCALE,
+    "scheduler": ENV_SCHEDULER,
+    "compute_units": ENV_COMPUTE_UNITS,
+    "disable_safety": ENV_DISABLE_SAFETY,
+    "reduce_memory": ENV_REDUCE_MEMORY,
+    "timeout_ms": ENV_TIMEOUT_MS,
+}
+"""Each sampling parameter (a field of `SamplingParameters`) and the variable that sets it."""
 
 DEFAULT_CHECKOUT = "gits/apps/ml-stable-diffusion"
 """Relative to the home directory, where the original installer cloned the sampler."""
@@ -98,33 +109,37 @@ class Settings:
     kill_grace_ms: int = DEFAULT_KILL_GRACE_MS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
+    pinned: frozenset[str] = frozenset()
+    """The sampling parameters (by field name) that the environment set."""
     problems: tuple[ConfigInvalidData, ...] = ()
     """Values that could not be used; the setting kept its default, and `generate` answers
     -32007 until they are fixed."""
     adjustments: tuple[str, ...] = ()
     """Values that were usable after clamping, described for the log."""
 
+    def sampling_defaults(self) -> Defaults:
+        """What a job uses for each sampling parameter its request leaves out."""
+        return Defaults.model_validate(
+            {name: getattr(self, name) for name in SAMPLING_VARIABLES}, by_name=True
+        )
+
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], home: Path | None = None) -> Settings:
         reader = EnvironmentReader(environ)
         home = home if home is not None else Path.home()
         backend_name = reader.raw(ENV_BACKEND).lower()
-        backend: BackendId | None
-        if backend_name in ("", "coreml", "coreml_diffusion"):
-            backend = "coreml_diffusion"
-        elif backend_name in ("mock", "procedural"):
-            backend = "mock"
-        else:
-            backend = None
+        backend = BACKEND_NAMES.get(backend_name)
+        if backend is None:
             reader.problem(
                 ENV_BACKEND,
-                "is not a backend; set it to coreml_diffusion (default) or mock (tests only)",
+                f"is not a backend; set it to {COREML_BACKEND_ID} (default) or "
+                f"{MOCK_BACKEND_ID} (tests only)",
             )
         sample_bin_text = reader.raw(ENV_SAMPLE_BIN)
         resource_text = reader.raw(ENV_RESOURCE_PATH)
         return cls(
             backend=backend,
-            backend_name=backend_name or "coreml_diffusion",
+            backend_name=backend_name or COREML_BACKEND_ID,
             sample_bin=Path(sample_bin_text).expanduser() if sample_bin_text else None,
             default_sample_bin=home / DEFAULT_SAMPLE_BIN,
             resource_path=(
@@ -154,6 +169,11 @@ class Settings:
                 ENV_MAX_REQUEST_BYTES, int, 1024, 1024**3, DEFAULT_MAX_REQUEST_BYTES
             ),
             log_level=reader.choice(ENV_LOG_LEVEL, LOG_LEVELS, "info"),
+            pinned=frozenset(
+                name
+                for name, variable in SAMPLING_VARIABLES.items()
+                if reader.raw(variable) and not reader.has_problem(variable)
+            ),
             problems=tuple(reader.problems),
             adjustments=tuple(reader.adjustments),
         )
@@ -197,6 +217,9 @@ class EnvironmentReader:
             self.problem(variable, f"is not {length} hexadecimal digits")
             return default
         return text
+
+    def has_problem(self, variable: str) -> bool:
+        return any(problem.variable == variable for problem in self.problems)
 
     def problem(self, variable: str, reason: str) -> None:
         value = self.environ.get(variable, "")

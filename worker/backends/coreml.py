@@ -17,12 +17,14 @@ from protocol.errors import (
     SamplerFailedData,
     TimedOutData,
 )
-from worker.backends.base import GenerationJob, Rendered
-from worker.backends.coreml_install import BACKEND_ID, locate_installation, model_id
+from worker.backends import COREML_BACKEND_ID as BACKEND_ID
+from worker.backends.base import Rendered
+from worker.backends.coreml_checks import locate_installation, model_id
 from worker.errors import WorkerError
 from worker.host import HostPlatform
 from worker.images import RenderedImage, check_png, select_outputs
 from worker.live import LiveSamplers
+from worker.parameters import JobParameters
 from worker.progress import ProgressReporter
 from worker.sampler.command import SamplerCommand
 from worker.sampler.naming import OutputLayout, output_layout, prepare_output_path
@@ -59,17 +61,19 @@ class CoreMLBackend:
         self._host = host
         self._live = live if live is not None else LiveSamplers()
 
-    def model_id(self, job: GenerationJob) -> str:
-        return model_id(job.compute_units)
+    def model_id(self, parameters: JobParameters) -> str:
+        return model_id(parameters.sampling.compute_units)
 
-    def check(self, job: GenerationJob) -> None:
+    def check(self, parameters: JobParameters) -> None:
         """Refuse, before the job is queued, what the sampler would crash on or fail to
         save after the whole run: -32602 naming the field, the limit and the fix."""
         errors = [
             FieldError(field=field, message=reason)
-            for field, reason in schedule_problems(job.step_count, job.scheduler)
+            for field, reason in schedule_problems(
+                parameters.sampling.step_count, parameters.sampling.scheduler
+            )
         ]
-        layout = _output_layout(job)
+        layout = _output_layout(parameters)
         longest_output_path = Path(tempfile.gettempdir(), JOB_DIRECTORY_PREFIX + "x" * 8, "out")
         output_path_bytes = len(str(longest_output_path).encode()) + 2 * layout.climb
         errors += [
@@ -84,7 +88,7 @@ class CoreMLBackend:
                 InvalidParamsData(errors=errors),
             )
 
-    async def render(self, job: GenerationJob, progress: ProgressReporter) -> Rendered:
+    async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
         installation = locate_installation(self._settings, self._host)
         if not installation.available or installation.sample_binary is None:
             raise WorkerError(
@@ -104,28 +108,19 @@ class CoreMLBackend:
             command = SamplerCommand(
                 binary=installation.sample_binary,
                 resource_path=installation.resource_path,
-                output_path=prepare_output_path(job_directory, _output_layout(job)),
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
-                compute_units=job.compute_units,
-                step_count=job.step_count,
-                image_count=job.count,
-                seed=job.seed,
-                guidance_scale=job.guidance_scale,
-                scheduler=job.scheduler,
-                disable_safety=job.disable_safety,
-                reduce_memory=job.reduce_memory,
+                output_path=prepare_output_path(job_directory, _output_layout(parameters)),
+                parameters=parameters,
             )
-            outcome, stdout_tail = await self._run(command, job, progress)
-            _raise_for_failure(outcome, job, stdout_tail)
-            images, warnings = _collect(job_directory, job, progress.withheld)
+            outcome, stdout_tail = await self._run(command, parameters, progress)
+            _raise_for_failure(outcome, parameters, stdout_tail)
+            images, warnings = _collect(job_directory, parameters, progress.withheld)
         finally:
             shutil.rmtree(job_directory, ignore_errors=True)
             self._live.directories.discard(job_directory)
         return Rendered(
             images=images,
             warnings=warnings,
-            model_id=self.model_id(job),
+            model_id=self.model_id(parameters),
             backend=BACKEND_ID,
             sample_binary=str(installation.sample_binary),
             resource_path=str(installation.resource_path),
@@ -135,7 +130,7 @@ class CoreMLBackend:
         )
 
     async def _run(
-        self, command: SamplerCommand, job: GenerationJob, progress: ProgressReporter
+        self, command: SamplerCommand, parameters: JobParameters, progress: ProgressReporter
     ) -> tuple[SamplerExit, list[str]]:
         parser = SamplerOutputParser()
         other_lines: list[str] = []
@@ -151,8 +146,8 @@ class CoreMLBackend:
         try:
             outcome = await run_sampler(
                 command.argv(),
-                timeout_seconds=job.timeout_ms / 1000,
-                kill_grace_seconds=job.kill_grace_ms / 1000,
+                timeout_seconds=parameters.sampling.timeout_ms / 1000,
+                kill_grace_seconds=parameters.kill_grace_ms / 1000,
                 on_output=lambda data: handle(parser.feed(data)),
                 live=self._live,
             )
@@ -167,17 +162,20 @@ class CoreMLBackend:
         return outcome, other_lines
 
 
-def _output_layout(job: GenerationJob) -> OutputLayout:
-    return output_layout(job.prompt, image_count=job.count, seed=job.seed)
+def _output_layout(parameters: JobParameters) -> OutputLayout:
+    return output_layout(parameters.prompt, image_count=parameters.count, seed=parameters.seed)
 
 
-def _raise_for_failure(outcome: SamplerExit, job: GenerationJob, stdout_tail: list[str]) -> None:
+def _raise_for_failure(
+    outcome: SamplerExit, parameters: JobParameters, stdout_tail: list[str]
+) -> None:
     if outcome.timed_out:
+        timeout_ms = parameters.sampling.timeout_ms
         raise WorkerError(
             ErrorCode.TIMED_OUT,
-            f"StableDiffusionSample did not finish within {job.timeout_ms} ms and was "
-            f"stopped. Lower stepCount or count, or raise timeoutMs (or {ENV_TIMEOUT_MS}).",
-            TimedOutData(timeout_ms=job.timeout_ms),
+            f"StableDiffusionSample did not finish within {timeout_ms} ms and was stopped. "
+            f"Lower stepCount or count, or raise timeoutMs (or {ENV_TIMEOUT_MS}).",
+            TimedOutData(timeout_ms=timeout_ms),
         )
     if outcome.succeeded:
         return
@@ -209,12 +207,13 @@ def _one_paragraph(text: str) -> str:
 
 
 def _collect(
-    job_directory: Path, job: GenerationJob, withheld: list[int]
+    job_directory: Path, parameters: JobParameters, withheld: list[int]
 ) -> tuple[list[RenderedImage], list[str]]:
-    paths = select_outputs(job_directory, job.count)
+    paths = select_outputs(job_directory, parameters.count)
     if not paths:
         reason = (
-            f"every image was withheld by the safety checker ({len(withheld)} of {job.count})"
+            "every image was withheld by the safety checker "
+            f"({len(withheld)} of {parameters.count})"
             if withheld
             else "the sampler exited successfully but wrote no PNG"
         )
@@ -226,21 +225,21 @@ def _collect(
     images = []
     for position, path in enumerate(paths):
         png, width, height = check_png(path, IMAGE_SIZE)
-        index = _image_index(path.name, job, fallback=position)
+        index = _image_index(path.name, parameters, fallback=position)
         images.append(RenderedImage(path.name, index, png, width, height))
     warnings = [
         f"Image {index} was withheld by the safety checker and is not returned."
         for index in sorted(withheld)
     ]
-    missing = job.count - len(images) - len(withheld)
+    missing = parameters.count - len(images) - len(withheld)
     if missing > 0:
-        warnings.append(f"{missing} of {job.count} requested images were not produced.")
+        warnings.append(f"{missing} of {parameters.count} requested images were not produced.")
     return images, warnings
 
 
-def _image_index(file_name: str, job: GenerationJob, fallback: int) -> int:
+def _image_index(file_name: str, parameters: JobParameters, fallback: int) -> int:
     """The sampler puts `.<index>` before `.<seed>` in the name when it makes several."""
-    if job.count == 1:
+    if parameters.count == 1:
         return 0
-    match = re.search(rf"\.(\d+)\.{job.seed}\.final\.png$", file_name)
+    match = re.search(rf"\.(\d+)\.{parameters.seed}\.final\.png$", file_name)
     return int(match.group(1)) if match else fallback

@@ -14,8 +14,9 @@ import anyio
 
 from worker.backends import MOCK_BACKEND_ID as BACKEND_ID
 from worker.backends import MOCK_MODEL_ID as MODEL_ID
-from worker.backends.base import GenerationJob, Rendered
+from worker.backends.base import Rendered
 from worker.images import RenderedImage
+from worker.parameters import JobParameters
 from worker.progress import ProgressReporter
 
 IMAGE_SIZE = 512
@@ -23,23 +24,23 @@ STEP_SECONDS = 0.002
 
 
 class MockBackend:
-    def model_id(self, job: GenerationJob) -> str:
+    def model_id(self, parameters: JobParameters) -> str:
         return MODEL_ID
 
-    def check(self, job: GenerationJob) -> None:
-        """The procedural patterns can render any job that passed validation."""
+    def check(self, parameters: JobParameters) -> None:
+        """The procedural patterns can render any parameters that passed validation."""
 
-    async def render(self, job: GenerationJob, progress: ProgressReporter) -> Rendered:
+    async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
         started = time.monotonic()
         progress.loading("Preparing the procedural test backend")
-        total = job.expected_total_steps
+        total = parameters.total_steps
         for step in range(1, total + 1):
             await anyio.sleep(STEP_SECONDS)  # a checkpoint: cancel lands here
             progress.sampling(step, total, 1 / STEP_SECONDS)
         images = []
-        for index in range(job.count):
-            png = procedural_png(job.prompt, job.run_id, index)
-            name = f"procedural.{index}.{job.seed}.final.png"
+        for index in range(parameters.count):
+            png = procedural_png(parameters.prompt, parameters.run_id, index)
+            name = f"procedural.{index}.{parameters.seed}.final.png"
             images.append(RenderedImage(name, index, png, IMAGE_SIZE, IMAGE_SIZE))
             progress.saving(f"Saved {name}")
             await anyio.lowlevel.checkpoint()

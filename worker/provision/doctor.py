@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.backends.coreml_install import Check, locate_installation
+from worker.backends.coreml_checks import Check, locate_installation
 from worker.host import HostPlatform
 from worker.settings import Settings
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
-from worker.backends.coreml_install import check_resources
+from worker.backends.coreml_checks import check_resources
 from worker.host import HostPlatform
 from worker.provision.doctor import DoctorReport, examine
 from worker.provision.download import DownloadError, PinMismatch, download_verified

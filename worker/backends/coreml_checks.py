@@ -22,7 +22,6 @@ from worker.settings import (
     Settings,
 )
 
-BACKEND_ID = "coreml_diffusion"
 MODEL_ID_PREFIX = "local/macos-coreml-stable-diffusion-2-1-base-palettized"
 
 UNET = "Unet.mlmodelc"

@@ -1,0 +1,89 @@
+"""The one record of what a job will do, resolved once from the request and the settings.
+
+Everything downstream reads this record: the backend and the sampler's command line, the
+result's metadata, the PNG's text chunks, the benchmarks. A new sampling parameter is a
+field of `SamplingParameters` (and its variable in `SAMPLING_VARIABLES`); nothing here
+copies fields one by one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.models import GenerateParams, ParameterSource, SamplingParameters
+from worker.sampler.schedule import timestep_count
+from worker.seed import derive_seed
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class JobParameters:
+    """Every value a job uses, resolved, with where each came from."""
+
+    prompt: str
+    negative_prompt: str
+    run_id: str
+    count: int
+    seed: int
+    sampling: SamplingParameters
+    sources: Mapping[str, ParameterSource]
+    """By wire name (`stepCount`, `seed`, ...)."""
+    requested_aspect_ratio: str
+    kill_grace_ms: int
+
+    @property
+    def total_steps(self) -> int:
+        """The step total the sampler will report, known before it starts."""
+        return timestep_count(self.sampling.step_count, self.sampling.scheduler)
+
+    def to_record(self) -> dict[str, Any]:
+        """The effective parameters as JSON, for the PNG's `studio-imagegen` chunk."""
+        return {
+            "prompt": self.prompt,
+            "negativePrompt": self.negative_prompt,
+            "runId": self.run_id,
+            "count": self.count,
+            "seed": self.seed,
+            **self.sampling.to_wire(),
+            "sources": dict(self.sources),
+        }
+
+
+def resolve_parameters(params: GenerateParams, settings: Settings) -> JobParameters:
+    """The request's own values first, then the environment's, then the defaults."""
+    fields = SamplingParameters.model_fields
+    overrides = {
+        name: getattr(params, name)
+        for name in fields
+        if getattr(params, name, None) is not None  # disable_safety is environment-only
+    }
+    sampling = SamplingParameters.model_validate(
+        {**settings.sampling_defaults().model_dump(by_alias=False), **overrides}, by_name=True
+    )
+    sources: dict[str, ParameterSource] = {
+        _wire_name(name): "request"
+        if name in overrides
+        else "environment"
+        if name in settings.pinned
+        else "default"
+        for name in fields
+    }
+    sources["seed"] = "request" if params.seed is not None else "derived"
+    return JobParameters(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        run_id=params.run_id,
+        count=params.count,
+        seed=params.seed if params.seed is not None else derive_seed(params.prompt, params.run_id),
+        sampling=sampling,
+        sources=sources,
+        requested_aspect_ratio=params.aspect_ratio.strip() or "1:1",
+        kill_grace_ms=settings.kill_grace_ms,
+    )
+
+
+def _wire_name(name: str) -> str:
+    alias = SamplingParameters.model_fields[name].alias
+    return alias or name
