@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from client.connection import WorkerConnection
+from client.process import WorkerProcess, open_worker
 from fixtures.standin import install_standin
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -92,18 +92,10 @@ class StandInSetup:
 
 
 @asynccontextmanager
-async def running_worker(env: dict[str, str]) -> AsyncIterator[WorkerConnection]:
-    import anyio
-
-    connection = await WorkerConnection.start(WORKER_COMMAND, env=env)
-    async with anyio.create_task_group() as group:
-        group.start_soon(connection.read_forever)
-        try:
-            yield connection
-        finally:
-            with anyio.CancelScope(shield=True):
-                await connection.close()
-            group.cancel_scope.cancel()
+async def running_worker(env: dict[str, str]) -> AsyncIterator[WorkerProcess]:
+    """A worker on the client library, with this environment added to the bench's."""
+    async with open_worker(WORKER_COMMAND, {**os.environ, **env}) as worker:
+        yield worker
 
 
 def proc_status_kib(pid: int, key: str) -> int:

@@ -12,7 +12,6 @@ from typing import Any
 import anyio
 
 from bench.harness import (
-    WORKER_COMMAND,
     Row,
     StandInSetup,
     median,
@@ -20,7 +19,7 @@ from bench.harness import (
     proc_status_kib,
     running_worker,
 )
-from client.connection import Message, WorkerConnection
+from client.session import Message
 from protocol.models import GenerateParams
 from worker.parameters import resolve_parameters
 from worker.sampler.command import SamplerCommand
@@ -72,13 +71,9 @@ async def cold_start(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     worker, literal, as_used = [], [], []
     for _ in range(sizes.cold_start_runs):
         started = time.perf_counter()
-        connection = await WorkerConnection.start(WORKER_COMMAND, env=env)
-        async with anyio.create_task_group() as group:
-            group.start_soon(connection.read_forever)
-            await connection.call("capabilities")
+        async with running_worker(env) as running:
+            await running.session.call("capabilities")
             worker.append(time.perf_counter() - started)
-            await connection.close()
-            group.cancel_scope.cancel()
         literal.append(_time_command([sys.executable, "-c", LITERAL_IMPORTS]))
         as_used.append(_time_command([sys.executable, "-c", AS_USED_IMPORTS]))
     ms = [s * 1000 for s in worker]
@@ -106,9 +101,10 @@ async def overhead(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     step_env = {"STANDIN_SD_SECONDS_PER_STEP": str(sizes.overhead_step_seconds)}
     env = setup.env(**step_env)
     direct, through = [], []
-    async with running_worker(env) as connection:
+    async with running_worker(env) as worker:
+        session = worker.session
         # Warm-up: the first generate also loads the generate path (once per worker).
-        await connection.call("generate", {"prompt": "warm-up", "stepCount": 2})
+        await session.call("generate", {"prompt": "warm-up", "stepCount": 2})
         request = {"prompt": "a red fox in snow", "seed": 42, "stepCount": sizes.overhead_steps}
         # The direct run gets the very arguments the worker resolves for the same request.
         parameters = resolve_parameters(
@@ -126,7 +122,7 @@ async def overhead(setup: StandInSetup, sizes: Sizes) -> list[Row]:
             # The same environment the worker's child gets.
             direct.append(_time_command(command.argv(), env={**os.environ, **env}))
             started = time.perf_counter()
-            response = await connection.call("generate", request)
+            response = await session.call("generate", request)
             through.append(time.perf_counter() - started)
             assert "result" in response, response
     ratios = [t / d for t, d in zip(through, direct, strict=True)]
@@ -153,7 +149,7 @@ async def progress_latency(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         STANDIN_SD_STAMP_FILE=str(stamps),
     )
     latencies: list[float] = []
-    async with running_worker(env) as connection:
+    async with running_worker(env) as worker:
         for _ in range(sizes.progress_runs):
             stamps.write_text("")
             arrivals: dict[int, float] = {}
@@ -163,8 +159,10 @@ async def progress_latency(setup: StandInSetup, sizes: Sizes) -> list[Row]:
                 if params["phase"] == "sampling" and params["step"] > 0:
                     arrivals[params["step"]] = time.time()
 
-            connection.on_notification(on_progress)
-            await connection.call("generate", {"prompt": "fox", "stepCount": sizes.overhead_steps})
+            with worker.session.notifications(on_progress):
+                await worker.session.call(
+                    "generate", {"prompt": "fox", "stepCount": sizes.overhead_steps}
+                )
             for line in stamps.read_text().splitlines():
                 index, stamped = line.split()
                 completed = int(index) + 1
@@ -201,7 +199,8 @@ async def cancel_latency(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     for label, steering, grace_ms, target_ms in cases:
         env = setup.env(SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS=str(grace_ms))
         samples: list[float] = []
-        async with running_worker(env) as connection:
+        async with running_worker(env) as worker:
+            session = worker.session
             for _ in range(sizes.cancel_runs):
                 sampling = anyio.Event()
 
@@ -209,12 +208,13 @@ async def cancel_latency(setup: StandInSetup, sizes: Sizes) -> list[Row]:
                     if message["params"]["phase"] == "sampling":
                         sampling.set()
 
-                connection.on_notification(on_progress)
-                request_id = await connection.send("generate", {"prompt": f"fox {steering}"})
-                await sampling.wait()
+                with session.notifications(on_progress):
+                    request_id = await session.request("generate", {"prompt": f"fox {steering}"})
+                    await sampling.wait()
                 started = time.perf_counter()
-                await connection.send("cancel", {"requestId": request_id})
-                response = await connection.response(request_id)
+                async with anyio.create_task_group() as group:
+                    group.start_soon(session.call, "cancel", {"requestId": request_id})
+                    response = await session.response(request_id)
                 samples.append((time.perf_counter() - started) * 1000)
                 assert response["error"]["code"] == -32800, response
         rows.append(
@@ -232,12 +232,13 @@ async def cancel_latency(setup: StandInSetup, sizes: Sizes) -> list[Row]:
 async def throughput(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     """Pipelined `capabilities` requests, all written before any answer is awaited."""
     rates = []
-    async with running_worker(setup.env()) as connection:
+    async with running_worker(setup.env()) as worker:
+        session = worker.session
         for _ in range(sizes.throughput_runs):
             started = time.perf_counter()
-            ids = [await connection.send("capabilities") for _ in range(sizes.throughput_requests)]
+            ids = [await session.request("capabilities") for _ in range(sizes.throughput_requests)]
             for id_ in ids:
-                await connection.response(id_)
+                await session.response(id_)
             rates.append(sizes.throughput_requests / (time.perf_counter() - started))
     return [
         Row(
@@ -252,14 +253,14 @@ async def throughput(setup: StandInSetup, sizes: Sizes) -> list[Row]:
 
 async def memory(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     """Idle resident memory, and the peak while returning base64 images."""
-    async with running_worker(setup.env(STANDIN_SD_SECONDS_PER_STEP="0")) as connection:
-        await connection.call("capabilities")
-        idle = proc_status_kib(connection.pid, "VmRSS") / 1024
-        response = await connection.call(
+    async with running_worker(setup.env(STANDIN_SD_SECONDS_PER_STEP="0")) as worker:
+        await worker.session.call("capabilities")
+        idle = proc_status_kib(worker.pid, "VmRSS") / 1024
+        response = await worker.session.call(
             "generate", {"prompt": "fox", "count": sizes.memory_images, "stepCount": 2}
         )
         assert len(response["result"]["images"]) == sizes.memory_images, response
-        peak = proc_status_kib(connection.pid, "VmHWM") / 1024
+        peak = proc_status_kib(worker.pid, "VmHWM") / 1024
     return [
         Row("memory: idle RSS", "MiB", [idle], "reported", None),
         Row(
@@ -277,15 +278,15 @@ async def output_flood(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     env = setup.env(STANDIN_SD_SECONDS_PER_STEP="0")
     plain: list[float] = []
     flooded: list[float] = []
-    async with running_worker(env) as connection:
-        await connection.call("generate", {"prompt": "warm-up", "stepCount": 2})
+    async with running_worker(env) as worker:
+        await worker.session.call("generate", {"prompt": "warm-up", "stepCount": 2})
         for _ in range(3):
             for prompt, times in (
                 ("fox", plain),
                 (f"fox standin:flood_bytes={sizes.flood_bytes}", flooded),
             ):
                 started = time.perf_counter()
-                response = await connection.call("generate", {"prompt": prompt, "stepCount": 2})
+                response = await worker.session.call("generate", {"prompt": prompt, "stepCount": 2})
                 times.append((time.perf_counter() - started) * 1000)
                 assert "result" in response, response
     extra = median(flooded) - median(plain)

@@ -1,76 +1,116 @@
-"""`studio-imagegen`: spawn the worker (or attach to a command), send one request, show it.
+"""`studio-imagegen`: spawn the worker (or any command), send one request, show it.
 
     studio-imagegen capabilities [--json]
     studio-imagegen generate "a red fox in snow" --count 2 --steps 20 --seed 7 --out DIR
 
 Ctrl-C during `generate` sends `cancel` and waits for the worker's -32800; a second
-Ctrl-C leaves at once. `--raw` shows every JSON line exchanged, on stderr.
+Ctrl-C makes the worker exit at once (it kills its samplers and removes their files) and
+leaves. `--raw` shows every JSON line exchanged, on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from client.connection import Message, WorkerConnection, WorkerExited
 from client.display import ProgressDisplay, capabilities_summary, error_report
+from client.process import WorkerProcess, open_worker
+from client.session import Message, SessionClosed
 from protocol.errors import ErrorCode
 from protocol.models import COMPUTE_UNITS, SCHEDULERS, CapabilitiesResult, ProgressParams
 
+EXIT_USAGE = 2
 EXIT_CODES: dict[ErrorCode, int] = {
-    ErrorCode.INVALID_PARAMS: 2,
-    ErrorCode.UNSUPPORTED_FEATURE: 3,
-    ErrorCode.BACKEND_UNAVAILABLE: 4,
-    ErrorCode.SAMPLER_FAILED: 5,
-    ErrorCode.TIMED_OUT: 6,
-    ErrorCode.OUTPUT_INVALID: 7,
-    ErrorCode.QUEUE_FULL: 8,
-    ErrorCode.CONFIG_INVALID: 9,
+    ErrorCode.INVALID_PARAMS: 10,
+    ErrorCode.UNSUPPORTED_FEATURE: 11,
+    ErrorCode.BACKEND_UNAVAILABLE: 12,
+    ErrorCode.SAMPLER_FAILED: 13,
+    ErrorCode.TIMED_OUT: 14,
+    ErrorCode.OUTPUT_INVALID: 15,
+    ErrorCode.QUEUE_FULL: 16,
+    ErrorCode.CONFIG_INVALID: 17,
+    ErrorCode.OUTPUT_NOT_WRITTEN: 18,
     ErrorCode.CANCELLED: 130,
 }
-"""The exit code for each kind of error; any other error exits 1."""
+"""The exit code for each kind of error answer; any other error answer exits 1."""
 EXIT_WORKER_GONE = 70
+EXIT_OUTPUT_CLOSED = 141
+"""What a program killed by SIGPIPE exits with: the reader of stdout went away."""
+LEAVE_SECONDS = 3.0
+"""After a second Ctrl-C, how long the worker gets for its fast exit."""
+
+
+def default_output_dir() -> Path:
+    """Where images go unless `--out` says: the pictures folder, never the current one."""
+    pictures = os.environ.get("XDG_PICTURES_DIR")
+    base = Path(pictures).expanduser() if pictures else Path.home() / "Pictures"
+    return base / "studio-imagegen"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="studio-imagegen",
         description="Try studio-imagegen-worker by hand: one request, shown as a person wants it.",
-        epilog="Exit codes: 0 ok, "
+        epilog="Exit codes: 0 ok, 1 other error, "
+        f"{EXIT_USAGE} usage error, "
         + ", ".join(f"{code} {error.name}" for error, code in EXIT_CODES.items())
-        + f", {EXIT_WORKER_GONE} worker exited, 1 other errors.",
+        + f", {EXIT_WORKER_GONE} the worker exited or could not start, "
+        f"{EXIT_OUTPUT_CLOSED} the reader of stdout went away.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "--worker",
         default=f"{shlex.quote(sys.executable)} -m worker",
-        help="the command that starts the worker (default: this Python's `-m worker`)",
+        help="the command that starts the worker",
     )
-    parser.add_argument("--raw", action="store_true", help="print every JSON line exchanged")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument(
+        "--raw", action="store_true", help="print every JSON line exchanged, on stderr"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    caps = commands.add_parser("capabilities", help="what the worker can do here, and why not")
+    caps = commands.add_parser(
+        "capabilities",
+        help="what the worker can do here, and why not",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     caps.add_argument("--json", action="store_true", help="print the raw result")
 
-    gen = commands.add_parser("generate", help="generate images with live progress")
-    gen.add_argument("prompt")
-    gen.add_argument("--count", type=int, default=1)
-    gen.add_argument("--steps", type=int, dest="step_count")
-    gen.add_argument("--guidance", type=float, dest="guidance_scale")
-    gen.add_argument("--scheduler", choices=SCHEDULERS)
-    gen.add_argument("--compute-units", choices=COMPUTE_UNITS)
-    gen.add_argument("--seed", type=int)
-    gen.add_argument("--negative", dest="negative_prompt", default="")
-    gen.add_argument("--run-id", default="")
-    gen.add_argument("--timeout-ms", type=int)
-    gen.add_argument("--out", type=Path, default=Path("."), help="directory for the images")
+    gen = commands.add_parser(
+        "generate",
+        help="generate images with live progress",
+        description="Generate images and write them to a folder; their paths go to stdout, "
+        "progress and messages to stderr. Options left out take the worker's defaults "
+        "(`studio-imagegen capabilities` shows them).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    gen.add_argument("prompt", help="what to draw")
+    gen.add_argument("--count", type=int, default=1, help="how many images (1 to 8)")
+    gen.add_argument(
+        "--steps", type=int, dest="step_count", help="denoising steps (worker's default)"
+    )
+    gen.add_argument(
+        "--guidance", type=float, dest="guidance_scale", help="guidance scale, 0 to 30"
+    )
+    gen.add_argument("--scheduler", choices=SCHEDULERS, help="sampler scheduler")
+    gen.add_argument("--compute-units", choices=COMPUTE_UNITS, help="Core ML compute units")
+    gen.add_argument("--seed", type=int, help="0 to 4294967295; derived from prompt and run")
+    gen.add_argument(
+        "--negative", dest="negative_prompt", default="", help="what to steer away from"
+    )
+    gen.add_argument("--run-id", default="", help="the Studio run this belongs to")
+    gen.add_argument("--timeout-ms", type=int, help="stop the sampler after this long")
+    gen.add_argument("--out", type=Path, default=default_output_dir(), help="folder for the images")
     gen.add_argument("--json", action="store_true", help="print the raw result")
     return parser.parse_args(argv)
 
@@ -79,12 +119,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return anyio.run(_run, args)
-    except WorkerExited as exc:
-        print(f"studio-imagegen: {exc}", file=sys.stderr)
+    except (SessionClosed, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        print("studio-imagegen: the worker exited; see its messages above", file=sys.stderr)
         return EXIT_WORKER_GONE
     except OSError as exc:
+        if _is_broken_pipe(exc):
+            _silence_stdout()
+            return EXIT_OUTPUT_CLOSED
         print(f"studio-imagegen: cannot start the worker ({args.worker}): {exc}", file=sys.stderr)
         return EXIT_WORKER_GONE
+    except KeyboardInterrupt:
+        return EXIT_CODES[ErrorCode.CANCELLED]
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    return isinstance(exc, BrokenPipeError)
+
+
+def _silence_stdout() -> None:
+    """After the reader went away, Python's own flush at exit must not complain."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _raw_log(direction: str, line: str) -> None:
@@ -92,38 +148,32 @@ def _raw_log(direction: str, line: str) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    connection = await WorkerConnection.start(
-        shlex.split(args.worker), raw_log=_raw_log if args.raw else None
-    )
-    async with anyio.create_task_group() as group:
-        group.start_soon(connection.read_forever)
-        try:
+    command = shlex.split(args.worker)
+    raw_log = _raw_log if args.raw else None
+    try:
+        async with open_worker(command, raw_log=raw_log) as worker:
             if args.command == "capabilities":
-                code = await _capabilities(connection, args)
-            else:
-                code = await _generate(connection, args)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await connection.close()
-        group.cancel_scope.cancel()
-    return code
+                return await _capabilities(worker, args)
+            return await _generate(worker, args)
+    except* (SessionClosed, anyio.BrokenResourceError, anyio.ClosedResourceError) as group:
+        raise group.exceptions[0] from None
+    except* BrokenPipeError as group:
+        raise group.exceptions[0] from None
 
 
-async def _capabilities(connection: WorkerConnection, args: argparse.Namespace) -> int:
-    response = await connection.call("capabilities")
+async def _capabilities(worker: WorkerProcess, args: argparse.Namespace) -> int:
+    response = await worker.session.call("capabilities")
     if "error" in response:
         return _report_error(response)
     if args.json:
-        print(json.dumps(response["result"], indent=2))
+        print(json.dumps(response["result"], indent=2), flush=True)
     else:
         caps = CapabilitiesResult.model_validate(response["result"], by_alias=True, by_name=False)
-        print(capabilities_summary(caps))
+        print(capabilities_summary(caps), flush=True)
     return 0
 
 
-async def _generate(connection: WorkerConnection, args: argparse.Namespace) -> int:
-    out = args.out.expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     params: dict[str, Any] = {
         "prompt": args.prompt,
         "count": args.count,
@@ -142,7 +192,12 @@ async def _generate(connection: WorkerConnection, args: argparse.Namespace) -> i
     ]:
         if getattr(args, name) is not None:
             params[key] = getattr(args, name)
+    return params
 
+
+async def _generate(worker: WorkerProcess, args: argparse.Namespace) -> int:
+    out = args.out.expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
     display = ProgressDisplay(sys.stderr)
 
     def on_notification(message: Message) -> None:
@@ -151,45 +206,81 @@ async def _generate(connection: WorkerConnection, args: argparse.Namespace) -> i
                 ProgressParams.model_validate(message["params"], by_alias=True, by_name=False)
             )
 
-    connection.on_notification(on_notification)
-    request_id = await connection.send("generate", params)
-    async with anyio.create_task_group() as group:
-        group.start_soon(_cancel_on_interrupt, connection, request_id, display)
-        response = await connection.response(request_id)
-        group.cancel_scope.cancel()
+    session = worker.session
+    interruption = Interruption()
+    with session.notifications(on_notification):
+        request_id = await session.request("generate", _generate_params(args, out))
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                _cancel_on_interrupt, worker, request_id, display, interruption, group.cancel_scope
+            )
+            try:
+                response = await session.response(request_id)
+            except SessionClosed:
+                if not interruption.leaving:
+                    raise
+                await interruption.left.wait()  # the watcher ends the group then
+            group.cancel_scope.cancel()
     display.finish()
+    if interruption.leaving:
+        print("studio-imagegen: left without waiting; the worker stopped its job", file=sys.stderr)
+        return EXIT_CODES[ErrorCode.CANCELLED]
     if "error" in response:
         return _report_error(response)
     result = response["result"]
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2), flush=True)
         return 0
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     metadata = result["metadata"]
     print(
         f"{len(result['images'])} image(s) in {metadata['totalMs'] / 1000:.1f}s · "
-        f"{result['modelId']} · seed {metadata['seed']} · {metadata['stepCount']} steps",
+        f"{result['modelId']} · seed {metadata['seed']} · {metadata['stepCount']} steps · "
+        f"written to {out}",
         file=sys.stderr,
     )
     for image in result["images"]:
-        print(image["path"])
+        print(image["path"], flush=True)
     return 0
 
 
+@dataclass
+class Interruption:
+    """What the person asked for with Ctrl-C while the job ran."""
+
+    cancelled: bool = False
+    leaving: bool = False
+    """A second Ctrl-C came: the answer is no longer awaited."""
+    left: anyio.Event = field(default_factory=anyio.Event)
+    """The worker has exited (or had its chance to)."""
+
+
 async def _cancel_on_interrupt(
-    connection: WorkerConnection, request_id: int, display: ProgressDisplay
+    worker: WorkerProcess,
+    request_id: Any,
+    display: ProgressDisplay,
+    interruption: Interruption,
+    waiting: anyio.CancelScope,
 ) -> None:
+    """First Ctrl-C: cancel and wait for the answer. Second: the worker's fast exit (it
+    kills its samplers and removes their files), then stop waiting."""
     with anyio.open_signal_receiver(signal.SIGINT) as signals:
-        interrupted = False
         async for _ in signals:
             display.finish()
-            if interrupted:
-                print("studio-imagegen: leaving without waiting", file=sys.stderr)
-                raise SystemExit(EXIT_CODES[ErrorCode.CANCELLED])
-            interrupted = True
-            print("cancelling... (Ctrl-C again to leave at once)", file=sys.stderr, flush=True)
-            await connection.send("cancel", {"requestId": request_id})
+            if not interruption.cancelled:
+                interruption.cancelled = True
+                print("cancelling... (Ctrl-C again to leave at once)", file=sys.stderr, flush=True)
+                await worker.session.notify("$/cancelRequest", {"id": request_id})
+                continue
+            interruption.leaving = True
+            print("studio-imagegen: stopping the worker now", file=sys.stderr, flush=True)
+            await worker.interrupt_twice()
+            with anyio.move_on_after(LEAVE_SECONDS):
+                await worker.wait()
+            interruption.left.set()
+            waiting.cancel()
+            return
 
 
 def _report_error(response: Message) -> int:

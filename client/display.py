@@ -6,15 +6,14 @@ from typing import Any, TextIO
 
 from protocol.errors import ErrorCode
 from protocol.models import CapabilitiesResult, ProgressParams
+from worker.status_line import StatusLine, bar
 
 BAR_WIDTH = 24
 
 
 def progress_bar(progress: ProgressParams) -> str:
     """One line: phase, bar, step i/M, steps/s and ETA when known, the worker's message."""
-    filled = round(progress.fraction * BAR_WIDTH)
-    bar = "█" * filled + "░" * (BAR_WIDTH - filled)
-    parts = [f"{progress.phase:<8}", bar]
+    parts = [f"{progress.phase:<8}", bar(progress.fraction, BAR_WIDTH)]
     if progress.phase == "queued" and progress.queue_position is not None:
         parts.append(f"position {progress.queue_position}")
     elif progress.total_steps:
@@ -29,27 +28,16 @@ def progress_bar(progress: ProgressParams) -> str:
 
 
 class ProgressDisplay:
-    """Redraws one line on a terminal; prints one line per update elsewhere."""
+    """A job's progress on one status line."""
 
     def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._live = stream.isatty()
-        self._drawn = False
+        self._line = StatusLine(stream)
 
     def update(self, progress: ProgressParams) -> None:
-        line = progress_bar(progress)
-        if self._live:
-            self._stream.write("\r\x1b[2K" + line)
-            self._drawn = True
-        else:
-            self._stream.write(line + "\n")
-        self._stream.flush()
+        self._line.show(progress_bar(progress))
 
     def finish(self) -> None:
-        if self._drawn:
-            self._stream.write("\n")
-            self._stream.flush()
-            self._drawn = False
+        self._line.finish()
 
 
 def capabilities_summary(caps: CapabilitiesResult) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -78,18 +79,18 @@ def test_raw_shows_every_line_exchanged(standin: StandIn, tmp_path: Path) -> Non
 
 def test_errors_show_name_message_hint_and_exit_by_kind(standin: StandIn, tmp_path: Path) -> None:
     invalid = _client(["generate", "fox", "--count", "9", "--out", str(tmp_path)], standin.env)
-    assert invalid.returncode == 2
+    assert invalid.returncode == 10
     assert "error INVALID_PARAMS (-32602)" in invalid.stderr and "count:" in invalid.stderr
 
     failed = _client(
         ["generate", "fox standin:fail_at_step=0", "--out", str(tmp_path)], standin.env
     )
-    assert failed.returncode == 5
+    assert failed.returncode == 13
     assert "error SAMPLER_FAILED (-32003)" in failed.stderr
     assert "MPSGraph execution error" in failed.stderr
 
     unavailable = _client(["generate", "fox", "--out", str(tmp_path)], {"HOME": str(tmp_path)})
-    assert unavailable.returncode == 4
+    assert unavailable.returncode == 12
     assert "error BACKEND_UNAVAILABLE (-32002)" in unavailable.stderr
     assert "fix: run the worker on a Mac" in unavailable.stderr
 
@@ -116,6 +117,103 @@ def test_ctrl_c_cancels_the_job_and_waits_for_the_answer(standin: StandIn, tmp_p
     assert time.monotonic() - started < 5
     assert stdout == ""
     assert list(out.iterdir()) == []
+
+
+def test_a_second_ctrl_c_leaves_at_once_and_leaves_nothing_behind(standin: StandIn) -> None:
+    """The sampler hangs and ignores SIGTERM, and the worker would wait 20 s before
+    SIGKILL: the second Ctrl-C makes the worker exit at once, killing it."""
+    env = {
+        **standin.env,
+        "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS": "20000",
+        "STANDIN_SD_HANG": "1",
+        "STANDIN_SD_IGNORE_SIGTERM": "1",
+    }
+    process = subprocess.Popen(
+        [*CLIENT, "generate", "fox", "--out", str(standin.tmp.parent / "images")],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=worker_environment(env),
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("loading") and "Loading resources" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    for line in process.stderr:
+        if line.startswith("cancelling..."):
+            break
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=20)
+    assert time.monotonic() - started < 5
+    assert process.returncode == 130
+    assert "left without waiting" in stderr
+    assert "Traceback" not in stderr and "ExceptionGroup" not in stderr
+    deadline = time.monotonic() + 5
+    while standin.live_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert standin.live_processes() == []
+    assert standin.leftover_temp_entries() == []
+
+
+def test_a_closed_stdout_is_not_a_traceback(standin: StandIn) -> None:
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"{shlex.join(CLIENT)} capabilities --json | head -1; "
+            "echo status ${PIPESTATUS[0]} >&2",
+        ],
+        capture_output=True,
+        text=True,
+        env=worker_environment(standin.env),
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout == "{\n"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    # 0 when the whole answer fit in the pipe before head left, 141 when it did not.
+    assert result.stderr.splitlines()[-1] in ("status 0", "status 141")
+
+
+def test_a_worker_that_exits_at_once_is_exit_70(tmp_path: Path) -> None:
+    result = _client(["--worker", f"{sys.executable} -c pass", "capabilities"])
+    assert result.returncode == 70
+    assert "the worker exited" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_and_invalid_params_exit_differently(standin: StandIn, tmp_path: Path) -> None:
+    usage = _client(["generate"], standin.env)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    invalid = _client(["generate", "fox", "--count", "0", "--out", str(tmp_path)], standin.env)
+    assert invalid.returncode == 10
+
+
+def test_generate_help_describes_every_option_with_its_default() -> None:
+    result = _client(["generate", "--help"])
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for option, words in [
+        ("--count", "how many images (1 to 8) (default: 1)"),
+        ("--steps", "denoising steps"),
+        ("--scheduler", "sampler scheduler"),
+        ("--out", "folder for the images (default:"),
+        ("--seed", "derived from prompt and run"),
+    ]:
+        assert option in text and words in text, option
+
+
+def test_without_out_images_go_to_the_pictures_folder(standin: StandIn, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    result = _client(["generate", "fox", "--seed", "3"], {**standin.env, "HOME": str(home)})
+    assert result.returncode == 0, result.stderr
+    folder = home / "Pictures" / "studio-imagegen"
+    assert result.stdout.split() == [str(folder / "fox.3.final.png")]
+    assert f"written to {folder}" in result.stderr
 
 
 def test_the_worker_never_imports_the_client() -> None:

@@ -4,21 +4,21 @@ subprocess over its stdio, the way Studio does."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import queue
 import signal
-import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.from_thread import start_blocking_portal
+from anyio.streams.memory import MemoryObjectSendStream
 
+from client.process import WorkerProcess as AsyncWorkerProcess
+from client.process import open_worker
+from client.session import SessionClosed, WorkerSession
 from worker.app import build_server
 from worker.host import HostPlatform
 from worker.server import Server
@@ -40,41 +40,40 @@ def request(method: str, params: Any = None, id_: Any = 1) -> Message:
 
 
 class _MemorySink:
+    """The server's line sink, feeding the client session's byte source."""
+
     def __init__(self, send: MemoryObjectSendStream[bytes]) -> None:
         self._send = send
-        self.writes = 0
 
     async def write(self, data: bytes) -> None:
-        self.writes += 1
-        for line in data.splitlines():
-            await self._send.send(line)
+        await self._send.send(data)
 
 
 class InProcessWorker:
-    """The worker's server on memory streams, inside the test's event loop."""
+    """The worker's server on memory streams inside the test's event loop, spoken to
+    through the same client session as a real worker."""
 
     def __init__(
-        self,
-        server: Server,
-        stdin: MemoryObjectSendStream[bytes],
-        stdout: MemoryObjectReceiveStream[bytes],
+        self, server: Server, session: WorkerSession, close_input: Callable[[], None]
     ) -> None:
         self.server = server
-        self._stdin = stdin
-        self._stdout = stdout
-        self.raw_lines: list[bytes] = []
+        self.session = session
+        self.close_input = close_input
+        """End the server's input, as end of file on stdin does."""
+
+    @property
+    def raw_lines(self) -> list[str]:
+        return self.session.raw_lines
 
     async def send_raw(self, data: bytes) -> None:
-        await self._stdin.send(data)
+        await self.session.send_raw(data)
 
     async def send(self, message: Any) -> None:
-        await self.send_raw(json.dumps(message).encode() + b"\n")
+        await self.session.send(message)
 
     async def receive(self, wait: float = WAIT_SECONDS) -> Any:
         with anyio.fail_after(wait):
-            line = await self._stdout.receive()
-        self.raw_lines.append(line)
-        return json.loads(line)
+            return await self.session.receive()
 
     async def call(self, method: str, params: Any = None, id_: Any = 1) -> Message:
         """Send a request and return its response (notifications before it are skipped)."""
@@ -84,15 +83,12 @@ class InProcessWorker:
             if isinstance(message, dict) and "method" not in message:
                 return message
 
-    def close_input(self) -> None:
-        self._stdin.close()
-
     async def remaining(self) -> list[Any]:
         """Every message left after input was closed and the server finished."""
         messages = []
-        async for line in self._stdout:
-            self.raw_lines.append(line)
-            messages.append(json.loads(line))
+        with contextlib.suppress(SessionClosed):
+            while True:
+                messages.append(await self.receive())
         return messages
 
 
@@ -106,18 +102,23 @@ async def in_process_worker(
     server = server if server is not None else build_server(settings, host)[0]
     stdin_send, stdin_receive = anyio.create_memory_object_stream[bytes](64)
     stdout_send, stdout_receive = anyio.create_memory_object_stream[bytes](4096)
-    worker = InProcessWorker(server, stdin_send, stdout_receive)
+    session = WorkerSession(stdout_receive, stdin_send, keep_messages=True)
+    worker = InProcessWorker(server, session, stdin_send.close)
 
     async def serve() -> None:
         async with stdout_send:
             await server.serve(stdin_receive, _MemorySink(stdout_send))
 
-    async with stdout_receive, anyio.create_task_group() as group:
-        group.start_soon(serve)
-        try:
-            yield worker
-        finally:
-            worker.close_input()
+    try:
+        async with stdout_receive, anyio.create_task_group() as group:
+            group.start_soon(serve)
+            group.start_soon(session.run)
+            try:
+                yield worker
+            finally:
+                stdin_send.close()
+    finally:
+        session.release()
 
 
 def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -129,67 +130,53 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
 
 
 class WorkerProcess:
-    """`python -m worker` as a child process, spoken to over its real stdin and stdout."""
+    """`python -m worker` as a child process over its real stdio, for synchronous tests:
+    the client library's process and session, run in a thread of their own."""
 
     def __init__(self, args: list[str], env: Mapping[str, str]) -> None:
-        self.process = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=dict(env),
-            cwd=REPO_ROOT,
+        self._portal_context = start_blocking_portal()
+        self._portal = self._portal_context.__enter__()
+        self._worker_context = self._portal.wrap_async_context_manager(
+            open_worker(args, env, keep_messages=True, capture_stderr=True, cwd=REPO_ROOT)
         )
-        assert self.process.stdin and self.process.stdout and self.process.stderr
-        self.stdin = self.process.stdin
-        self.raw_lines: list[bytes] = []
-        self._lines: queue.Queue[bytes | None] = queue.Queue()
-        self._stderr = bytearray()
-        self._threads = [
-            threading.Thread(target=self._pump_stdout, daemon=True),
-            threading.Thread(target=self._pump_stderr, daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self.worker: AsyncWorkerProcess = self._worker_context.__enter__()
+        self._closed = False
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.worker.pid
 
-    def _pump_stdout(self) -> None:
-        assert self.process.stdout
-        for line in self.process.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
+    @property
+    def returncode(self) -> int | None:
+        return self.worker.returncode
 
-    def _pump_stderr(self) -> None:
-        assert self.process.stderr
-        stderr = self.process.stderr
-        for chunk in iter(lambda: os.read(stderr.fileno(), 65536), b""):
-            self._stderr += chunk
+    @property
+    def raw_lines(self) -> list[str]:
+        return self.worker.session.raw_lines
 
     @property
     def stderr(self) -> str:
-        return self._stderr.decode("utf-8", "replace")
+        return self.worker.stderr
 
     def send_raw(self, data: bytes) -> None:
-        self.stdin.write(data)
-        self.stdin.flush()
+        self._portal.call(self.worker.session.send_raw, data)
 
     def send(self, message: Any) -> None:
-        self.send_raw(json.dumps(message).encode() + b"\n")
+        self._portal.call(self.worker.session.send, message)
 
     def receive(self, timeout: float = WAIT_SECONDS) -> Any:
+        async def next_message() -> Any:
+            with anyio.fail_after(timeout):
+                return await self.worker.session.receive()
+
         try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
+            return self._portal.call(next_message)
+        except TimeoutError:
             raise TimeoutError(
                 f"no line from the worker in {timeout}s; stderr:\n{self.stderr}"
             ) from None
-        if line is None:
-            raise EOFError(f"the worker closed stdout; stderr:\n{self.stderr}")
-        self.raw_lines.append(line)
-        return json.loads(line)
+        except SessionClosed:
+            raise EOFError(f"the worker closed stdout; stderr:\n{self.stderr}") from None
 
     def messages(self, timeout: float = WAIT_SECONDS) -> Iterator[Any]:
         """Every message until stdout closes."""
@@ -207,29 +194,33 @@ class WorkerProcess:
                 return message
 
     def close_input(self) -> None:
-        with contextlib.suppress(BrokenPipeError):
-            self.stdin.close()
+        self._portal.call(self.worker.session.close_input)
 
     def signal(self, signum: signal.Signals) -> None:
-        self.process.send_signal(signum)
+        self.worker.signal(signum)
 
     def wait(self, timeout: float = WAIT_SECONDS) -> int:
-        code = self.process.wait(timeout)
-        for thread in self._threads:
-            thread.join(timeout)
+        async def exit_code() -> int:
+            with anyio.fail_after(timeout):
+                return await self.worker.wait()
+
+        async def output_ended() -> None:
+            with anyio.move_on_after(timeout):
+                await self.worker.session.wait_closed()
+
+        code = self._portal.call(exit_code)
+        self._portal.call(output_ended)
         return code
 
     def close(self) -> None:
-        """Kill the worker if it still runs, and release its pipes."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        for thread in self._threads:
-            thread.join(WAIT_SECONDS)
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None and not stream.closed:
-                with contextlib.suppress(BrokenPipeError):
-                    stream.close()
+        """Close the worker the library's way (nothing orphaned), and the portal."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._worker_context.__exit__(None, None, None)
+        finally:
+            self._portal_context.__exit__(None, None, None)
 
 
 def start_worker_process(

@@ -8,7 +8,6 @@ SD 2.1 bundle, verify with doctor's checks. Every command and address can be rep
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
@@ -37,6 +36,7 @@ from worker.settings import (
     EnvironmentReader,
     Settings,
 )
+from worker.status_line import StatusLine, bar
 
 SAMPLER_REPOSITORY_URL = "https://github.com/apple/ml-stable-diffusion"
 MODEL_REPOSITORY = "apple/coreml-stable-diffusion-2-1-base-palettized"
@@ -298,20 +298,18 @@ class ProgressBar:
     WIDTH = 30
 
     def __init__(self, out: TextIO) -> None:
-        self._out = out
-        self._live = out.isatty()
+        self._line = StatusLine(out)
         self._started = time.monotonic()
         self._first: int | None = None
         self._last_draw = 0.0
         self._last_tenth = -1
-        self._drawn = False
 
     def update(self, done: int, total: int | None) -> None:
         now = time.monotonic()
         if self._first is None:
             self._first = done
         finished = done == total
-        if self._live:
+        if self._line.live:
             if now - self._last_draw < 0.2 and not finished:
                 return
         elif total:
@@ -322,21 +320,13 @@ class ProgressBar:
         self._last_draw = now
         rate = (done - self._first) / max(now - self._started, 1e-6) / (1 << 20)
         if total:
-            filled = self.WIDTH * done // total
-            line = (
+            self._line.show(
                 f"      downloading {100 * done / total:5.1f}% "
-                f"[{'#' * filled}{'-' * (self.WIDTH - filled)}] "
+                f"[{bar(done / total, self.WIDTH, '#', '-')}] "
                 f"{done / (1 << 20):.1f}/{total / (1 << 20):.1f} MiB  {rate:.1f} MiB/s"
             )
         else:
-            line = f"      downloading {done / (1 << 20):.1f} MiB  {rate:.1f} MiB/s"
-        self._out.write(("\r\x1b[2K" + line) if self._live else line + "\n")
-        self._out.flush()
-        self._drawn = self._live
+            self._line.show(f"      downloading {done / (1 << 20):.1f} MiB  {rate:.1f} MiB/s")
 
     def finish(self) -> None:
-        if self._drawn:
-            with contextlib.suppress(OSError):
-                self._out.write("\n")
-                self._out.flush()
-        self._drawn = False
+        self._line.finish()
