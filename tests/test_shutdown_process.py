@@ -116,3 +116,73 @@ def test_a_host_that_closes_stdout_mid_job_takes_the_sampler_down(standin: Stand
         process.stdin.close()
     assert standin.live_processes() == []
     assert standin.leftover_temp_entries() == []
+
+
+def test_finish_on_eof_answers_every_job_piped_in_then_exits_zero(
+    standin: StandIn, worker_process: StartWorker
+) -> None:
+    """`printf '<generate>\\n<generate>\\n' | studio-imagegen-worker --finish-on-eof`."""
+    worker = worker_process(
+        {**standin.env, "STANDIN_SD_SECONDS_PER_STEP": "0.05"},
+        args=[sys.executable, "-m", "worker", "--finish-on-eof"],
+    )
+    for name in ("first", "second"):
+        worker.send(request("generate", {"prompt": name, "stepCount": 3}, name))
+    worker.close_input()
+    answers = _answers(worker)
+    assert set(answers) == {"first", "second"}
+    assert all("result" in answer for answer in answers.values()), answers
+    assert worker.wait(30) == 0
+    assert standin.live_processes() == [] and standin.leftover_temp_entries() == []
+
+
+def test_finish_on_eof_still_stops_on_sigterm(
+    standin: StandIn, worker_process: StartWorker
+) -> None:
+    worker = worker_process(
+        {**standin.env, "STANDIN_SD_HANG": "1"},
+        args=[sys.executable, "-m", "worker", "serve", "--finish-on-eof"],
+    )
+    worker.send(request("generate", {"prompt": "fox"}, "hanging"))
+    while worker.receive().get("params", {}).get("phase") != "sampling":
+        pass
+    worker.close_input()
+    time.sleep(0.3)
+    assert worker.returncode is None  # still finishing its job
+    worker.signal(signal.SIGTERM)
+    answers = _answers(worker)
+    assert answers["hanging"]["error"]["code"] == -32800
+    assert worker.wait(10) == 0
+
+
+def test_a_person_at_a_terminal_is_told_how_to_use_it() -> None:
+    """stdin a terminal: a banner on stderr, nothing on stdout; Ctrl-D ends it."""
+    controller, terminal = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker"],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=worker_environment({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"}),
+    )
+    os.close(terminal)
+    try:
+        assert process.stderr is not None
+        banner = process.stderr.readline().decode()
+        assert banner.startswith("studio-imagegen-worker ") and "is ready" in banner
+        os.write(controller, b'{"jsonrpc":"2.0","id":1,"method":"capabilities"}\n')
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["id"] == 1
+        os.write(controller, b"\x04")  # Ctrl-D
+        assert process.wait(10) == 0
+        rest = process.stderr.read().decode()
+        assert "Ctrl-D ends the input" in rest and "Ctrl-C stops" in rest
+        assert process.stdout.read() == b""
+    finally:
+        os.close(controller)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()

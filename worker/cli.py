@@ -51,10 +51,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_serve_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="{serve,doctor,install}")
-    commands.add_parser("serve", help="serve JSON-RPC on stdin/stdout (the default)")
+    _add_serve_options(
+        commands.add_parser("serve", help="serve JSON-RPC on stdin/stdout (the default)")
+    )
     add_commands(commands)
     return parser.parse_args(argv)
+
+
+def _add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--finish-on-eof",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="at end of input, let the jobs in flight and in the queue finish and be "
+        "answered, then exit (for a file of requests piped in by hand); by default end of "
+        "input means the host is gone, and running jobs are cancelled",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,16 +77,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_doctor(args)
     if args.command == "install":
         return run_install(args)
-    return serve()
+    return serve(finish_on_eof=getattr(args, "finish_on_eof", False))
 
 
-def serve() -> int:
+READY_BANNER = (
+    "studio-imagegen-worker {version} is ready: type one JSON-RPC request per line, e.g.\n"
+    '  {{"jsonrpc":"2.0","id":1,"method":"capabilities"}}\n'
+    '  {{"jsonrpc":"2.0","id":2,"method":"generate","params":{{"prompt":"a red fox"}}}}\n'
+    "Answers come on stdout. Ctrl-D ends the input ({eof}); Ctrl-C stops at once."
+)
+
+
+def serve(finish_on_eof: bool = False) -> int:
     settings = Settings.from_environ(os.environ)
     configure_logging(settings.log_level)
     report_settings(settings)
+    interactive = os.isatty(0)
     protocol_out = claim_stdout()
     protocol_in = claim_stdin()
-    server, methods = build_server(settings, HostPlatform.current())
+    if interactive:  # a person at a terminal, not a host: say how to use it, on stderr
+        eof = "running jobs finish first" if finish_on_eof else "running jobs are cancelled"
+        print(READY_BANNER.format(version=__version__, eof=eof), file=sys.stderr, flush=True)
+    server, methods = build_server(settings, HostPlatform.current(), finish_on_eof)
     anyio.run(_serve, server, methods.live, protocol_in, protocol_out)
     logger.debug("exiting")
     return 0

@@ -88,8 +88,13 @@ class Outbox:
 
 
 class Server:
-    """Reads requests until end of input or `stop()`, then cancels what is still running
-    (`on_stop`), answers what it can within the deadline, and returns."""
+    """Owns the serving loop: reads requests until end of input or `stop()`, answers each
+    in a task of its own through the one `Outbox`, and at the end cancels what is still
+    running (`on_stop`), answers what it can within the deadline, and returns.
+
+    With `finish_on_eof`, end of input lets the requests in flight finish and be answered
+    first (a file of requests piped in by hand); `stop()` still cancels them.
+    """
 
     def __init__(
         self,
@@ -97,19 +102,26 @@ class Server:
         max_request_bytes: int,
         on_stop: Callable[[], None] = lambda: None,
         stop_deadline_seconds: float = 5.0,
+        finish_on_eof: bool = False,
     ) -> None:
         self._dispatcher = dispatcher
         self._max_request_bytes = max_request_bytes
         self._on_stop = on_stop
         self._stop_deadline_seconds = stop_deadline_seconds
+        self._finish_on_eof = finish_on_eof
         self._reading: anyio.CancelScope | None = None
+        self._finishing: anyio.CancelScope | None = None
         self._stop_requested = False
+        self._in_flight = 0
+        self._idle: anyio.Event | None = None
+        """Set when the last request in flight is answered (made inside the event loop)."""
 
     def stop(self) -> None:
-        """Stop reading input; requests in flight are still answered."""
+        """Stop reading input; requests in flight are still answered (-32800 for jobs)."""
         self._stop_requested = True
-        if self._reading is not None:
-            self._reading.cancel()
+        for scope in (self._reading, self._finishing):
+            if scope is not None:
+                scope.cancel()
 
     async def serve(self, chunks: ObjectReceiveStream[bytes], sink: LineSink) -> None:
         outbox = Outbox(sink)
@@ -122,12 +134,26 @@ class Server:
                 with self._reading:
                     async with chunks:
                         async for item in read_lines(chunks, self._max_request_bytes):
-                            handlers.start_soon(self._answer, item, outbox)
+                            handlers.start_soon(self._answer_counted, item, outbox)
+                if self._finish_on_eof and not self._stop_requested and self._in_flight:
+                    logger.info("end of input: finishing %d request(s) first", self._in_flight)
+                    self._idle = anyio.Event()
+                    with anyio.CancelScope() as self._finishing:
+                        await self._idle.wait()
                 logger.debug("stopped reading input; cancelling what is left")
                 self._on_stop()
                 # Requests still in flight get until the deadline to be answered.
                 handlers.cancel_scope.deadline = anyio.current_time() + self._stop_deadline_seconds
             outbox.close()
+
+    async def _answer_counted(self, item: bytes | OversizedLine, outbox: Outbox) -> None:
+        self._in_flight += 1
+        try:
+            await self._answer(item, outbox)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight and self._idle is not None:
+                self._idle.set()
 
     async def _answer(self, item: bytes | OversizedLine, outbox: Outbox) -> None:
         if isinstance(item, OversizedLine):

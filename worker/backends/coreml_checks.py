@@ -38,16 +38,16 @@ UNET_CHUNKS = ("UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc")
 SAMPLER_REPOSITORY = "https://github.com/apple/ml-stable-diffusion"
 BUILT_BINARY_IN_CHECKOUT = ".build/release/StableDiffusionSample"
 INSTALL_COMMAND = "studio-imagegen-worker install"
-BUILD_HINT = (
-    f"{INSTALL_COMMAND} (or by hand: git clone {SAMPLER_REPOSITORY} "
-    "~/gits/apps/ml-stable-diffusion && cd ~/gits/apps/ml-stable-diffusion && "
-    "swift build -c release --product StableDiffusionSample)"
+BUILD_BY_HAND = (
+    f"git clone {SAMPLER_REPOSITORY} ~/gits/apps/ml-stable-diffusion && "
+    "cd ~/gits/apps/ml-stable-diffusion && "
+    "swift build -c release --product StableDiffusionSample"
 )
-RESOURCES_HINT = (
-    f"{INSTALL_COMMAND} (or by hand: download {BUNDLE_NAME}.zip from the Hugging Face repository "
+RESOURCES_BY_HAND = (
+    f"download {BUNDLE_NAME}.zip from the Hugging Face repository "
     "apple/coreml-stable-diffusion-2-1-base-palettized and unzip it into "
     f"~/.systemsculpt/local-image-models/{BUNDLE_NAME}/ "
-    f"(or point {ENV_RESOURCE_PATH} at an unpacked bundle))"
+    f"(or point {ENV_RESOURCE_PATH} at an unpacked bundle)"
 )
 
 
@@ -66,7 +66,13 @@ class Check:
     status: CheckStatus
     detail: str
     fix: str = ""
+    by_hand: str = ""
+    """The steps `fix` takes, for a person who would rather run them one by one."""
     missing: tuple[str, ...] = ()
+
+    @property
+    def fix_text(self) -> str:
+        return self.fix + (f" (or by hand: {self.by_hand})" if self.by_hand else "")
 
 
 @dataclass(frozen=True)
@@ -102,8 +108,13 @@ class SamplerInstallation:
 
     @property
     def install_hint(self) -> str:
-        fixes = [check.fix for check in self.checks if check.status == "fail" and check.fix]
-        return "; then ".join(dict.fromkeys(fixes))
+        """Each distinct fix once, with the manual steps of every check it fixes."""
+        failed = [check for check in self.checks if check.status == "fail" and check.fix]
+        hints = []
+        for fix in dict.fromkeys(check.fix for check in failed):
+            steps = [check.by_hand for check in failed if check.fix == fix and check.by_hand]
+            hints.append(fix + (f" (or by hand: {'; then '.join(steps)})" if steps else ""))
+        return "; then ".join(hints)
 
 
 def locate_installation(
@@ -168,7 +179,8 @@ def check_sampler(settings: Settings, binary: Path | None) -> Check:
             "fail",
             f"StableDiffusionSample was not found at {expected} nor as "
             f"{SAMPLE_BIN_ON_PATH} on PATH.",
-            fix=BUILD_HINT,
+            fix=INSTALL_COMMAND,
+            by_hand=BUILD_BY_HAND,
             missing=(str(expected),),
         )
     if binary.is_dir():
@@ -218,7 +230,8 @@ def check_resources(resource_path: Path) -> Check:
             "resources",
             "fail",
             f"The model resource directory {resource_path} does not exist.",
-            fix=RESOURCES_HINT,
+            fix=INSTALL_COMMAND,
+            by_hand=RESOURCES_BY_HAND,
             missing=tuple(missing),
         )
     if missing:
@@ -227,7 +240,8 @@ def check_resources(resource_path: Path) -> Check:
             "fail",
             f"The model resources in {resource_path} are incomplete: "
             f"{', '.join(Path(item).name for item in missing)} missing.",
-            fix=RESOURCES_HINT,
+            fix=INSTALL_COMMAND,
+            by_hand=RESOURCES_BY_HAND,
             missing=tuple(missing),
         )
     return Check("resources", "ok", f"{resource_path}: every required model file is there.")

@@ -47,7 +47,7 @@ class DoctorReport:
         for check in self.checks:
             lines.append(f"{_MARKS[check.status]} {check.name:<{width}}  {check.detail}")
             if check.fix and check.status != "ok":
-                lines.append(f"{'':>6} {'':<{width}}  fix: {check.fix}")
+                lines.append(f"{'':>6} {'':<{width}}  fix: {check.fix_text}")
         failed = [check.name for check in self.checks if check.status == "fail"]
         lines.append(
             "ready: the local provider can generate images"
