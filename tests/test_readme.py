@@ -1,0 +1,106 @@
+"""Every command in the README runs as written on a fresh Linux machine, or the table
+below says why it is not run here. A command added to the README without an entry here
+fails the test, so the README cannot drift from what works."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.standin import StandIn
+from tests.worker_clients import REPO_ROOT, worker_environment
+
+README = REPO_ROOT / "README.md"
+NOT_RUN = "not run"
+EXPECTED: dict[str, int | str] = {
+    # command (its comment dropped): exit status on this Linux machine, or why it is not run
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && "
+    "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen-worker": NOT_RUN
+    + ": .ci/run makes this very environment from a clean checkout; the worker part is the "
+    "next entry",
+    ".venv/bin/python -m pytest": NOT_RUN + ": it is the run this test is part of",
+    ".venv/bin/studio-imagegen-worker doctor": 1,
+    ".venv/bin/studio-imagegen-worker doctor --json": 1,
+    ".venv/bin/studio-imagegen-worker install": 2,
+    ".venv/bin/studio-imagegen-worker install --verify": 1,
+    ".venv/bin/studio-imagegen capabilities": 0,
+    ".venv/bin/studio-imagegen capabilities --json": 0,
+    "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
+    '"a red fox in snow" --count 2 --seed 7': 0,
+    'SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen --raw generate "a fox"': 0,
+    ".venv/bin/studio-imagegen generate --help": 0,
+    'printf \'%s\\n\' \'{"jsonrpc":"2.0","id":1,"method":"generate","params":'
+    '{"prompt":"a red fox"}}\' | SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock '
+    ".venv/bin/studio-imagegen-worker --finish-on-eof": 0,
+    'eval "$(.venv/bin/python -m fixtures.standin "${TMPDIR:-/tmp}/sd-standin")"': 0,
+    "STANDIN_SD_SECONDS_PER_STEP=0.2 .venv/bin/studio-imagegen-worker": 0,
+    "STANDIN_SD_SECONDS_PER_STEP=0.2 .venv/bin/studio-imagegen generate "
+    '"a red fox in snow" --steps 8': 0,
+    ".venv/bin/python -m bench": NOT_RUN
+    + ": the full run takes minutes; tests/test_bench.py runs every suite with --smoke",
+}
+
+
+def readme_commands() -> list[tuple[int, str]]:
+    """(block number, command) for each line of each ```sh block, comments dropped."""
+    blocks = re.findall(r"```sh\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    commands = []
+    for number, block in enumerate(blocks):
+        for line in block.splitlines():
+            command = re.sub(r"\s+#\s.*$", "", line).strip()
+            if command:
+                commands.append((number, command))
+    return commands
+
+
+ALSO_RUN = [(0, "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen-worker")]
+"""Parts of commands that are not run whole: the worker that the first one starts."""
+
+
+def test_every_readme_command_has_an_expectation() -> None:
+    assert [command for _, command in readme_commands()] == list(EXPECTED)
+
+
+def _runnable() -> list[tuple[int, str]]:
+    return ALSO_RUN + [
+        (block, command)
+        for block, command in readme_commands()
+        if not str(EXPECTED[command]).startswith(NOT_RUN)
+    ]
+
+
+@pytest.mark.parametrize(("block", "command"), _runnable(), ids=lambda item: str(item)[:60])
+def test_the_readme_command_works_as_written(
+    block: int, command: str, tmp_path: Path, standin: StandIn
+) -> None:
+    """In the checkout, a fresh HOME and TMPDIR, no SYSTEMSCULPT_* of the caller's, stdin
+    empty (a host that sent nothing), earlier `eval` lines of the same block first."""
+    prelude = [c for n, c in readme_commands() if n == block and c.startswith("eval ")]
+    script = "\n".join([*(p for p in prelude if p != command), command])
+    home = tmp_path / "home"
+    home.mkdir()
+    env = worker_environment({"HOME": str(home), "TMPDIR": str(standin.tmp.parent / "t")})
+    (standin.tmp.parent / "t").mkdir()
+    env.pop("XDG_PICTURES_DIR", None)
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    expected = EXPECTED.get(command, 0)
+    assert result.returncode == expected, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    makes_images = "studio-imagegen generate" in command or "--raw generate" in command
+    if makes_images and "--help" not in command:
+        pictures = home / "Pictures" / "studio-imagegen"
+        assert sorted(p.name for p in pictures.iterdir()), result.stderr
+    assert os.listdir(home) in ([], ["Pictures"])
