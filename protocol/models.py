@@ -18,7 +18,7 @@ from pydantic import (
 
 from protocol.base import WireModel
 from protocol.errors import ConfigInvalidData
-from protocol.version import REQUEST_SCHEMA_TAG
+from protocol.version import REQUEST_SCHEMA_TAG, RESPONSE_SCHEMA_TAG
 
 Scheduler = Literal["pndm", "dpmpp"]
 ComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
@@ -282,7 +282,7 @@ class GenerationMetadata(SamplingParameters):
 
 class GenerateResult(WireModel):
     schema_: Literal["studio.local-image-generation.response.v1"] = Field(
-        default="studio.local-image-generation.response.v1", alias="schema"
+        default=RESPONSE_SCHEMA_TAG, alias="schema"
     )
     model_id: str
     images: list[GeneratedImage]

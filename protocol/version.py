@@ -1,5 +1,8 @@
 """The version of the wire contract. Bumped on any change a host must know about."""
 
-PROTOCOL_VERSION = "1.0"
-REQUEST_SCHEMA_TAG = "studio.local-image-generation.request.v1"
-RESPONSE_SCHEMA_TAG = "studio.local-image-generation.response.v1"
+from typing import Final
+
+PROTOCOL_VERSION = "1.1"
+"""1.1: -32008, metadata with every sampling parameter and its source, any id cancellable."""
+REQUEST_SCHEMA_TAG: Final = "studio.local-image-generation.request.v1"
+RESPONSE_SCHEMA_TAG: Final = "studio.local-image-generation.response.v1"

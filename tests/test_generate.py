@@ -428,7 +428,7 @@ async def test_a_hanging_sampler_times_out(standin: StandIn) -> None:
     assert "1000 ms" in response["error"]["message"]
 
 
-async def test_a_sampler_ignoring_sigterm_is_killed_after_the_grace(standin: StandIn) -> None:
+async def test_a_timed_out_sampler_ignoring_sigterm_is_timed_out(standin: StandIn) -> None:
     response, _ = await generate_once(
         standin,
         {"prompt": "fox", "timeoutMs": 1000},

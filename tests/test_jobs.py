@@ -175,7 +175,9 @@ async def test_the_lsp_cancel_notification_is_honoured(standin: StandIn) -> None
     await _with_worker(standin, {}, body)
 
 
-async def test_a_sampler_ignoring_sigterm_is_killed_after_the_grace(standin: StandIn) -> None:
+async def test_a_cancelled_sampler_ignoring_sigterm_is_killed_after_the_grace(
+    standin: StandIn,
+) -> None:
     async def body(worker: InProcessWorker, inbox: Inbox) -> None:
         await worker.send(request("generate", {"prompt": "fox", "stepCount": 40}, "stubborn"))
         await worker.send(request("generate", {"prompt": "next", "stepCount": 2}, "next"))

@@ -68,3 +68,22 @@ def test_protocol_readme_shows_every_method_and_a_real_answer_for_every_error() 
     for code in ErrorCode:
         assert f"| {int(code)} | {code.name} |" in text
     assert any('"method":"progress"' in a and '"phase":"queued"' in a for a in answers)
+
+
+def test_each_error_class_carries_its_codes_data_model() -> None:
+    """The classes handlers raise cover every code but the envelope's, and each one's
+    `data` parameter is the model the wire contract gives that code."""
+    import inspect
+
+    from worker.errors import ERRORS_BY_CODE
+
+    envelope = {
+        ErrorCode.PARSE_ERROR,
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.METHOD_NOT_FOUND,
+        ErrorCode.INTERNAL_ERROR,
+    }
+    assert set(ERRORS_BY_CODE) == set(ErrorCode) - envelope
+    for code, error in ERRORS_BY_CODE.items():
+        annotation = inspect.signature(error.__init__).parameters["data"].annotation
+        assert annotation == ERROR_DATA_MODELS[code].__name__, (code, annotation)

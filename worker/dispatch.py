@@ -22,7 +22,7 @@ from pydantic_core import ErrorDetails
 from protocol.base import WireModel
 from protocol.errors import ErrorCode, ErrorDetailData, FieldError, InvalidParamsData
 from worker.context import JsonId, RequestContext
-from worker.errors import WorkerError
+from worker.errors import InvalidParams, WorkerError
 
 logger = logging.getLogger(__name__)
 
@@ -176,8 +176,7 @@ def _already_checked(value: Any) -> Any:
 
 def _bind(model: type[WireModel], args: tuple[Any, ...], kwargs: dict[str, Any]) -> WireModel:
     if args:
-        raise WorkerError(
-            ErrorCode.INVALID_PARAMS,
+        raise InvalidParams(
             "Invalid params: params must be an object of named fields, not an array.",
             InvalidParamsData(
                 errors=[FieldError(field="params", message="positional params are not supported")]
@@ -188,8 +187,7 @@ def _bind(model: type[WireModel], args: tuple[Any, ...], kwargs: dict[str, Any])
     except ValidationError as exc:
         errors = [_field_error(model, error) for error in exc.errors(include_url=False)]
         summary = "; ".join(f"{error.field}: {error.message}" for error in errors)
-        raise WorkerError(
-            ErrorCode.INVALID_PARAMS,
+        raise InvalidParams(
             f"Invalid params: {summary}.",
             InvalidParamsData(errors=errors),
         ) from None

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from protocol.errors import (
     ConfigInvalidData,
-    ErrorCode,
     FieldError,
     InvalidParamsData,
     OutputNotWrittenData,
@@ -33,7 +32,7 @@ from worker import __version__
 from worker.backends.base import Backend, Rendered
 from worker.backends.registry import BACKENDS
 from worker.context import RequestContext
-from worker.errors import WorkerError
+from worker.errors import ConfigInvalid, InvalidParams, OutputNotWritten, UnsupportedFeature
 from worker.host import HostPlatform
 from worker.images import (
     safe_file_name,
@@ -80,16 +79,14 @@ class Generator:
 def check_request(params: GenerateParams, settings: Settings) -> None:
     """Refuse, before anything runs, what this worker cannot do as asked."""
     if params.input_images:
-        raise WorkerError(
-            ErrorCode.UNSUPPORTED_FEATURE,
+        raise UnsupportedFeature(
             "Unsupported feature: inputImages. The local provider is text-to-image only; "
             "disconnect the input images from this node.",
             UnsupportedFeatureData(feature="inputImages", supported=[]),
         )
     aspect_ratio = params.aspect_ratio.strip() or "1:1"
     if aspect_ratio not in ASPECT_RATIOS:
-        raise WorkerError(
-            ErrorCode.UNSUPPORTED_FEATURE,
+        raise UnsupportedFeature(
             f"Unsupported feature: aspectRatio {aspect_ratio!r}. The installed model makes "
             f"square images only; use one of {', '.join(ASPECT_RATIOS)}.",
             UnsupportedFeatureData(feature="aspectRatio", supported=ASPECT_RATIOS),
@@ -98,8 +95,7 @@ def check_request(params: GenerateParams, settings: Settings) -> None:
     if problems:
         first = problems[0]
         described = "; ".join(problem.describe() for problem in problems)
-        raise WorkerError(
-            ErrorCode.CONFIG_INVALID,
+        raise ConfigInvalid(
             f"Configuration invalid: {described}. Fix the environment and restart the worker.",
             ConfigInvalidData(variable=first.variable, value=first.value, reason=first.reason),
         )
@@ -117,8 +113,7 @@ def _check_output_dir(output_dir: str | None) -> None:
     else:
         problem = _unwritable(path)
     if problem:
-        raise WorkerError(
-            ErrorCode.INVALID_PARAMS,
+        raise InvalidParams(
             f"Invalid params: outputDir {output_dir!r} {problem}.",
             InvalidParamsData(errors=[FieldError(field="outputDir", message=problem)]),
         )
@@ -198,8 +193,7 @@ def _write_or_roll_back(directory: Path, name: str, png: bytes, written: list[Pa
         for earlier in written:
             earlier.unlink(missing_ok=True)
         reason = exc.strerror or str(exc)
-        raise WorkerError(
-            ErrorCode.OUTPUT_NOT_WRITTEN,
+        raise OutputNotWritten(
             f"The images were made but {target} could not be written: {reason}. Check the "
             "directory (free space, that it still exists) and generate again.",
             OutputNotWrittenData(path=str(exc.filename or target), reason=reason),

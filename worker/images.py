@@ -11,8 +11,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import ErrorCode, OutputInvalidData
-from worker.errors import WorkerError
+from protocol.errors import OutputInvalidData
+from worker.errors import OutputInvalid, WorkerError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UNSAFE_NAME_CHARACTERS = re.compile(r"[\x00-\x1f\x7f/\\]")
@@ -66,8 +66,7 @@ def check_png(path: Path, expected_size: tuple[int, int]) -> tuple[bytes, int, i
 
 
 def _invalid(reason: str) -> WorkerError:
-    return WorkerError(
-        ErrorCode.OUTPUT_INVALID,
+    return OutputInvalid(
         f"The sampler's output is unusable: {reason}.",
         OutputInvalidData(reason=reason),
     )

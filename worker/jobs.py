@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from protocol.errors import ErrorCode, ErrorDetailData, QueueFullData
+from protocol.errors import ErrorDetailData, QueueFullData
 from worker.context import JsonId
-from worker.errors import WorkerError
+from worker.errors import Cancelled, QueueFull, WorkerError
 from worker.settings import ENV_MAX_QUEUE
 
 if TYPE_CHECKING:  # the queue only calls it; loading it waits for the first generate
@@ -48,6 +48,9 @@ class Job:
 
 
 class JobQueue:
+    """Owns the jobs: which run, which wait and in what order, and the one decision per
+    job between its result and -32800."""
+
     def __init__(self, max_concurrency: int, max_queue: int) -> None:
         self._max_concurrency = max_concurrency
         self._max_queue = max_queue
@@ -63,8 +66,7 @@ class JobQueue:
         if len(self._running) < self._max_concurrency and not self._waiting:
             self._running.append(job)
         elif len(self._waiting) >= self._max_queue:
-            raise WorkerError(
-                ErrorCode.QUEUE_FULL,
+            raise QueueFull(
                 f"Queue full: {len(self._waiting)} jobs are already waiting (the limit is "
                 f"{self._max_queue}, {ENV_MAX_QUEUE}). Retry when some have finished.",
                 QueueFullData(max_queue=self._max_queue),
@@ -147,8 +149,7 @@ def same_id(a: JsonId, b: JsonId) -> bool:
 
 def _cancelled(job: Job, reason: str | None) -> WorkerError:
     text = reason or "cancelled"
-    return WorkerError(
-        ErrorCode.CANCELLED,
+    return Cancelled(
         f"Request cancelled: {text}.",
         ErrorDetailData(reason=text),
     )

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class WorkerMethods:
+    """Owns the handlers of the protocol's methods and what they share: the settings, the
+    job queue, the live samplers, and the generate path (loaded on the first generate)."""
+
     settings: Settings
     host: HostPlatform
     live: LiveSamplers = field(default_factory=LiveSamplers)

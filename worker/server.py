@@ -124,6 +124,7 @@ class Server:
                 scope.cancel()
 
     async def serve(self, chunks: ObjectReceiveStream[bytes], sink: LineSink) -> None:
+        """Serve until the input ends or `stop()`; returns once every answer is written."""
         outbox = Outbox(sink)
         async with anyio.create_task_group() as writer:
             writer.start_soon(outbox.run, self.stop)

@@ -28,8 +28,6 @@ class Rendered:
 class Backend(Protocol):
     """Renders jobs. Everything it is told comes in the one `JobParameters` record."""
 
-    def model_id(self, parameters: JobParameters) -> str: ...
-
     def check(self, parameters: JobParameters) -> None:
         """Raise the WorkerError this job would fail with, before it is queued."""
 

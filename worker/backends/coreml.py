@@ -10,7 +10,6 @@ from pathlib import Path
 
 from protocol.errors import (
     BackendUnavailableData,
-    ErrorCode,
     FieldError,
     InvalidParamsData,
     OutputInvalidData,
@@ -20,7 +19,7 @@ from protocol.errors import (
 from worker.backends import COREML_BACKEND_ID as BACKEND_ID
 from worker.backends.base import Rendered
 from worker.backends.coreml_checks import locate_installation, model_id
-from worker.errors import WorkerError
+from worker.errors import BackendUnavailable, InvalidParams, OutputInvalid, SamplerFailed, TimedOut
 from worker.host import HostPlatform
 from worker.images import RenderedImage, check_png, select_outputs
 from worker.live import LiveSamplers
@@ -54,15 +53,15 @@ SIGNAL_CAUSES = {
 
 
 class CoreMLBackend:
+    """Renders a job with one supervised `StableDiffusionSample` run in a directory of its
+    own, and turns what the sampler printed and wrote into images or a named error."""
+
     def __init__(
         self, settings: Settings, host: HostPlatform, live: LiveSamplers | None = None
     ) -> None:
         self._settings = settings
         self._host = host
         self._live = live if live is not None else LiveSamplers()
-
-    def model_id(self, parameters: JobParameters) -> str:
-        return model_id(parameters.sampling.compute_units)
 
     def check(self, parameters: JobParameters) -> None:
         """Refuse, before the job is queued, what the sampler would crash on or fail to
@@ -82,8 +81,7 @@ class CoreMLBackend:
         ]
         if errors:
             summary = "; ".join(f"{error.field}: {error.message}" for error in errors)
-            raise WorkerError(
-                ErrorCode.INVALID_PARAMS,
+            raise InvalidParams(
                 f"Invalid params: {summary}.",
                 InvalidParamsData(errors=errors),
             )
@@ -91,8 +89,7 @@ class CoreMLBackend:
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
         installation = locate_installation(self._settings, self._host)
         if not installation.available or installation.sample_binary is None:
-            raise WorkerError(
-                ErrorCode.BACKEND_UNAVAILABLE,
+            raise BackendUnavailable(
                 f"Core ML backend unavailable: {installation.reason} "
                 f"To fix: {installation.install_hint}.",
                 BackendUnavailableData(
@@ -120,7 +117,7 @@ class CoreMLBackend:
         return Rendered(
             images=images,
             warnings=warnings,
-            model_id=self.model_id(parameters),
+            model_id=model_id(parameters.sampling.compute_units),
             backend=BACKEND_ID,
             sample_binary=str(installation.sample_binary),
             resource_path=str(installation.resource_path),
@@ -152,8 +149,7 @@ class CoreMLBackend:
                 live=self._live,
             )
         except SamplerStartError as exc:
-            raise WorkerError(
-                ErrorCode.SAMPLER_FAILED,
+            raise SamplerFailed(
                 f"StableDiffusionSample could not be started ({exc}); check that "
                 f"{command.binary} is a sampler built for this machine.",
                 SamplerFailedData(exit_code=None, signal=None, stderr=str(exc)),
@@ -171,8 +167,7 @@ def _raise_for_failure(
 ) -> None:
     if outcome.timed_out:
         timeout_ms = parameters.sampling.timeout_ms
-        raise WorkerError(
-            ErrorCode.TIMED_OUT,
+        raise TimedOut(
             f"StableDiffusionSample did not finish within {timeout_ms} ms and was stopped. "
             f"Lower stepCount or count, or raise timeoutMs (or {ENV_TIMEOUT_MS}).",
             TimedOutData(timeout_ms=timeout_ms),
@@ -193,8 +188,7 @@ def _raise_for_failure(
         # Without stderr, the lines of stdout that are not progress may say why.
         detail = outcome.stderr_tail or "\n".join(stdout_tail) or "it printed nothing"
     detail = _one_paragraph(detail)[-_MESSAGE_DETAIL_CHARS:]
-    raise WorkerError(
-        ErrorCode.SAMPLER_FAILED,
+    raise SamplerFailed(
         f"StableDiffusionSample {what}: {detail}",
         SamplerFailedData(
             exit_code=outcome.exit_code, signal=outcome.signal, stderr=outcome.stderr_tail
@@ -217,8 +211,7 @@ def _collect(
             if withheld
             else "the sampler exited successfully but wrote no PNG"
         )
-        raise WorkerError(
-            ErrorCode.OUTPUT_INVALID,
+        raise OutputInvalid(
             f"The sampler's output is unusable: {reason}.",
             OutputInvalidData(reason=reason),
         )

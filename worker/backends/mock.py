@@ -24,11 +24,10 @@ STEP_SECONDS = 0.002
 
 
 class MockBackend:
-    def model_id(self, parameters: JobParameters) -> str:
-        return MODEL_ID
+    """Procedural images with Core ML's progress phases, for tests and trying the protocol."""
 
     def check(self, parameters: JobParameters) -> None:
-        """The procedural patterns can render any parameters that passed validation."""
+        """The procedural patterns can render any job that passed validation."""
 
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
         started = time.monotonic()

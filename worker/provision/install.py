@@ -115,6 +115,9 @@ class InstallPlan:
 
 
 class Installer:
+    """Runs the install steps of one `InstallPlan`, announcing each on `out`, and reports
+    with doctor's checks at the end."""
+
     def __init__(
         self,
         plan: InstallPlan,
