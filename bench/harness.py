@@ -96,11 +96,3 @@ async def running_worker(env: dict[str, str]) -> AsyncIterator[WorkerProcess]:
     """A worker on the client library, with this environment added to the bench's."""
     async with open_worker(WORKER_COMMAND, {**os.environ, **env}) as worker:
         yield worker
-
-
-def proc_status_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise LookupError(key)

@@ -16,10 +16,10 @@ from bench.harness import (
     StandInSetup,
     median,
     percentile,
-    proc_status_kib,
     running_worker,
 )
 from client.session import Message
+from fixtures.proc import proc_status_kib
 from protocol.models import GenerateParams
 from worker.parameters import resolve_parameters
 from worker.sampler.command import SamplerCommand

@@ -52,15 +52,6 @@ class StandIn:
         return found
 
 
-def proc_status_kib(pid: int, key: str) -> int:
-    """A memory figure of a process from /proc (VmRSS, VmHWM), in KiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {key} in /proc/{pid}/status")
-
-
 async def generate_once(
     standin: StandIn, params: dict[str, Any], env: dict[str, str] | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.standin import StandIn, proc_status_kib
+from fixtures.proc import proc_status_kib
+from tests.standin import StandIn
 from tests.worker_clients import WorkerProcess, request
 
 StartWorker = Callable[..., WorkerProcess]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.standin import proc_status_kib
+from fixtures.proc import proc_status_kib
 from tests.worker_clients import WorkerProcess, request, worker_environment
 
 StartWorker = Callable[..., WorkerProcess]
