@@ -28,7 +28,13 @@ from client.display import ProgressDisplay, capabilities_summary, error_report
 from client.process import WorkerProcess, open_worker
 from client.session import Message, SessionClosed
 from protocol.errors import ErrorCode
-from protocol.models import COMPUTE_UNITS, SCHEDULERS, CapabilitiesResult, ProgressParams
+from protocol.models import (
+    COMPUTE_UNITS,
+    QUALITY_PRESETS,
+    SCHEDULERS,
+    CapabilitiesResult,
+    ProgressParams,
+)
 
 EXIT_USAGE = 2
 EXIT_CODES: dict[ErrorCode, int] = {
@@ -96,6 +102,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     gen.add_argument("prompt", help="what to draw")
     gen.add_argument("--count", type=int, default=1, help="how many images (1 to 8)")
+    gen.add_argument(
+        "--quality",
+        choices=list(QUALITY_PRESETS),
+        help="a preset of steps and guidance: "
+        + ", ".join(
+            f"{p.name} {p.step_count}/{p.guidance_scale:g}" for p in QUALITY_PRESETS.values()
+        )
+        + "; --steps and --guidance win over it",
+    )
     gen.add_argument(
         "--steps", type=int, dest="step_count", help="denoising steps (worker's default)"
     )
@@ -183,6 +198,7 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "outputDir": str(out),
     }
     for name, key in [
+        ("quality", "quality"),
         ("step_count", "stepCount"),
         ("guidance_scale", "guidanceScale"),
         ("scheduler", "scheduler"),

@@ -77,6 +77,13 @@ def capabilities_summary(caps: CapabilitiesResult) -> str:
         f"{'off' if defaults.disable_safety else 'on'} · reduce memory "
         f"{_yes(defaults.reduce_memory)} · timeout {defaults.timeout_ms} ms"
     )
+    lines.append(
+        "Quality    "
+        + " · ".join(
+            f"{p.name} {p.step_count} steps, guidance {p.guidance_scale:g}"
+            for p in features.quality_presets
+        )
+    )
     for problem in caps.config_errors:
         lines.append(f"Config     {problem.variable}={problem.value!r} {problem.reason}")
     platform = caps.platform

@@ -123,6 +123,46 @@ class Limits(WireModel):
     max_concurrency: int
 
 
+Quality = Literal["fast", "balanced", "high"]
+QUALITY_ALIASES: dict[str, Quality] = {
+    "fast": "fast",
+    "draft": "fast",
+    "balanced": "balanced",
+    "high": "high",
+    "highdetail": "high",
+    "detail": "high",
+}
+"""The spellings Studio's later provider accepted (case, spaces, `-` and `_` ignored)."""
+
+
+class QualityPreset(WireModel):
+    """What a quality preset sets, unless the request or the environment sets it."""
+
+    name: Quality
+    step_count: int
+    guidance_scale: float
+
+
+QUALITY_PRESETS: dict[Quality, QualityPreset] = {
+    "fast": QualityPreset(name="fast", step_count=14, guidance_scale=7.0),
+    "balanced": QualityPreset(name="balanced", step_count=20, guidance_scale=7.5),
+    "high": QualityPreset(name="high", step_count=32, guidance_scale=8.0),
+}
+
+
+def _quality(value: Any) -> Any:
+    """A preset name in any of its accepted spellings, as its canonical name."""
+    if not isinstance(value, str):
+        return value
+    key = "".join(value.lower().split()).replace("-", "").replace("_", "")
+    if key not in QUALITY_ALIASES:
+        raise ValueError(
+            f"is not a quality preset; use one of {', '.join(QUALITY_PRESETS)} "
+            "(also accepted: draft, highdetail, detail)"
+        )
+    return QUALITY_ALIASES[key]
+
+
 class Features(WireModel):
     text_to_image: bool
     image_to_image: bool
@@ -132,6 +172,9 @@ class Features(WireModel):
     compute_units: list[ComputeUnits]
     progress: bool
     cancel: bool
+    quality_presets: list[QualityPreset] = Field(
+        description="What each `quality` sets; an explicit field or a pinned variable wins"
+    )
 
 
 class SamplingParameters(WireModel):
@@ -150,9 +193,10 @@ class Defaults(SamplingParameters):
     """The effective settings a `generate` uses when it does not override them."""
 
 
-ParameterSource = Literal["request", "environment", "default", "derived"]
-"""Where an effective value came from: the request's own field, a SYSTEMSCULPT_LOCAL_*
-variable, the worker's default, or derived from other values (the seed)."""
+ParameterSource = Literal["request", "environment", "preset", "default", "derived"]
+"""Where an effective value came from, highest precedence first: the request's own field,
+a SYSTEMSCULPT_LOCAL_* variable, the request's `quality` preset, the worker's default;
+or derived from other values (the seed)."""
 
 
 class CapabilitiesResult(WireModel):
@@ -206,6 +250,11 @@ class GenerateParams(WireModel):
     )
     step_count: StepCount | None = Field(default=None, description=_FROM_SETTINGS)
     guidance_scale: GuidanceScale | None = Field(default=None, description=_FROM_SETTINGS)
+    quality: Annotated[Quality, BeforeValidator(_quality)] | None = Field(
+        default=None,
+        description="A preset of stepCount and guidanceScale (`capabilities.features."
+        "qualityPresets`); the request's own fields and pinned variables win over it",
+    )
     scheduler: Scheduler | None = Field(default=None, description=_FROM_SETTINGS)
     compute_units: ComputeUnits | None = Field(default=None, description=_FROM_SETTINGS)
     seed: Seed | None = Field(default=None, description="Derived from prompt and runId when absent")
@@ -271,6 +320,7 @@ class GenerationMetadata(SamplingParameters):
     sample_binary: str | None
     resource_path: str | None
     seed: int
+    quality_preset: Quality | None = Field(description="The request's `quality`, if any")
     sources: dict[str, ParameterSource] = Field(
         description="For each effective parameter (by its field name), where it came from"
     )

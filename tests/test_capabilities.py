@@ -56,6 +56,11 @@ async def test_shape_limits_features_and_defaults() -> None:
         "computeUnits": ["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"],
         "progress": True,
         "cancel": True,
+        "qualityPresets": [
+            {"name": "fast", "stepCount": 14, "guidanceScale": 7.0},
+            {"name": "balanced", "stepCount": 20, "guidanceScale": 7.5},
+            {"name": "high", "stepCount": 32, "guidanceScale": 8.0},
+        ],
     }
     assert caps["defaults"] == {
         "stepCount": 32,

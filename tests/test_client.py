@@ -202,6 +202,7 @@ def test_generate_help_describes_every_option_with_its_default() -> None:
         ("--scheduler", "sampler scheduler"),
         ("--out", "folder for the images (default:"),
         ("--seed", "derived from prompt and run"),
+        ("--quality", "fast 14/7, balanced 20/7.5, high 32/8"),
     ]:
         assert option in text and words in text, option
 

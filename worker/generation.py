@@ -170,6 +170,7 @@ def deliver(
         metadata=GenerationMetadata(
             **parameters.sampling.model_dump(by_alias=False),
             seed=parameters.seed,
+            quality_preset=parameters.quality,
             sources=dict(parameters.sources),
             backend=rendered.backend,
             sample_binary=rendered.sample_binary,

@@ -12,7 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.models import GenerateParams, ParameterSource, SamplingParameters
+from protocol.models import (
+    QUALITY_PRESETS,
+    GenerateParams,
+    ParameterSource,
+    Quality,
+    SamplingParameters,
+)
 from worker.sampler.schedule import timestep_count
 from worker.seed import derive_seed
 from worker.settings import Settings
@@ -27,6 +33,8 @@ class JobParameters:
     run_id: str
     count: int
     seed: int
+    quality: Quality | None
+    """The request's preset, if it named one."""
     sampling: SamplingParameters
     sources: Mapping[str, ParameterSource]
     """By wire name (`stepCount`, `seed`, ...)."""
@@ -46,27 +54,42 @@ class JobParameters:
             "runId": self.run_id,
             "count": self.count,
             "seed": self.seed,
+            "quality": self.quality,
             **self.sampling.to_wire(),
             "sources": dict(self.sources),
         }
 
 
 def resolve_parameters(params: GenerateParams, settings: Settings) -> JobParameters:
-    """The request's own values first, then the environment's, then the defaults."""
+    """Each value from the first that sets it: the request's own field, a pinned variable,
+    the request's quality preset, the default."""
     fields = SamplingParameters.model_fields
-    overrides = {
+    requested = {
         name: getattr(params, name)
         for name in fields
         if getattr(params, name, None) is not None  # disable_safety is environment-only
     }
+    preset = (
+        QUALITY_PRESETS[params.quality].model_dump(by_alias=False, exclude={"name"})
+        if params.quality
+        else {}
+    )
+    from_preset = {
+        name: value
+        for name, value in preset.items()
+        if name not in requested and name not in settings.pinned
+    }
     sampling = SamplingParameters.model_validate(
-        {**settings.sampling_defaults().model_dump(by_alias=False), **overrides}, by_name=True
+        {**settings.sampling_defaults().model_dump(by_alias=False), **from_preset, **requested},
+        by_name=True,
     )
     sources: dict[str, ParameterSource] = {
         _wire_name(name): "request"
-        if name in overrides
+        if name in requested
         else "environment"
         if name in settings.pinned
+        else "preset"
+        if name in from_preset
         else "default"
         for name in fields
     }
@@ -77,6 +100,7 @@ def resolve_parameters(params: GenerateParams, settings: Settings) -> JobParamet
         run_id=params.run_id,
         count=params.count,
         seed=params.seed if params.seed is not None else derive_seed(params.prompt, params.run_id),
+        quality=params.quality,
         sampling=sampling,
         sources=sources,
         requested_aspect_ratio=params.aspect_ratio.strip() or "1:1",
