@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AllowInfNan,
     BeforeValidator,
-    ConfigDict,
     Field,
     StrictFloat,
     StrictInt,
@@ -32,6 +31,11 @@ STEP_COUNT_MIN, STEP_COUNT_MAX = 1, 80
 GUIDANCE_SCALE_MIN, GUIDANCE_SCALE_MAX = 0.0, 30.0
 REQUEST_TIMEOUT_MS_MIN, TIMEOUT_MS_MAX = 1_000, 1_800_000
 SEED_MAX = 2**32 - 1
+MAX_INPUT_IMAGES = 16
+MAX_REFERENCE_BYTES = 50 * 1024 * 1024
+"""A larger reference file (or base64) is refused before it is read whole."""
+MAX_REFERENCE_PIXELS = 50_000_000
+"""A reference with more pixels is refused from its header, before it is decoded."""
 MAX_PROMPT_CHARS = 20_000
 """Far beyond the text encoder's 77 tokens, well within one command-line argument."""
 
@@ -116,6 +120,8 @@ class FloatRange(WireModel):
 
 class Limits(WireModel):
     max_image_count: int
+    max_reference_bytes: int = Field(description="Of a reference image's file or base64 bytes")
+    max_reference_pixels: int = Field(description="Of a reference image, checked before decoding")
     step_count: IntRange
     guidance_scale: FloatRange
     timeout_ms: IntRange
@@ -166,6 +172,12 @@ def _quality(value: Any) -> Any:
 class Features(WireModel):
     text_to_image: bool
     image_to_image: bool
+    image_to_image_reason: str = Field(
+        description="Why image-to-image is not available, and the fix; empty when it is"
+    )
+    reference_influences: dict[str, float] = Field(
+        description="The strength each `referenceInfluence` stands for"
+    )
     aspect_ratios: list[str]
     negative_prompt: bool
     schedulers: list[Scheduler]
@@ -213,20 +225,71 @@ class CapabilitiesResult(WireModel):
 # --- generate ----------------------------------------------------------------
 
 
+REFERENCE_MIME_TYPES = ("image/png", "image/jpeg", "image/webp")
+"""What a reference image may be; its content must be of the type it declares."""
+
+
 class InputImage(WireModel):
-    """A file Studio staged on local disk for image-to-image (not supported yet).
+    """A reference image for image-to-image: a file on local disk (Studio's staged file,
+    `stagedPath`, or `path`), or its bytes (`base64`). Exactly one of the three."""
 
-    Every field is optional and other fields are allowed, so any list of such objects
-    that is not empty is answered -32001 unsupported feature; an item that is not an
-    object, or a field of the wrong type, is -32602.
-    """
+    hash: str | None = Field(default=None, description="Studio's hash of the file")
+    mime_type: str = Field(description="image/png, image/jpeg or image/webp")
+    size_bytes: JsonInt | None = Field(default=None, description="Studio's size of the file")
+    staged_path: str | None = Field(default=None, description="An absolute path")
+    path: str | None = Field(default=None, description="The same as stagedPath")
+    base64: str | None = Field(default=None, description="The file's bytes, base64-encoded")
 
-    model_config = ConfigDict(extra="allow")
+    @model_validator(mode="after")
+    def _one_source(self) -> InputImage:
+        given = [name for name in ("stagedPath", "path", "base64") if self._has(name)]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of stagedPath, path or base64 (got "
+                + (", ".join(given) or "none")
+                + ")"
+            )
+        return self
 
-    hash: str | None = None
-    mime_type: str | None = None
-    size_bytes: JsonInt | None = None
-    staged_path: str | None = None
+    def _has(self, wire_name: str) -> bool:
+        value = {"stagedPath": self.staged_path, "path": self.path, "base64": self.base64}
+        return value[wire_name] is not None
+
+    @property
+    def file_path(self) -> str | None:
+        return self.staged_path if self.staged_path is not None else self.path
+
+
+ReferenceInfluence = Literal["subtle", "balanced", "strong"]
+REFERENCE_INFLUENCE_STRENGTHS: dict[ReferenceInfluence, float] = {
+    "subtle": 0.75,
+    "balanced": 0.55,
+    "strong": 0.35,
+}
+"""How far the result may move from the reference (the sampler's strength) per preset:
+a subtle influence lets it move far."""
+_INFLUENCE_ALIASES: dict[str, ReferenceInfluence] = {
+    "subtle": "subtle",
+    "low": "subtle",
+    "balanced": "balanced",
+    "strong": "strong",
+    "high": "strong",
+}
+
+
+def _influence(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    key = "".join(value.lower().split()).replace("-", "").replace("_", "")
+    if key not in _INFLUENCE_ALIASES:
+        raise ValueError(
+            "is not a reference influence; use one of subtle, balanced, strong "
+            "(also accepted: low, high)"
+        )
+    return _INFLUENCE_ALIASES[key]
+
+
+Strength = Annotated[float, Field(gt=0.0, le=1.0), BeforeValidator(_json_number)]
 
 
 _FROM_SETTINGS = "Absent: the worker's default (see `capabilities.defaults`)"
@@ -243,7 +306,20 @@ class GenerateParams(WireModel):
     run_id: str = Field(default="", description="The Studio run; part of the derived seed")
     aspect_ratio: str = Field(default="1:1", description="Only `1:1` is supported")
     input_images: list[InputImage] = Field(
-        default_factory=list, description="Any item makes the request -32001 (text-to-image only)"
+        default_factory=list,
+        max_length=MAX_INPUT_IMAGES,
+        description="Reference images: the first is used (image-to-image), the others are "
+        "ignored with a warning",
+    )
+    strength: Strength | None = Field(
+        default=None,
+        description="With a reference: how far the result may move from it, 0 < s <= 1; "
+        "wins over referenceInfluence",
+    )
+    reference_influence: Annotated[ReferenceInfluence, BeforeValidator(_influence)] | None = Field(
+        default=None,
+        description="With a reference: subtle (strength 0.75), balanced (0.55, the "
+        "default) or strong (0.35)",
     )
     negative_prompt: str = Field(
         default="", max_length=MAX_PROMPT_CHARS, description="Trimmed; what to steer away from"
@@ -321,6 +397,9 @@ class GenerationMetadata(SamplingParameters):
     resource_path: str | None
     seed: int
     quality_preset: Quality | None = Field(description="The request's `quality`, if any")
+    used_reference_image: bool = Field(description="Image-to-image from the first inputImage")
+    strength: float | None = Field(description="With a reference: the sampler's strength")
+    reference_sha256: str | None = Field(description="SHA-256 of the reference's bytes")
     sources: dict[str, ParameterSource] = Field(
         description="For each effective parameter (by its field name), where it came from"
     )

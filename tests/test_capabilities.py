@@ -47,9 +47,15 @@ async def test_shape_limits_features_and_defaults() -> None:
     assert caps["limits"]["guidanceScale"] == {"min": 0.0, "max": 30.0, "default": 7.5}
     assert caps["limits"]["timeoutMs"]["default"] == 480_000
     assert caps["limits"]["maxQueue"] == 32
+    assert caps["limits"]["maxReferenceBytes"] == 50 * 1024 * 1024
+    assert caps["limits"]["maxReferencePixels"] == 50_000_000
+    reason = caps["features"].pop("imageToImageReason")
+    assert reason.startswith("Image-to-image needs VAEEncoder.mlmodelc, which is not in ")
+    assert "To fix: install a bundle converted with its VAE encoder" in reason
     assert caps["features"] == {
         "textToImage": True,
         "imageToImage": False,
+        "referenceInfluences": {"subtle": 0.75, "balanced": 0.55, "strong": 0.35},
         "aspectRatios": ["1:1"],
         "negativePrompt": True,
         "schedulers": ["pndm", "dpmpp"],

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from fixtures.resources import make_resource_dir
 from fixtures.standin import STANDIN_SCRIPT
@@ -70,6 +71,13 @@ def _run_standin(
         check=False,
         env={**os.environ, "STANDIN_SD_SECONDS_PER_STEP": "0"},
     )
+
+
+def _starting_image(tmp_path: Path) -> Path:
+    """A PNG of the model's size, as the worker prepares a reference."""
+    path = tmp_path / "start.png"
+    Image.new("RGB", (512, 512), (40, 80, 120)).save(path)
+    return path
 
 
 def _escape_prompt() -> tuple[str, int]:
@@ -186,8 +194,7 @@ async def test_one_pndm_step_is_refused_because_the_sampler_traps(
 def test_strengths_that_run_no_step_trap_and_are_named(
     tmp_path: Path, steps: int, scheduler: Scheduler, strength: float
 ) -> None:
-    image = tmp_path / "start.png"
-    image.write_bytes(b"not read before the trap")
+    image = _starting_image(tmp_path)
     direct = _run_standin(
         tmp_path,
         f"--step-count={steps}",
@@ -214,8 +221,7 @@ RUNNABLE = [
 def test_the_step_total_matches_what_the_sampler_prints(
     tmp_path: Path, scheduler: Scheduler, steps: int, strength: float | None
 ) -> None:
-    image = tmp_path / "start.png"
-    image.write_bytes(b"png")
+    image = _starting_image(tmp_path)
     extra = [] if strength is None else [f"--image={image}", f"--strength={strength}"]
     direct = _run_standin(
         tmp_path, f"--step-count={steps}", f"--scheduler={scheduler}", *extra, "--", "fox"

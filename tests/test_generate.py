@@ -271,24 +271,7 @@ async def test_the_v1_request_schema_tag_is_accepted(standin: StandIn) -> None:
 
 @pytest.mark.parametrize(
     ("params", "feature", "supported"),
-    [
-        (
-            {
-                "inputImages": [
-                    {
-                        "hash": "h",
-                        "mimeType": "image/png",
-                        "sizeBytes": 3,
-                        "stagedPath": "/tmp/ref.png",
-                    }
-                ]
-            },
-            "inputImages",
-            [],
-        ),
-        ({"inputImages": [{"stagedPath": "/tmp/ref.png", "width": 640}]}, "inputImages", []),
-        ({"aspectRatio": "16:9"}, "aspectRatio", ["1:1"]),
-    ],
+    [({"aspectRatio": "16:9"}, "aspectRatio", ["1:1"])],
 )
 async def test_unsupported_controls_fail_loudly_before_anything_runs(
     standin: StandIn, params: dict[str, Any], feature: str, supported: list[str]

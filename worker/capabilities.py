@@ -8,7 +8,10 @@ from protocol.models import (
     GUIDANCE_SCALE_MAX,
     GUIDANCE_SCALE_MIN,
     MAX_IMAGE_COUNT,
+    MAX_REFERENCE_BYTES,
+    MAX_REFERENCE_PIXELS,
     QUALITY_PRESETS,
+    REFERENCE_INFLUENCE_STRENGTHS,
     REQUEST_TIMEOUT_MS_MIN,
     SCHEDULERS,
     STEP_COUNT_MAX,
@@ -23,7 +26,7 @@ from protocol.models import (
 )
 from protocol.version import PROTOCOL_VERSION
 from worker import __version__
-from worker.backends.registry import describe_backend
+from worker.backends.registry import describe_backend, describe_image_to_image
 from worker.host import HostPlatform
 from worker.settings import Settings
 
@@ -31,6 +34,7 @@ WORKER_NAME = "studio-imagegen-worker"
 
 
 def describe_capabilities(settings: Settings, host: HostPlatform) -> CapabilitiesResult:
+    image_to_image_reason = describe_image_to_image(settings)
     return CapabilitiesResult(
         protocol_version=PROTOCOL_VERSION,
         worker=WorkerInfo(name=WORKER_NAME, version=__version__),
@@ -38,6 +42,8 @@ def describe_capabilities(settings: Settings, host: HostPlatform) -> Capabilitie
         backend=describe_backend(settings, host),
         limits=Limits(
             max_image_count=MAX_IMAGE_COUNT,
+            max_reference_bytes=MAX_REFERENCE_BYTES,
+            max_reference_pixels=MAX_REFERENCE_PIXELS,
             step_count=IntRange(
                 min=STEP_COUNT_MIN, max=STEP_COUNT_MAX, default=settings.step_count
             ),
@@ -52,7 +58,9 @@ def describe_capabilities(settings: Settings, host: HostPlatform) -> Capabilitie
         ),
         features=Features(
             text_to_image=True,
-            image_to_image=False,
+            image_to_image=not image_to_image_reason,
+            image_to_image_reason=image_to_image_reason,
+            reference_influences=dict(REFERENCE_INFLUENCE_STRENGTHS),
             aspect_ratios=list(ASPECT_RATIOS),
             negative_prompt=True,
             schedulers=list(SCHEDULERS),

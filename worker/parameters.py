@@ -10,18 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protocol.models import (
     QUALITY_PRESETS,
+    REFERENCE_INFLUENCE_STRENGTHS,
     GenerateParams,
     ParameterSource,
     Quality,
+    ReferenceInfluence,
     SamplingParameters,
 )
 from worker.sampler.schedule import timestep_count
 from worker.seed import derive_seed
 from worker.settings import Settings
+
+if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
+    from worker.reference import Reference
+
+NATIVE_SIZE = (512, 512)
+"""What the installed SD 2.1 base model makes."""
+DEFAULT_REFERENCE_INFLUENCE: ReferenceInfluence = "balanced"
 
 
 @dataclass(frozen=True)
@@ -39,12 +48,19 @@ class JobParameters:
     sources: Mapping[str, ParameterSource]
     """By wire name (`stepCount`, `seed`, ...)."""
     requested_aspect_ratio: str
+    width: int
+    height: int
+    """The size the model makes, and a reference is prepared to."""
     kill_grace_ms: int
+    reference: Reference | None = None
+    """The prepared reference image (image-to-image), checked before the job is queued."""
+    strength: float | None = None
+    """How far the result may move from the reference; set exactly when there is one."""
 
     @property
     def total_steps(self) -> int:
         """The step total the sampler will report, known before it starts."""
-        return timestep_count(self.sampling.step_count, self.sampling.scheduler)
+        return timestep_count(self.sampling.step_count, self.sampling.scheduler, self.strength)
 
     def to_record(self) -> dict[str, Any]:
         """The effective parameters as JSON, for the PNG's `studio-imagegen` chunk."""
@@ -56,13 +72,17 @@ class JobParameters:
             "seed": self.seed,
             "quality": self.quality,
             **self.sampling.to_wire(),
+            "strength": self.strength,
+            "referenceSha256": self.reference.sha256 if self.reference else None,
             "sources": dict(self.sources),
         }
 
 
-def resolve_parameters(params: GenerateParams, settings: Settings) -> JobParameters:
+def resolve_parameters(
+    params: GenerateParams, settings: Settings, reference: Reference | None = None
+) -> JobParameters:
     """Each value from the first that sets it: the request's own field, a pinned variable,
-    the request's quality preset, the default."""
+    the request's preset (quality, reference influence), the default."""
     fields = SamplingParameters.model_fields
     requested = {
         name: getattr(params, name)
@@ -94,6 +114,21 @@ def resolve_parameters(params: GenerateParams, settings: Settings) -> JobParamet
         for name in fields
     }
     sources["seed"] = "request" if params.seed is not None else "derived"
+    strength = None
+    if reference is not None:
+        influence = params.reference_influence or DEFAULT_REFERENCE_INFLUENCE
+        strength = (
+            params.strength
+            if params.strength is not None
+            else REFERENCE_INFLUENCE_STRENGTHS[influence]
+        )
+        sources["strength"] = (
+            "request"
+            if params.strength is not None
+            else "preset"
+            if params.reference_influence
+            else "default"
+        )
     return JobParameters(
         prompt=params.prompt,
         negative_prompt=params.negative_prompt,
@@ -104,7 +139,11 @@ def resolve_parameters(params: GenerateParams, settings: Settings) -> JobParamet
         sampling=sampling,
         sources=sources,
         requested_aspect_ratio=params.aspect_ratio.strip() or "1:1",
+        width=NATIVE_SIZE[0],
+        height=NATIVE_SIZE[1],
         kill_grace_ms=settings.kill_grace_ms,
+        reference=reference,
+        strength=strength,
     )
 
 

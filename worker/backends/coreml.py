@@ -15,18 +15,26 @@ from protocol.errors import (
     OutputInvalidData,
     SamplerFailedData,
     TimedOutData,
+    UnsupportedFeatureData,
 )
 from worker.backends import COREML_BACKEND_ID as BACKEND_ID
 from worker.backends.base import Rendered
-from worker.backends.coreml_checks import locate_installation, model_id
-from worker.errors import BackendUnavailable, InvalidParams, OutputInvalid, SamplerFailed, TimedOut
+from worker.backends.coreml_checks import check_image_encoder, locate_installation, model_id
+from worker.errors import (
+    BackendUnavailable,
+    InvalidParams,
+    OutputInvalid,
+    SamplerFailed,
+    TimedOut,
+    UnsupportedFeature,
+)
 from worker.host import HostPlatform
 from worker.images import RenderedImage, check_png, select_outputs
 from worker.live import LiveSamplers
 from worker.parameters import JobParameters
 from worker.progress import ProgressReporter
 from worker.sampler.command import SamplerCommand
-from worker.sampler.naming import OutputLayout, output_layout, prepare_output_path
+from worker.sampler.naming import OUTPUT_ROOT, OutputLayout, output_layout, prepare_output_path
 from worker.sampler.output_parser import OtherLine, SamplerEvent, SamplerOutputParser
 from worker.sampler.process import SamplerExit, SamplerStartError, run_sampler
 from worker.sampler.schedule import schedule_problems
@@ -37,6 +45,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SIZE = (512, 512)
 """Fixed when the bundle was converted: SD 2.1 base makes 512x512 images."""
 JOB_DIRECTORY_PREFIX = "studio-imagegen-"
+REFERENCE_FILE_NAME = "reference.png"
+"""In the job directory, beside (not inside) the sampler's output path."""
 _MESSAGE_DETAIL_CHARS = 600
 SIGNAL_CAUSES = {
     "SIGKILL": (
@@ -65,11 +75,20 @@ class CoreMLBackend:
 
     def check(self, parameters: JobParameters) -> None:
         """Refuse, before the job is queued, what the sampler would crash on or fail to
-        save after the whole run: -32602 naming the field, the limit and the fix."""
+        save after the whole run: -32602 naming the field, the limit and the fix; and
+        image-to-image without the encoder it needs: -32001."""
+        if parameters.reference is not None:
+            encoder = check_image_encoder(self._settings.resource_path)
+            if encoder.status == "fail":
+                raise UnsupportedFeature(
+                    f"Unsupported feature: inputImages. {encoder.detail} To fix: "
+                    f"{encoder.fix_text}, or leave out the input images.",
+                    UnsupportedFeatureData(feature="inputImages", supported=[]),
+                )
         errors = [
             FieldError(field=field, message=reason)
             for field, reason in schedule_problems(
-                parameters.sampling.step_count, parameters.sampling.scheduler
+                parameters.sampling.step_count, parameters.sampling.scheduler, parameters.strength
             )
         ]
         layout = _output_layout(parameters)
@@ -102,11 +121,16 @@ class CoreMLBackend:
         job_directory = Path(tempfile.mkdtemp(prefix=JOB_DIRECTORY_PREFIX))  # mode 0700
         self._live.directories.add(job_directory)
         try:
+            reference_path = None
+            if parameters.reference is not None:
+                reference_path = job_directory / REFERENCE_FILE_NAME
+                reference_path.write_bytes(parameters.reference.png)
             command = SamplerCommand(
                 binary=installation.sample_binary,
                 resource_path=installation.resource_path,
                 output_path=prepare_output_path(job_directory, _output_layout(parameters)),
                 parameters=parameters,
+                reference_path=reference_path,
             )
             outcome, stdout_tail = await self._run(command, parameters, progress)
             _raise_for_failure(outcome, parameters, stdout_tail)
@@ -159,7 +183,12 @@ class CoreMLBackend:
 
 
 def _output_layout(parameters: JobParameters) -> OutputLayout:
-    return output_layout(parameters.prompt, image_count=parameters.count, seed=parameters.seed)
+    return output_layout(
+        parameters.prompt,
+        image_count=parameters.count,
+        seed=parameters.seed,
+        strength=parameters.strength,
+    )
 
 
 def _raise_for_failure(
@@ -203,7 +232,7 @@ def _one_paragraph(text: str) -> str:
 def _collect(
     job_directory: Path, parameters: JobParameters, withheld: list[int]
 ) -> tuple[list[RenderedImage], list[str]]:
-    paths = select_outputs(job_directory, parameters.count)
+    paths = select_outputs(job_directory / OUTPUT_ROOT, parameters.count)
     if not paths:
         reason = (
             "every image was withheld by the safety checker "
@@ -234,5 +263,5 @@ def _image_index(file_name: str, parameters: JobParameters, fallback: int) -> in
     """The sampler puts `.<index>` before `.<seed>` in the name when it makes several."""
     if parameters.count == 1:
         return 0
-    match = re.search(rf"\.(\d+)\.{parameters.seed}\.final\.png$", file_name)
+    match = re.search(rf"\.(\d+)(\.str\d+)?\.{parameters.seed}\.final\.png$", file_name)
     return int(match.group(1)) if match else fallback

@@ -215,6 +215,26 @@ def check_sampler(settings: Settings, binary: Path | None) -> Check:
     return Check("sampler", "ok", f"{binary} ({where}), executable.")
 
 
+IMAGE_ENCODER = "VAEEncoder.mlmodelc"
+
+
+def check_image_encoder(resource_path: Path) -> Check:
+    """Image-to-image needs the VAE encoder, which not every converted bundle has."""
+    if (resource_path / IMAGE_ENCODER).exists():
+        return Check("image-to-image", "ok", f"{IMAGE_ENCODER} is there.")
+    return Check(
+        "image-to-image",
+        "fail",
+        f"Image-to-image needs {IMAGE_ENCODER}, which is not in {resource_path}.",
+        fix="install a bundle converted with its VAE encoder",
+        by_hand=(
+            "convert the model with apple/ml-stable-diffusion's torch2coreml and "
+            "--convert-vae-encoder, then put VAEEncoder.mlmodelc beside the other models"
+        ),
+        missing=(str(resource_path / IMAGE_ENCODER),),
+    )
+
+
 def check_resources(resource_path: Path) -> Check:
     if resource_path.exists() and not resource_path.is_dir():
         return Check(

@@ -39,6 +39,8 @@ class MockBackend:
         images = []
         for index in range(parameters.count):
             png = procedural_png(parameters.prompt, parameters.run_id, index)
+            if parameters.reference is not None and parameters.strength is not None:
+                png = blend_with_reference(png, parameters.reference.png, parameters.strength)
             name = f"procedural.{index}.{parameters.seed}.final.png"
             images.append(RenderedImage(name, index, png, IMAGE_SIZE, IMAGE_SIZE))
             progress.saving(f"Saved {name}")
@@ -54,6 +56,18 @@ class MockBackend:
             width=IMAGE_SIZE,
             height=IMAGE_SIZE,
         )
+
+
+def blend_with_reference(png: bytes, reference: bytes, strength: float) -> bytes:
+    """Image-to-image, procedurally: the pattern over the reference, as much of it as the
+    strength lets the result move away from the reference."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as pattern, Image.open(io.BytesIO(reference)) as base:
+        mixed = Image.blend(base.convert("RGB"), pattern.convert("RGB"), strength)
+    buffer = io.BytesIO()
+    mixed.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def procedural_png(prompt: str, run_id: str, index: int) -> bytes:

@@ -80,6 +80,16 @@ BACKENDS: dict[BackendId, BackendEntry] = {
 }
 
 
+def describe_image_to_image(settings: Settings) -> str:
+    """Why image-to-image cannot run with the configured backend; empty when it can."""
+    if settings.backend == MOCK_BACKEND_ID:
+        return ""
+    if settings.backend is None:
+        return f"{ENV_BACKEND} names no backend."
+    encoder = coreml_checks.check_image_encoder(settings.resource_path)
+    return "" if encoder.status == "ok" else f"{encoder.detail} To fix: {encoder.fix_text}."
+
+
 def describe_backend(settings: Settings, host: HostPlatform) -> BackendStatus:
     """The configured backend's state, read from the disk now."""
     if settings.backend is None:

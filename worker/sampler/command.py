@@ -16,6 +16,8 @@ class SamplerCommand:
     resource_path: Path
     output_path: Path
     parameters: JobParameters
+    reference_path: Path | None = None
+    """The prepared reference image, for image-to-image."""
 
     def argv(self) -> list[str]:
         """No shell is involved. Values go as `--option=value`, and the prompt after `--`,
@@ -34,6 +36,8 @@ class SamplerCommand:
             f"--guidance-scale={sampling.guidance_scale:g}",
             f"--scheduler={sampling.scheduler}",
         ]
+        if self.reference_path is not None and job.strength is not None:
+            argv += [f"--image={self.reference_path}", f"--strength={job.strength:g}"]
         if job.negative_prompt:
             argv.append(f"--negative-prompt={job.negative_prompt}")
         if sampling.disable_safety:

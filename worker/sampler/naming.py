@@ -24,6 +24,8 @@ NAME_MAX_BYTES = 255
 """Longest file name (one path component) on APFS, HFS+ and Linux file systems."""
 PATH_MAX_BYTES = 1024
 """macOS `PATH_MAX`, the shorter of the two (Linux allows 4,096)."""
+OUTPUT_ROOT = "out"
+"""Inside the job directory: everything the sampler writes is below it."""
 _CLUSTER = regex.compile(r"\X")
 _STABLE_MARKS = frozenset({"Mn", "Me", "Mc"})
 
@@ -149,7 +151,7 @@ def prepare_output_path(job_directory: Path, layout: OutputLayout) -> Path:
     The output path is nested as deep as the names climb, and the subdirectories the
     names imply are created (the sampler writes into them but does not make them).
     """
-    output_path = job_directory.joinpath("out", *(["d"] * layout.climb))
+    output_path = job_directory.joinpath(OUTPUT_ROOT, *(["d"] * layout.climb))
     output_path.mkdir(parents=True)
     current = output_path
     for part in layout.directories:
