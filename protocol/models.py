@@ -32,6 +32,8 @@ GUIDANCE_SCALE_MIN, GUIDANCE_SCALE_MAX = 0.0, 30.0
 REQUEST_TIMEOUT_MS_MIN, TIMEOUT_MS_MAX = 1_000, 1_800_000
 SEED_MAX = 2**32 - 1
 MAX_INPUT_IMAGES = 16
+PREVIEW_MAX_SIDE = 256
+"""The longest side of a preview thumbnail."""
 MAX_REFERENCE_BYTES = 50 * 1024 * 1024
 """A larger reference file (or base64) is refused before it is read whole."""
 MAX_REFERENCE_PIXELS = 50_000_000
@@ -184,6 +186,8 @@ class Features(WireModel):
     compute_units: list[ComputeUnits]
     progress: bool
     cancel: bool
+    previews: bool = Field(description="`previewEvery` is served")
+    preview_max_side: int = Field(description="The longest side of a preview thumbnail")
     quality_presets: list[QualityPreset] = Field(
         description="What each `quality` sets; an explicit field or a pinned variable wins"
     )
@@ -337,6 +341,13 @@ class GenerateParams(WireModel):
     timeout_ms: TimeoutMs | None = Field(
         default=None, description=_FROM_SETTINGS + "; counted from the sampler's start"
     )
+    preview_every: Annotated[int, Field(ge=0, le=STEP_COUNT_MAX), BeforeValidator(_json_number)] = (
+        Field(
+            default=0,
+            description="Send a `preview` of the images every N steps (0: none); each costs "
+            "the sampler a decode",
+        )
+    )
     output: Literal["base64", "path"] = Field(
         default="base64", description="Images inline as base64, or written to `outputDir`"
     )
@@ -473,11 +484,32 @@ class ProgressParams(WireModel):
     )
 
 
+class PreviewParams(WireModel):
+    """Sent by the worker when the sampler saved intermediate images (`previewEvery`); a
+    thumbnail per image, never after the response."""
+
+    request_id: JsonRpcId
+    run_id: str
+    step: int = Field(description="Steps completed when the image was taken (1-based)")
+    total_steps: int
+    index: int = Field(description="Which image of the request")
+    width: int
+    height: int
+    mime_type: Literal["image/png"] = "image/png"
+    base64: str | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="With output `base64`"
+    )
+    path: str | None = Field(
+        default=None, exclude_if=lambda v: v is None, description="With output `path`"
+    )
+
+
 METHOD_MODELS: dict[str, tuple[type[WireModel], type[WireModel] | None]] = {
     "capabilities": (CapabilitiesParams, CapabilitiesResult),
     "generate": (GenerateParams, GenerateResult),
     "cancel": (CancelParams, CancelResult),
     "$/cancelRequest": (CancelRequestParams, None),
     "progress": (ProgressParams, None),
+    "preview": (PreviewParams, None),
 }
 """Every method and notification with its params and result model (None: a notification)."""

@@ -29,9 +29,13 @@ def _name(model: type[WireModel]) -> str:
 def build_schema() -> dict[str, Any]:
     """The schema of every params, result, notification and error `data` model."""
     # What the host sends is validated by the worker; what the worker sends is serialized.
-    host_sends = {params for name, (params, _) in METHOD_MODELS.items() if name != "progress"}
+    worker_notifications = ("progress", "preview")
+    host_sends = {
+        params for name, (params, _) in METHOD_MODELS.items() if name not in worker_notifications
+    }
     worker_sends = {result for _, result in METHOD_MODELS.values() if result is not None}
-    worker_sends |= {METHOD_MODELS["progress"][0], *ERROR_DATA_MODELS.values()}
+    worker_sends |= {METHOD_MODELS[name][0] for name in worker_notifications}
+    worker_sends |= set(ERROR_DATA_MODELS.values())
     inputs: list[tuple[type[WireModel], JsonSchemaMode]] = [
         (model, "validation") for model in sorted(host_sends, key=_name)
     ]

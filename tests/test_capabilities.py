@@ -62,6 +62,8 @@ async def test_shape_limits_features_and_defaults() -> None:
         "computeUnits": ["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"],
         "progress": True,
         "cancel": True,
+        "previews": True,
+        "previewMaxSide": 256,
         "qualityPresets": [
             {"name": "fast", "stepCount": 14, "guidanceScale": 7.0},
             {"name": "balanced", "stepCount": 20, "guidanceScale": 7.5},

@@ -135,12 +135,13 @@ def test_parser_reads_the_samplers_lines() -> None:
     ]
 
 
-def test_a_step_line_that_also_saved_images_is_still_a_step() -> None:
-    line = (
-        b"\x1b[1A\x1b[KStep 2 of 5  [mean: 1.00, median: 1.00, last 1.00] step/sec"
-        b" saved 2 image(s)\n"
-    )
-    assert _parse(line) == [StepCompleted(completed=3, total=5, steps_per_second=1.0)]
+@pytest.mark.parametrize(("ending", "saved"), [(" saved 2 images", 2), (" saved 1 image", 1)])
+def test_a_step_line_that_also_saved_images_says_how_many(ending: str, saved: int) -> None:
+    """main.swift: `log(" saved \\(saveCount) image\\(saveCount != 1 ? "s" : "")")`."""
+    line = b"\x1b[1A\x1b[KStep 2 of 5  [mean: 1.00, median: 1.00, last 1.00] step/sec"
+    events = _parse(line + ending.encode() + b"\n")
+    assert events == [StepCompleted(completed=3, total=5, steps_per_second=1.0, saved=saved)]
+    assert isinstance(events[0], StepCompleted) and events[0].index == 2
 
 
 def test_parser_handles_lines_split_anywhere_and_crlf() -> None:
@@ -206,12 +207,14 @@ def _png(size: tuple[int, int] = (512, 512)) -> bytes:
 
 
 def test_select_outputs_prefers_final_pngs_sorted_by_name(tmp_path: Path) -> None:
-    for name in ["b.final.png", "a.final.png", "a.5.png", "notes.txt", "c.final.png"]:
+    names = ["b.final.png", "a.final.png", "a.5.png", "notes.txt", "c.final.png", "a.7.3.png"]
+    for name in names:
         (tmp_path / name).write_bytes(b"x")
-    assert [p.name for p in select_outputs(tmp_path, 2)] == ["a.final.png", "b.final.png"]
+    assert [p.name for p in select_outputs(tmp_path, 2, seed=7)] == ["a.final.png", "b.final.png"]
     for name in ["a.final.png", "b.final.png", "c.final.png"]:
         (tmp_path / name).unlink()
-    assert [p.name for p in select_outputs(tmp_path, 8)] == ["a.5.png"]
+    # a.7.3.png is the intermediate image of step 3 for seed 7: never a result
+    assert [p.name for p in select_outputs(tmp_path, 8, seed=7)] == ["a.5.png"]
 
 
 def test_check_png_accepts_the_expected_size(tmp_path: Path) -> None:

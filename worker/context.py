@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.models import ProgressParams
+from protocol.models import PreviewParams, ProgressParams
 
 JsonId = str | int | float | None
 """A JSON-RPC id as the host sent it (null included)."""
@@ -29,6 +29,12 @@ class RequestContext:
         if self.answered or self.is_notification:
             return
         self.notify("progress", params.to_wire())
+
+    def preview(self, params: PreviewParams) -> None:
+        """Send a `preview` notification, unless the request was already answered."""
+        if self.answered or self.is_notification:
+            return
+        self.notify("preview", params.to_wire())
 
     def mark_answered(self) -> None:
         self.answered = True

@@ -29,12 +29,18 @@ class RenderedImage:
     height: int
 
 
-def select_outputs(root: Path, count: int) -> list[Path]:
+def select_outputs(root: Path, count: int, seed: int) -> list[Path]:
     """The original provider's rule: PNGs sorted by name, the `.final.png` ones if any, else
-    all, the first `count` of them. Searched below `root`, since a prompt with `/` in its
-    first 75 characters makes the sampler write into a subdirectory."""
+    all, the first `count` of them; intermediate images (`.<seed>.<step>.png`, from
+    previews) never count. Searched below `root`, since a prompt with `/` in its first 75
+    characters makes the sampler write into a subdirectory."""
+    intermediate = re.compile(rf"\.{seed}\.\d+\.png$")
     pngs = sorted(
-        (path for path in root.rglob("*.png") if path.is_file()),
+        (
+            path
+            for path in root.rglob("*.png")
+            if path.is_file() and not intermediate.search(path.name)
+        ),
         key=lambda path: path.relative_to(root).as_posix(),
     )
     finals = [path for path in pngs if path.name.endswith(".final.png")]

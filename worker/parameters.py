@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocol.models import (
@@ -52,6 +53,10 @@ class JobParameters:
     height: int
     """The size the model makes, and a reference is prepared to."""
     kill_grace_ms: int
+    preview_every: int = 0
+    """Intermediate images every N steps (0: none), sent as `preview` notifications."""
+    preview_dir: Path | None = None
+    """Where preview thumbnails are written (output `path`); None: sent inline."""
     reference: Reference | None = None
     """The prepared reference image (image-to-image), checked before the job is queued."""
     strength: float | None = None
@@ -142,6 +147,10 @@ def resolve_parameters(
         width=NATIVE_SIZE[0],
         height=NATIVE_SIZE[1],
         kill_grace_ms=settings.kill_grace_ms,
+        preview_every=params.preview_every,
+        preview_dir=Path(params.output_dir)
+        if params.output == "path" and params.output_dir
+        else None,
         reference=reference,
         strength=strength,
     )

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from protocol.models import ProgressParams, ProgressPhase
+from typing import TYPE_CHECKING
+
+from protocol.models import PreviewParams, ProgressParams, ProgressPhase
 from worker.context import RequestContext
+
+if TYPE_CHECKING:
+    from worker.previews import Thumbnail
 from worker.sampler.output_parser import (
     ImageSaved,
     ImageWithheld,
@@ -44,6 +49,22 @@ class ProgressReporter:
             f"Step {completed} of {total}" if completed else "Sampling",
             steps_per_second=steps_per_second,
             eta_ms=eta_ms,
+        )
+
+    def preview(self, step: int, total: int, index: int, thumbnail: Thumbnail) -> None:
+        """A thumbnail of image `index` after `step` steps; quiet once answered."""
+        self._context.preview(
+            PreviewParams(
+                request_id=self._context.request_id,
+                run_id=self._run_id,
+                step=step,
+                total_steps=total,
+                index=index,
+                width=thumbnail.width,
+                height=thumbnail.height,
+                base64=thumbnail.base64,
+                path=thumbnail.path,
+            )
         )
 
     def saving(self, message: str) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 import tempfile
 from pathlib import Path
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from protocol.errors import (
     BackendUnavailableData,
@@ -32,10 +36,22 @@ from worker.host import HostPlatform
 from worker.images import RenderedImage, check_png, select_outputs
 from worker.live import LiveSamplers
 from worker.parameters import JobParameters
+from worker.previews import publish_preview
 from worker.progress import ProgressReporter
 from worker.sampler.command import SamplerCommand
-from worker.sampler.naming import OUTPUT_ROOT, OutputLayout, output_layout, prepare_output_path
-from worker.sampler.output_parser import OtherLine, SamplerEvent, SamplerOutputParser
+from worker.sampler.naming import (
+    OUTPUT_ROOT,
+    OutputLayout,
+    final_name,
+    output_layout,
+    prepare_output_path,
+)
+from worker.sampler.output_parser import (
+    OtherLine,
+    SamplerEvent,
+    SamplerOutputParser,
+    StepCompleted,
+)
 from worker.sampler.process import SamplerExit, SamplerStartError, run_sampler
 from worker.sampler.schedule import schedule_problems
 from worker.settings import ENV_REDUCE_MEMORY, ENV_TIMEOUT_MS, Settings
@@ -155,31 +171,65 @@ class CoreMLBackend:
     ) -> tuple[SamplerExit, list[str]]:
         parser = SamplerOutputParser()
         other_lines: list[str] = []
+        saved_steps, steps_to_preview = anyio.create_memory_object_stream[StepCompleted](math.inf)
 
         def handle(events: list[SamplerEvent]) -> None:
             for event in events:
                 if isinstance(event, OtherLine):
                     other_lines.append(event.text)
                     del other_lines[:-20]
+                if isinstance(event, StepCompleted) and event.saved:
+                    saved_steps.send_nowait(event)
                 progress.on_sampler_event(event)
 
         progress.loading("Starting StableDiffusionSample")
-        try:
-            outcome = await run_sampler(
-                command.argv(),
-                timeout_seconds=parameters.sampling.timeout_ms / 1000,
-                kill_grace_seconds=parameters.kill_grace_ms / 1000,
-                on_output=lambda data: handle(parser.feed(data)),
-                live=self._live,
-            )
-        except SamplerStartError as exc:
+        outcome: SamplerExit | SamplerStartError
+        async with anyio.create_task_group() as previews:
+            previews.start_soon(_publish_previews, steps_to_preview, command, parameters, progress)
+            try:
+                outcome = await run_sampler(
+                    command.argv(),
+                    timeout_seconds=parameters.sampling.timeout_ms / 1000,
+                    kill_grace_seconds=parameters.kill_grace_ms / 1000,
+                    on_output=lambda data: handle(parser.feed(data)),
+                    live=self._live,
+                )
+            except SamplerStartError as exc:  # raised outside the group, not in a group
+                outcome = exc
+            finally:
+                saved_steps.close()  # the previews already saved are still sent
+        if isinstance(outcome, SamplerStartError):
             raise SamplerFailed(
-                f"StableDiffusionSample could not be started ({exc}); check that "
+                f"StableDiffusionSample could not be started ({outcome}); check that "
                 f"{command.binary} is a sampler built for this machine.",
-                SamplerFailedData(exit_code=None, signal=None, stderr=str(exc)),
-            ) from exc
+                SamplerFailedData(exit_code=None, signal=None, stderr=str(outcome)),
+            ) from outcome
         handle(parser.finish())
         return outcome, other_lines
+
+
+async def _publish_previews(
+    steps: MemoryObjectReceiveStream[StepCompleted],
+    command: SamplerCommand,
+    parameters: JobParameters,
+    progress: ProgressReporter,
+) -> None:
+    """A `preview` per intermediate image, as the sampler saves them (off the event loop:
+    each is a PNG to read and shrink)."""
+    async with steps:
+        async for step in steps:
+            for index in range(parameters.count):
+                name = final_name(
+                    parameters.prompt,
+                    index=index,
+                    image_count=parameters.count,
+                    seed=parameters.seed,
+                    strength=parameters.strength,
+                    step=step.index,
+                )
+                await publish_preview(
+                    command.output_path / name, parameters, progress, step.completed, index
+                )
 
 
 def _output_layout(parameters: JobParameters) -> OutputLayout:
@@ -232,7 +282,7 @@ def _one_paragraph(text: str) -> str:
 def _collect(
     job_directory: Path, parameters: JobParameters, withheld: list[int]
 ) -> tuple[list[RenderedImage], list[str]]:
-    paths = select_outputs(job_directory / OUTPUT_ROOT, parameters.count)
+    paths = select_outputs(job_directory / OUTPUT_ROOT, parameters.count, parameters.seed)
     if not paths:
         reason = (
             "every image was withheld by the safety checker "

@@ -11,12 +11,14 @@ import io
 import time
 
 import anyio
+import anyio.to_thread
 
 from worker.backends import MOCK_BACKEND_ID as BACKEND_ID
 from worker.backends import MOCK_MODEL_ID as MODEL_ID
 from worker.backends.base import Rendered
 from worker.images import RenderedImage
 from worker.parameters import JobParameters
+from worker.previews import make_thumbnail
 from worker.progress import ProgressReporter
 
 IMAGE_SIZE = 512
@@ -36,6 +38,8 @@ class MockBackend:
         for step in range(1, total + 1):
             await anyio.sleep(STEP_SECONDS)  # a checkpoint: cancel lands here
             progress.sampling(step, total, 1 / STEP_SECONDS)
+            if parameters.preview_every and (step - 1) % parameters.preview_every == 0:
+                await self._preview(parameters, progress, step)
         images = []
         for index in range(parameters.count):
             png = procedural_png(parameters.prompt, parameters.run_id, index)
@@ -56,6 +60,19 @@ class MockBackend:
             width=IMAGE_SIZE,
             height=IMAGE_SIZE,
         )
+
+    async def _preview(
+        self, parameters: JobParameters, progress: ProgressReporter, step: int
+    ) -> None:
+        """The pattern as it stands at `step`: a thumbnail per image, as Core ML sends."""
+        for index in range(parameters.count):
+            png = procedural_png(parameters.prompt, parameters.run_id, index)
+            name = f"procedural.{index}.{parameters.seed}.{step - 1}.preview.png"
+            thumbnail = await anyio.to_thread.run_sync(
+                make_thumbnail, png, parameters.preview_dir, name
+            )
+            if thumbnail is not None:
+                progress.preview(step, parameters.total_steps, index, thumbnail)
 
 
 def blend_with_reference(png: bytes, reference: bytes, strength: float) -> bytes:

@@ -36,6 +36,8 @@ class SamplerCommand:
             f"--guidance-scale={sampling.guidance_scale:g}",
             f"--scheduler={sampling.scheduler}",
         ]
+        if job.preview_every:
+            argv.append(f"--save-every={job.preview_every}")
         if self.reference_path is not None and job.strength is not None:
             argv += [f"--image={self.reference_path}", f"--strength={job.strength:g}"]
         if job.negative_prompt:

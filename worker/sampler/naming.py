@@ -52,15 +52,22 @@ def name_prefix(prompt: str) -> str:
 
 
 def final_name(
-    prompt: str, *, index: int, image_count: int, seed: int, strength: float | None = None
+    prompt: str,
+    *,
+    index: int,
+    image_count: int,
+    seed: int,
+    strength: float | None = None,
+    step: int | None = None,
 ) -> str:
-    """The name the sampler gives the final image `index` (`imageName` in main.swift)."""
+    """The name the sampler gives image `index` (`imageName` in main.swift): the final
+    one, or the intermediate one saved at the 0-based `step`."""
     name = name_prefix(prompt)
     if image_count != 1:
         name += f".{index}"
     if strength is not None:
         name += f".str{strength_percent(strength)}"
-    return f"{name}.{seed}.final.png"
+    return f"{name}.{seed}.{'final' if step is None else step}.png"
 
 
 @dataclass(frozen=True)

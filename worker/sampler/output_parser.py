@@ -9,6 +9,7 @@ from dataclasses import dataclass
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _STEP = re.compile(
     r"\x1b\[1A\x1b\[KStep (\d+) of (\d+)\s+\[mean: ([\d.]+), median: ([\d.]+), last ([\d.]+)\]"
+    r"(?: step/sec saved (\d+) images?)?"
 )
 _SAFETY = re.compile(r"Image (\d+) failed safety check and was not saved")
 _SAVED = re.compile(r"^Saved (.+)$")
@@ -35,6 +36,13 @@ class StepCompleted:
     """Steps done, 1-based (the sampler prints the 0-based index of the step it finished)."""
     total: int
     steps_per_second: float
+    saved: int = 0
+    """Intermediate images written at this step (`--save-every`), named with its index."""
+
+    @property
+    def index(self) -> int:
+        """The step's 0-based index, as the sampler prints it and names its files."""
+        return self.completed - 1
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,8 @@ class SamplerOutputParser:
         step = _STEP.match(raw)
         if step:
             index, total = int(step.group(1)), int(step.group(2))
-            return [StepCompleted(index + 1, total, float(step.group(4)))]
+            written = int(step.group(6)) if step.group(6) else 0
+            return [StepCompleted(index + 1, total, float(step.group(4)), written)]
         text = _ANSI.sub("", raw).strip()
         if not text:
             return []

@@ -1,0 +1,125 @@
+"""Live previews over the real stdio: a thumbnail per intermediate image, inline or as a
+file, never after the answer, never among the final images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.standin import StandIn
+from tests.worker_clients import WorkerProcess, request
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+def _exchange(
+    worker: WorkerProcess, params: dict[str, Any], id_: str = "g"
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The answer, and every notification before it, in order."""
+    worker.send(request("generate", params, id_))
+    notifications = []
+    while "method" in (message := worker.receive(60)):
+        notifications.append(message)
+    return message, notifications
+
+
+def _previews(notifications: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [n["params"] for n in notifications if n["method"] == "preview"]
+
+
+def test_previews_inline_every_second_step(standin: StandIn, worker_process: StartWorker) -> None:
+    worker = worker_process(standin.env)  # 4 pndm steps: 5 timesteps, indexes 0..4
+    answer, notifications = _exchange(
+        worker, {"prompt": "fox", "count": 2, "seed": 3, "previewEvery": 2}
+    )
+    previews = _previews(notifications)
+    assert [(p["step"], p["index"]) for p in previews] == [
+        (1, 0),
+        (1, 1),
+        (3, 0),
+        (3, 1),
+        (5, 0),
+        (5, 1),
+    ]
+    for preview in previews:
+        assert preview["totalSteps"] == 5 and preview["requestId"] == "g"
+        assert preview["mimeType"] == "image/png" and "path" not in preview
+        with Image.open(io.BytesIO(base64.b64decode(preview["base64"]))) as thumbnail:
+            assert thumbnail.size == (preview["width"], preview["height"]) == (256, 256)
+    images = answer["result"]["images"]
+    assert [image["fileName"] for image in images] == ["fox.0.3.final.png", "fox.1.3.final.png"]
+
+
+def test_previews_as_files_with_path_output(
+    standin: StandIn, worker_process: StartWorker, tmp_path: Path
+) -> None:
+    out = tmp_path / "studio"
+    out.mkdir()
+    worker = worker_process(standin.env)
+    answer, notifications = _exchange(
+        worker,
+        {"prompt": "fox", "seed": 3, "previewEvery": 4, "output": "path", "outputDir": str(out)},
+    )
+    previews = _previews(notifications)
+    assert [p["step"] for p in previews] == [1, 5]
+    for preview in previews:
+        path = Path(preview["path"])
+        assert path.parent == out and "base64" not in preview
+        with Image.open(path) as thumbnail:
+            assert thumbnail.size == (256, 256)
+    finals = [Path(image["path"]).name for image in answer["result"]["images"]]
+    assert finals == ["fox.3.final.png"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["fox.3.final.png", "fox.3.0.preview.png", "fox.3.4.preview.png"]
+    )
+
+
+def test_a_preview_that_cannot_be_read_costs_nothing_but_itself(
+    standin: StandIn, worker_process: StartWorker
+) -> None:
+    worker = worker_process({**standin.env, "STANDIN_SD_CORRUPT_PREVIEWS": "1"})
+    answer, notifications = _exchange(worker, {"prompt": "fox", "previewEvery": 1})
+    assert _previews(notifications) == []
+    assert len(answer["result"]["images"]) == 1
+    assert "a preview was skipped" in worker.stderr
+
+
+def test_cancel_during_previews_stops_them_with_the_answer(
+    standin: StandIn, worker_process: StartWorker
+) -> None:
+    worker = worker_process({**standin.env, "STANDIN_SD_SECONDS_PER_STEP": "0.2"})
+    worker.send(request("generate", {"prompt": "fox", "stepCount": 30, "previewEvery": 1}, "g"))
+    while worker.receive(30).get("method") != "preview":
+        pass
+    worker.send(request("cancel", {"requestId": "g"}, "c"))
+    after_answer = []
+    answered = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        message = worker.receive(30)
+        if message.get("id") == "g":
+            assert message["error"]["code"] == -32800
+            answered = True
+            worker.send(request("capabilities", id_="fence"))
+        elif answered and message.get("method"):
+            after_answer.append(message)
+        elif message.get("id") == "fence":
+            break
+    assert answered and after_answer == []
+    worker.close_input()
+    assert worker.wait(30) == 0
+    assert standin.live_processes() == []  # the worker carries the marker too
+
+
+@pytest.mark.parametrize("backend", ["mock"])
+def test_the_mock_backend_sends_previews_too(worker_process: StartWorker, backend: str) -> None:
+    worker = worker_process({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": backend})
+    _, notifications = _exchange(worker, {"prompt": "fox", "stepCount": 4, "previewEvery": 2})
+    assert [p["step"] for p in _previews(notifications)] == [1, 3, 5]

@@ -1,0 +1,70 @@
+"""Intermediate images made into `preview` notifications: a thumbnail each, inline or
+written beside the host's outputs. A preview that cannot be made is skipped and logged:
+it must never cost the job its final images."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+from PIL import Image
+
+from protocol.models import PREVIEW_MAX_SIDE
+from worker.images import safe_file_name, write_without_clobbering
+from worker.parameters import JobParameters
+from worker.progress import ProgressReporter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    width: int
+    height: int
+    base64: str | None = None
+    path: str | None = None
+
+
+async def publish_preview(
+    source: Path, parameters: JobParameters, progress: ProgressReporter, step: int, index: int
+) -> None:
+    """Send the preview of the intermediate image at `source` (as the sampler wrote it)."""
+    thumbnail = await anyio.to_thread.run_sync(_thumbnail_of_file, source, parameters.preview_dir)
+    if thumbnail is not None:
+        progress.preview(step, parameters.total_steps, index, thumbnail)
+
+
+def _thumbnail_of_file(source: Path, directory: Path | None) -> Thumbnail | None:
+    try:
+        png = source.read_bytes()
+    except OSError as exc:
+        logger.warning("a preview was skipped: %s cannot be read (%s)", source.name, exc)
+        return None
+    return make_thumbnail(png, directory, source.name.removesuffix(".png") + ".preview.png")
+
+
+def make_thumbnail(png: bytes, directory: Path | None, name: str) -> Thumbnail | None:
+    """A thumbnail of `png`, inline (directory None) or written into `directory` under
+    `name` (never over another file); None, and a log line, when the image cannot be read
+    or the file not written."""
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            image.load()
+            thumbnail = image.convert("RGB")
+        thumbnail.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        thumbnail.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        width, height = thumbnail.size
+        if directory is None:
+            return Thumbnail(width, height, base64=base64.b64encode(data).decode("ascii"))
+        path = write_without_clobbering(directory, safe_file_name(name), data)
+        return Thumbnail(width, height, path=str(path))
+    except (OSError, ValueError, SyntaxError) as exc:
+        logger.warning("a preview was skipped: %s", exc)
+        return None
