@@ -24,8 +24,6 @@ ComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
 SCHEDULERS: tuple[Scheduler, ...] = ("pndm", "dpmpp")
 COMPUTE_UNITS: tuple[ComputeUnits, ...] = ("all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine")
 
-ASPECT_RATIOS = ["1:1"]
-"""The only output shape the installed model makes."""
 MAX_IMAGE_COUNT = 8
 STEP_COUNT_MIN, STEP_COUNT_MAX = 1, 80
 GUIDANCE_SCALE_MIN, GUIDANCE_SCALE_MAX = 0.0, 30.0
@@ -171,6 +169,17 @@ def _quality(value: Any) -> Any:
     return QUALITY_ALIASES[key]
 
 
+class AspectRatioBundle(WireModel):
+    """The model bundle that makes one aspect ratio (Core ML fixes the size per bundle)."""
+
+    ratio: str
+    width: int
+    height: int
+    resource_path: str
+    present: bool
+    problem: str = Field(description="Why it cannot be used though present; empty if it can")
+
+
 class Features(WireModel):
     text_to_image: bool
     image_to_image: bool
@@ -180,7 +189,10 @@ class Features(WireModel):
     reference_influences: dict[str, float] = Field(
         description="The strength each `referenceInfluence` stands for"
     )
-    aspect_ratios: list[str]
+    aspect_ratios: list[str] = Field(description="The ratios `generate` can make now")
+    aspect_ratio_bundles: list[AspectRatioBundle] = Field(
+        description="Every ratio configured, with its size and whether its bundle is there"
+    )
     negative_prompt: bool
     schedulers: list[Scheduler]
     compute_units: list[ComputeUnits]
@@ -308,7 +320,9 @@ class GenerateParams(WireModel):
     prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="Trimmed; must not be empty")
     count: JsonInt = Field(default=1, ge=1, le=MAX_IMAGE_COUNT, description="Images to make")
     run_id: str = Field(default="", description="The Studio run; part of the derived seed")
-    aspect_ratio: str = Field(default="1:1", description="Only `1:1` is supported")
+    aspect_ratio: str = Field(
+        default="1:1", description="One of `capabilities.features.aspectRatios`"
+    )
     input_images: list[InputImage] = Field(
         default_factory=list,
         max_length=MAX_INPUT_IMAGES,
@@ -416,6 +430,12 @@ class GenerationMetadata(SamplingParameters):
     )
     requested_aspect_ratio: str
     actual_aspect_ratio: str
+    width: int
+    height: int
+    resource_path_source: str = Field(
+        description="Where the bundle's path came from: environment, manifest or default"
+    )
+    manifest_path: str | None = Field(description="The model manifest read, if any")
     duration_ms: int = Field(description="Wall time of the sampler process")
     total_ms: int = Field(description="Wall time of the whole request, queue excluded")
 

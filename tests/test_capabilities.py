@@ -49,6 +49,9 @@ async def test_shape_limits_features_and_defaults() -> None:
     assert caps["limits"]["maxQueue"] == 32
     assert caps["limits"]["maxReferenceBytes"] == 50 * 1024 * 1024
     assert caps["limits"]["maxReferencePixels"] == 50_000_000
+    (square,) = caps["features"].pop("aspectRatioBundles")
+    assert (square["ratio"], square["width"], square["height"]) == ("1:1", 512, 512)
+    assert square["present"] is False and square["problem"] == ""
     reason = caps["features"].pop("imageToImageReason")
     assert reason.startswith("Image-to-image needs VAEEncoder.mlmodelc, which is not in ")
     assert "To fix: install a bundle converted with its VAE encoder" in reason
@@ -56,7 +59,7 @@ async def test_shape_limits_features_and_defaults() -> None:
         "textToImage": True,
         "imageToImage": False,
         "referenceInfluences": {"subtle": 0.75, "balanced": 0.55, "strong": 0.35},
-        "aspectRatios": ["1:1"],
+        "aspectRatios": [],  # no bundle is installed
         "negativePrompt": True,
         "schedulers": ["pndm", "dpmpp"],
         "computeUnits": ["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"],

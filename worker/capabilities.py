@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from protocol.models import (
-    ASPECT_RATIOS,
     COMPUTE_UNITS,
     GUIDANCE_SCALE_MAX,
     GUIDANCE_SCALE_MIN,
@@ -18,6 +17,7 @@ from protocol.models import (
     STEP_COUNT_MAX,
     STEP_COUNT_MIN,
     TIMEOUT_MS_MAX,
+    AspectRatioBundle,
     CapabilitiesResult,
     Features,
     FloatRange,
@@ -29,6 +29,7 @@ from protocol.version import PROTOCOL_VERSION
 from worker import __version__
 from worker.backends.registry import describe_backend, describe_image_to_image
 from worker.host import HostPlatform
+from worker.manifest import bundles_for
 from worker.settings import Settings
 
 WORKER_NAME = "studio-imagegen-worker"
@@ -36,6 +37,7 @@ WORKER_NAME = "studio-imagegen-worker"
 
 def describe_capabilities(settings: Settings, host: HostPlatform) -> CapabilitiesResult:
     image_to_image_reason = describe_image_to_image(settings)
+    manifest = bundles_for(settings)
     return CapabilitiesResult(
         protocol_version=PROTOCOL_VERSION,
         worker=WorkerInfo(name=WORKER_NAME, version=__version__),
@@ -62,7 +64,18 @@ def describe_capabilities(settings: Settings, host: HostPlatform) -> Capabilitie
             image_to_image=not image_to_image_reason,
             image_to_image_reason=image_to_image_reason,
             reference_influences=dict(REFERENCE_INFLUENCE_STRENGTHS),
-            aspect_ratios=list(ASPECT_RATIOS),
+            aspect_ratios=manifest.usable_ratios,
+            aspect_ratio_bundles=[
+                AspectRatioBundle(
+                    ratio=bundle.ratio,
+                    width=bundle.width,
+                    height=bundle.height,
+                    resource_path=str(bundle.resource_path),
+                    present=bundle.present,
+                    problem=bundle.problem,
+                )
+                for bundle in manifest.bundles.values()
+            ],
             negative_prompt=True,
             schedulers=list(SCHEDULERS),
             compute_units=list(COMPUTE_UNITS),
@@ -73,5 +86,5 @@ def describe_capabilities(settings: Settings, host: HostPlatform) -> Capabilitie
             quality_presets=list(QUALITY_PRESETS.values()),
         ),
         defaults=settings.sampling_defaults(),
-        config_errors=list(settings.problems),
+        config_errors=[*settings.problems, *manifest.problems],
     )

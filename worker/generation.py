@@ -24,7 +24,6 @@ from protocol.errors import (
     UnsupportedFeatureData,
 )
 from protocol.models import (
-    ASPECT_RATIOS,
     GeneratedImage,
     GenerateParams,
     GenerateResult,
@@ -45,10 +44,11 @@ from worker.images import (
 )
 from worker.jobs import Job, JobQueue
 from worker.live import LiveSamplers
-from worker.parameters import NATIVE_SIZE, JobParameters, resolve_parameters
+from worker.manifest import Bundle, ModelManifest, bundles_for, ratio_of
+from worker.parameters import JobParameters, requested_ratio, resolve_parameters
 from worker.progress import ProgressReporter
 from worker.reference import prepare_reference
-from worker.settings import Settings
+from worker.settings import ENV_MODEL_MANIFEST, Settings
 
 A1111_SAMPLER_NAMES: dict[Scheduler, str] = {"pndm": "PNDM", "dpmpp": "DPM++ 2M"}
 PARAMETERS_KEYWORD = "parameters"
@@ -69,12 +69,14 @@ class Generator:
     ) -> GenerateResult:
         check_request(params, self._settings)  # an unknown backend is a -32007 here
         assert self._backend is not None
+        manifest = bundles_for(self._settings)
+        bundle = choose_bundle(manifest, requested_ratio(params))
         reference = None
         if params.input_images:  # decoding a large photo takes a while: off the event loop
             reference = await anyio.to_thread.run_sync(
-                prepare_reference, params.input_images[0], 0, NATIVE_SIZE
+                prepare_reference, params.input_images[0], 0, (bundle.width, bundle.height)
             )
-        parameters = resolve_parameters(params, self._settings, reference)
+        parameters = resolve_parameters(params, self._settings, reference, bundle, manifest.path)
         self._backend.check(parameters)
         progress = ProgressReporter(context, parameters.run_id, parameters.total_steps)
         job = Job(request_id=context.request_id, run_id=parameters.run_id, progress=progress)
@@ -87,13 +89,6 @@ class Generator:
 
 def check_request(params: GenerateParams, settings: Settings) -> None:
     """Refuse, before anything runs, what this worker cannot do as asked."""
-    aspect_ratio = params.aspect_ratio.strip() or "1:1"
-    if aspect_ratio not in ASPECT_RATIOS:
-        raise UnsupportedFeature(
-            f"Unsupported feature: aspectRatio {aspect_ratio!r}. The installed model makes "
-            f"square images only; use one of {', '.join(ASPECT_RATIOS)}.",
-            UnsupportedFeatureData(feature="aspectRatio", supported=ASPECT_RATIOS),
-        )
     problems = settings.problems
     if problems:
         first = problems[0]
@@ -120,6 +115,38 @@ def _check_output_dir(output_dir: str | None) -> None:
             f"Invalid params: outputDir {output_dir!r} {problem}.",
             InvalidParamsData(errors=[FieldError(field="outputDir", message=problem)]),
         )
+
+
+def choose_bundle(manifest: ModelManifest, ratio: str) -> Bundle:
+    """The bundle that makes `ratio`: -32001 listing the ratios that can be made when none
+    can make it, -32007 when its manifest entry disagrees with the bundle."""
+    bundle = manifest.bundles.get(ratio)
+    if bundle is not None and bundle.problem:
+        raise ConfigInvalid(
+            f"Configuration invalid: {bundle.problem}. Fix the model manifest "
+            f"({ENV_MODEL_MANIFEST}) or the bundle, and restart the worker.",
+            ConfigInvalidData(
+                variable=ENV_MODEL_MANIFEST,
+                value=str(manifest.path or bundle.resource_path),
+                reason=bundle.problem,
+            ),
+        )
+    if bundle is not None and not bundle.present and ratio == "1:1":
+        return bundle  # the backend says what to install (-32002), as `install` provides it
+    if bundle is None or not bundle.present:
+        usable = manifest.usable_ratios
+        why = (
+            f"its bundle is not installed ({bundle.resource_path})"
+            if bundle is not None
+            else "no bundle for it is configured"
+        )
+        raise UnsupportedFeature(
+            f"Unsupported feature: aspectRatio {ratio!r}: {why}. The installed bundles make "
+            f"{', '.join(usable) or 'no ratio'}; the model manifest ({ENV_MODEL_MANIFEST}) "
+            "maps each ratio to a bundle converted for its size.",
+            UnsupportedFeatureData(feature="aspectRatio", supported=usable),
+        )
+    return bundle
 
 
 def _unwritable(directory: Path) -> str | None:
@@ -166,7 +193,7 @@ def deliver(
             **delivered,
         )
         images.append(generated)
-    aspect = f"{rendered.width}:{rendered.height}" if rendered.width != rendered.height else "1:1"
+    aspect = ratio_of(rendered.width, rendered.height)
     return GenerateResult(
         model_id=rendered.model_id,
         images=images,
@@ -182,6 +209,10 @@ def deliver(
             sample_binary=rendered.sample_binary,
             resource_path=rendered.resource_path,
             requested_aspect_ratio=parameters.requested_aspect_ratio,
+            width=rendered.width,
+            height=rendered.height,
+            resource_path_source=parameters.resource_path_source,
+            manifest_path=str(parameters.manifest_path) if parameters.manifest_path else None,
             actual_aspect_ratio=aspect,
             duration_ms=rendered.duration_ms,
             total_ms=round((time.monotonic() - started) * 1000),

@@ -27,6 +27,7 @@ from worker.seed import derive_seed
 from worker.settings import Settings
 
 if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
+    from worker.manifest import Bundle
     from worker.reference import Reference
 
 NATIVE_SIZE = (512, 512)
@@ -51,7 +52,11 @@ class JobParameters:
     requested_aspect_ratio: str
     width: int
     height: int
-    """The size the model makes, and a reference is prepared to."""
+    """The size the bundle makes, and a reference is prepared to."""
+    resource_path: Path
+    """The bundle that makes that size (Core ML's resources)."""
+    resource_path_source: str
+    manifest_path: Path | None
     kill_grace_ms: int
     preview_every: int = 0
     """Intermediate images every N steps (0: none), sent as `preview` notifications."""
@@ -84,7 +89,11 @@ class JobParameters:
 
 
 def resolve_parameters(
-    params: GenerateParams, settings: Settings, reference: Reference | None = None
+    params: GenerateParams,
+    settings: Settings,
+    reference: Reference | None = None,
+    bundle: Bundle | None = None,
+    manifest_path: Path | None = None,
 ) -> JobParameters:
     """Each value from the first that sets it: the request's own field, a pinned variable,
     the request's preset (quality, reference influence), the default."""
@@ -143,9 +152,12 @@ def resolve_parameters(
         quality=params.quality,
         sampling=sampling,
         sources=sources,
-        requested_aspect_ratio=params.aspect_ratio.strip() or "1:1",
-        width=NATIVE_SIZE[0],
-        height=NATIVE_SIZE[1],
+        requested_aspect_ratio=requested_ratio(params),
+        width=bundle.width if bundle else NATIVE_SIZE[0],
+        height=bundle.height if bundle else NATIVE_SIZE[1],
+        resource_path=bundle.resource_path if bundle else settings.resource_path,
+        resource_path_source=bundle.source if bundle else "environment",
+        manifest_path=manifest_path,
         kill_grace_ms=settings.kill_grace_ms,
         preview_every=params.preview_every,
         preview_dir=Path(params.output_dir)
@@ -154,6 +166,10 @@ def resolve_parameters(
         reference=reference,
         strength=strength,
     )
+
+
+def requested_ratio(params: GenerateParams) -> str:
+    return params.aspect_ratio.strip() or "1:1"
 
 
 def _wire_name(name: str) -> str:

@@ -36,6 +36,9 @@ ENV_LOG_LEVEL = "SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL"
 ENV_MAX_REQUEST_BYTES = "SYSTEMSCULPT_LOCAL_IMAGEGEN_MAX_REQUEST_BYTES"
 ENV_SAMPLE_BIN = "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"
 ENV_RESOURCE_PATH = "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH"
+ENV_MODEL_MANIFEST = "SYSTEMSCULPT_LOCAL_DIFFUSION_MODEL_MANIFEST"
+ENV_LEGACY_MANIFEST = "SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH"
+"""What Studio's later provider read; installs it made may still set it."""
 ENV_COMPUTE_UNITS = "SYSTEMSCULPT_LOCAL_DIFFUSION_COMPUTE_UNITS"
 ENV_STEP_COUNT = "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT"
 ENV_GUIDANCE_SCALE = "SYSTEMSCULPT_LOCAL_DIFFUSION_GUIDANCE_SCALE"
@@ -65,6 +68,8 @@ DEFAULT_MODELS_DIR = ".systemsculpt/local-image-models"
 SAMPLE_BIN_ON_PATH = "stable-diffusion-sample"
 BUNDLE_NAME = "coreml-stable-diffusion-2-1-base-palettized_split_einsum_v2_compiled"
 DEFAULT_RESOURCE_PATH = f"{DEFAULT_MODELS_DIR}/{BUNDLE_NAME}/{BUNDLE_NAME}"
+DEFAULT_MODEL_MANIFEST = f"{DEFAULT_MODELS_DIR}/model-manifest.json"
+"""Relative to the home directory: beside the bundles."""
 """Relative to the home directory, where the original installer unpacked the bundle."""
 
 DEFAULT_STEP_COUNT = 20
@@ -97,6 +102,10 @@ class Settings:
     """The explicitly configured sampler; None means: look in the default places."""
     default_sample_bin: Path
     resource_path: Path
+    resource_path_explicit: bool = False
+    """True when SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH names it (the 1:1 bundle)."""
+    model_manifest: Path = Path(DEFAULT_MODEL_MANIFEST)
+    model_manifest_explicit: bool = False
     compute_units: ComputeUnits = DEFAULT_COMPUTE_UNITS
     step_count: int = DEFAULT_STEP_COUNT
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
@@ -137,11 +146,17 @@ class Settings:
             )
         sample_bin_text = reader.raw(ENV_SAMPLE_BIN)
         resource_text = reader.raw(ENV_RESOURCE_PATH)
+        manifest_text = reader.raw(ENV_MODEL_MANIFEST) or reader.raw(ENV_LEGACY_MANIFEST)
         return cls(
             backend=backend,
             backend_name=backend_name or COREML_BACKEND_ID,
             sample_bin=Path(sample_bin_text).expanduser() if sample_bin_text else None,
             default_sample_bin=home / DEFAULT_SAMPLE_BIN,
+            resource_path_explicit=bool(resource_text),
+            model_manifest=(
+                Path(manifest_text).expanduser() if manifest_text else home / DEFAULT_MODEL_MANIFEST
+            ),
+            model_manifest_explicit=bool(manifest_text),
             resource_path=(
                 Path(resource_text).expanduser() if resource_text else home / DEFAULT_RESOURCE_PATH
             ),

@@ -58,8 +58,6 @@ from worker.settings import ENV_REDUCE_MEMORY, ENV_TIMEOUT_MS, Settings
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZE = (512, 512)
-"""Fixed when the bundle was converted: SD 2.1 base makes 512x512 images."""
 JOB_DIRECTORY_PREFIX = "studio-imagegen-"
 REFERENCE_FILE_NAME = "reference.png"
 """In the job directory, beside (not inside) the sampler's output path."""
@@ -94,7 +92,7 @@ class CoreMLBackend:
         save after the whole run: -32602 naming the field, the limit and the fix; and
         image-to-image without the encoder it needs: -32001."""
         if parameters.reference is not None:
-            encoder = check_image_encoder(self._settings.resource_path)
+            encoder = check_image_encoder(parameters.resource_path)
             if encoder.status == "fail":
                 raise UnsupportedFeature(
                     f"Unsupported feature: inputImages. {encoder.detail} To fix: "
@@ -122,7 +120,9 @@ class CoreMLBackend:
             )
 
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
-        installation = locate_installation(self._settings, self._host)
+        installation = locate_installation(
+            self._settings, self._host, resource_path=parameters.resource_path
+        )
         if not installation.available or installation.sample_binary is None:
             raise BackendUnavailable(
                 f"Core ML backend unavailable: {installation.reason} "
@@ -162,8 +162,8 @@ class CoreMLBackend:
             sample_binary=str(installation.sample_binary),
             resource_path=str(installation.resource_path),
             duration_ms=outcome.duration_ms,
-            width=IMAGE_SIZE[0],
-            height=IMAGE_SIZE[1],
+            width=parameters.width,
+            height=parameters.height,
         )
 
     async def _run(
@@ -296,7 +296,7 @@ def _collect(
         )
     images = []
     for position, path in enumerate(paths):
-        png, width, height = check_png(path, IMAGE_SIZE)
+        png, width, height = check_png(path, (parameters.width, parameters.height))
         index = _image_index(path.name, parameters, fallback=position)
         images.append(RenderedImage(path.name, index, png, width, height))
     warnings = [

@@ -121,18 +121,21 @@ def locate_installation(
     settings: Settings,
     host: HostPlatform,
     which: Callable[[str], str | None] = shutil.which,
+    resource_path: Path | None = None,
 ) -> SamplerInstallation:
-    """The platform, sampler and resource checks, in the order `doctor` prints them."""
+    """The platform, sampler and resource checks, in the order `doctor` prints them; the
+    resources of the 1:1 bundle unless `resource_path` names another."""
     explicit = settings.sample_bin is not None
     binary = _find_binary(settings, which)
+    resources = resource_path if resource_path is not None else settings.resource_path
     return SamplerInstallation(
         sample_binary=binary,
-        resource_path=settings.resource_path,
+        resource_path=resources,
         explicit_binary=explicit,
         checks=(
             check_platform(host, explicit),
             check_sampler(settings, binary),
-            check_resources(settings.resource_path),
+            check_resources(resources),
         ),
     )
 

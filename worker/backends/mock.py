@@ -35,6 +35,7 @@ class MockBackend:
         started = time.monotonic()
         progress.loading("Preparing the procedural test backend")
         total = parameters.total_steps
+        size = (parameters.width, parameters.height)
         for step in range(1, total + 1):
             await anyio.sleep(STEP_SECONDS)  # a checkpoint: cancel lands here
             progress.sampling(step, total, 1 / STEP_SECONDS)
@@ -42,11 +43,11 @@ class MockBackend:
                 await self._preview(parameters, progress, step)
         images = []
         for index in range(parameters.count):
-            png = procedural_png(parameters.prompt, parameters.run_id, index)
+            png = procedural_png(parameters.prompt, parameters.run_id, index, size)
             if parameters.reference is not None and parameters.strength is not None:
                 png = blend_with_reference(png, parameters.reference.png, parameters.strength)
             name = f"procedural.{index}.{parameters.seed}.final.png"
-            images.append(RenderedImage(name, index, png, IMAGE_SIZE, IMAGE_SIZE))
+            images.append(RenderedImage(name, index, png, *size))
             progress.saving(f"Saved {name}")
             await anyio.lowlevel.checkpoint()
         return Rendered(
@@ -57,8 +58,8 @@ class MockBackend:
             sample_binary=None,
             resource_path=None,
             duration_ms=round((time.monotonic() - started) * 1000),
-            width=IMAGE_SIZE,
-            height=IMAGE_SIZE,
+            width=size[0],
+            height=size[1],
         )
 
     async def _preview(
@@ -66,7 +67,8 @@ class MockBackend:
     ) -> None:
         """The pattern as it stands at `step`: a thumbnail per image, as Core ML sends."""
         for index in range(parameters.count):
-            png = procedural_png(parameters.prompt, parameters.run_id, index)
+            size = (parameters.width, parameters.height)
+            png = procedural_png(parameters.prompt, parameters.run_id, index, size)
             name = f"procedural.{index}.{parameters.seed}.{step - 1}.preview.png"
             thumbnail = await anyio.to_thread.run_sync(
                 make_thumbnail, png, parameters.preview_dir, name
@@ -87,16 +89,18 @@ def blend_with_reference(png: bytes, reference: bytes, strength: float) -> bytes
     return buffer.getvalue()
 
 
-def procedural_png(prompt: str, run_id: str, index: int) -> bytes:
-    """The same (prompt, runId, index) always gives the same bytes."""
+def procedural_png(
+    prompt: str, run_id: str, index: int, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)
+) -> bytes:
+    """The same (prompt, runId, index, size) always gives the same bytes."""
     from PIL import Image, ImageDraw  # only when a request needs it: keeps start-up fast
 
     digest = hashlib.sha256(f"{prompt}\x00{run_id}\x00{index}".encode()).digest()
     top, bottom = digest[0:3], digest[3:6]
-    gradient = Image.linear_gradient("L").resize((IMAGE_SIZE, IMAGE_SIZE))
+    gradient = Image.linear_gradient("L").resize(size)
     image = Image.composite(
-        Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(bottom)),
-        Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(top)),
+        Image.new("RGB", size, tuple(bottom)),
+        Image.new("RGB", size, tuple(top)),
         gradient,
     )
     draw = ImageDraw.Draw(image)
