@@ -31,6 +31,7 @@ from protocol.errors import ErrorCode
 from protocol.models import (
     COMPUTE_UNITS,
     QUALITY_PRESETS,
+    REFERENCE_INFLUENCE_STRENGTHS,
     SCHEDULERS,
     CapabilitiesResult,
     ProgressParams,
@@ -123,6 +124,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     gen.add_argument(
         "--negative", dest="negative_prompt", default="", help="what to steer away from"
     )
+    gen.add_argument(
+        "--image", type=Path, help="a reference image (PNG, JPEG or WebP): image-to-image"
+    )
+    gen.add_argument(
+        "--strength",
+        type=float,
+        help="with --image: how far the result may move from it, 0 < s <= 1",
+    )
+    gen.add_argument(
+        "--influence",
+        dest="reference_influence",
+        choices=list(REFERENCE_INFLUENCE_STRENGTHS),
+        help="with --image: subtle 0.75, balanced 0.55, strong 0.35 (the worker's default: "
+        "balanced); --strength wins",
+    )
+    gen.add_argument("--ratio", dest="aspect_ratio", help="aspect ratio, e.g. 16:9 (default 1:1)")
+    gen.add_argument(
+        "--preview-every",
+        type=int,
+        dest="preview_every",
+        help="write a preview every N steps into the output folder",
+    )
     gen.add_argument("--run-id", default="", help="the Studio run this belongs to")
     gen.add_argument("--timeout-ms", type=int, help="stop the sampler after this long")
     gen.add_argument("--out", type=Path, default=default_output_dir(), help="folder for the images")
@@ -199,6 +222,10 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     }
     for name, key in [
         ("quality", "quality"),
+        ("strength", "strength"),
+        ("reference_influence", "referenceInfluence"),
+        ("aspect_ratio", "aspectRatio"),
+        ("preview_every", "previewEvery"),
         ("step_count", "stepCount"),
         ("guidance_scale", "guidanceScale"),
         ("scheduler", "scheduler"),
@@ -208,7 +235,24 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     ]:
         if getattr(args, name) is not None:
             params[key] = getattr(args, name)
+    if args.image is not None:
+        image = args.image.expanduser().resolve()
+        params["inputImages"] = [{"mimeType": _image_type(image), "path": str(image)}]
     return params
+
+
+def _image_type(path: Path) -> str:
+    """The type the file's first bytes say, for the worker to check against its content."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(12)
+    except OSError:
+        return "image/png"  # the worker names the unreadable file
+    if head.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return "image/png"
 
 
 async def _generate(worker: WorkerProcess, args: argparse.Namespace) -> int:
@@ -216,7 +260,11 @@ async def _generate(worker: WorkerProcess, args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     display = ProgressDisplay(sys.stderr)
 
+    previews: list[str] = []
+
     def on_notification(message: Message) -> None:
+        if message.get("method") == "preview":
+            previews.append(message["params"].get("path", ""))
         if message.get("method") == "progress" and not args.raw:
             display.update(
                 ProgressParams.model_validate(message["params"], by_alias=True, by_name=False)
@@ -249,6 +297,8 @@ async def _generate(worker: WorkerProcess, args: argparse.Namespace) -> int:
         return 0
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
+    if previews:
+        print(f"{len(previews)} preview(s) written to {out} (*.preview.png)", file=sys.stderr)
     metadata = result["metadata"]
     print(
         f"{len(result['images'])} image(s) in {metadata['totalMs'] / 1000:.1f}s · "

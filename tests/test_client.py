@@ -217,6 +217,40 @@ def test_without_out_images_go_to_the_pictures_folder(standin: StandIn, tmp_path
     assert f"written to {folder}" in result.stderr
 
 
+def test_image_to_image_ratio_and_previews_from_the_terminal(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    reference = tmp_path / "photo.jpg"
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(reference)
+    out = tmp_path / "images"
+    result = _client(
+        [
+            "generate",
+            "a fox",
+            "--image",
+            str(reference),
+            "--influence",
+            "strong",
+            "--preview-every",
+            "1",
+            "--seed",
+            "5",
+            "--out",
+            str(out),
+        ],
+        standin.env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(out / "a_fox.str35.5.final.png")]
+    # 4 pndm steps at strength 0.35 run 2 timesteps: a preview after each
+    assert f"2 preview(s) written to {out} (*.preview.png)" in result.stderr
+    assert len(list(out.glob("*.preview.png"))) == 2
+    unsupported = _client(["generate", "fox", "--ratio", "16:9", "--out", str(out)], standin.env)
+    assert unsupported.returncode == 11
+    assert "error UNSUPPORTED_FEATURE (-32001)" in unsupported.stderr
+    assert "supported: 1:1" in unsupported.stderr
+
+
 def test_the_worker_never_imports_the_client() -> None:
     code = (
         "import sys, worker.cli, worker.app; "

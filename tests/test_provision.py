@@ -405,9 +405,38 @@ def test_doctor_json_and_an_intel_mac_warning(machine: Machine, tmp_path: Path) 
         "sampler": "ok",
         "sampler runs": "ok",
         "resources": "ok",
+        "image-to-image": "ok",
+        "aspect ratios": "ok",
         "free disk": "ok",
         "settings": "ok",
     }
+
+
+def test_doctor_reports_image_to_image_and_the_manifests_bundles(
+    machine: Machine, tmp_path: Path
+) -> None:
+    from worker.manifest import MANIFEST_SCHEMA
+
+    no_encoder = make_resource_dir(tmp_path / "square", omit=["VAEEncoder.mlmodelc"])
+    manifest = tmp_path / "manifest.json"
+    ratios = {
+        "16:9": {"width": 1024, "height": 576, "resourcePath": str(tmp_path / "absent")},
+        "4:3": {"width": 768, "height": 576, "resourcePath": str(no_encoder)},
+    }
+    manifest.write_text(json.dumps({"schema": MANIFEST_SCHEMA, "ratios": ratios}))
+    env = {
+        **machine.standin.env(),
+        "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(no_encoder),
+        "SYSTEMSCULPT_LOCAL_DIFFUSION_MODEL_MANIFEST": str(manifest),
+    }
+    result = _worker(machine, "doctor", "--platform", MACOS, env=env)
+    lines = result.stdout.splitlines()
+    encoder = next(line for line in lines if "image-to-image" in line)
+    assert encoder.startswith("[warn]") and "VAEEncoder.mlmodelc" in encoder
+    ratios_line = next(line for line in lines if "aspect ratios" in line)
+    assert ratios_line.startswith("[FAIL]")
+    assert "makes 512x512 images, not the 768x576 its entry says" in ratios_line
+    assert result.returncode == 1
 
 
 def test_doctor_catches_a_sampler_that_does_not_start_and_bad_settings(

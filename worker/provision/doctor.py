@@ -10,13 +10,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from worker.backends.coreml_checks import Check, locate_installation
+from worker.backends.coreml_checks import Check, check_image_encoder, locate_installation
 from worker.host import HostPlatform
-from worker.settings import Settings
+from worker.manifest import ModelManifest, load_manifest
+from worker.settings import ENV_MODEL_MANIFEST, Settings
 
 SAMPLER_HELP_TIMEOUT_SECONDS = 20
 MIN_FREE_BYTES_INSTALLED = 1 << 30
@@ -64,9 +65,40 @@ def examine(settings: Settings, host: HostPlatform) -> DoctorReport:
     if installation.sample_binary is not None and sampler_ok:
         checks.insert(2, check_sampler_starts([str(installation.sample_binary), "--help"]))
     resources_ok = next(c for c in checks if c.name == "resources").status == "ok"
+    if resources_ok:
+        encoder = check_image_encoder(settings.resource_path)
+        # text-to-image works without it: a warning, with the fix
+        checks.append(replace(encoder, status="warn") if encoder.status == "fail" else encoder)
+    checks.append(check_aspect_ratios(load_manifest(settings)))
     checks.append(check_free_disk(settings.resource_path, installed=resources_ok))
     checks.append(check_settings(settings))
     return DoctorReport(tuple(checks))
+
+
+def check_aspect_ratios(manifest: ModelManifest) -> Check:
+    """Which ratios have their bundle; a manifest entry that disagrees with its bundle, or
+    a manifest that cannot be read, fails."""
+    where = f"model manifest {manifest.path}" if manifest.path else "no model manifest"
+    ratios = ", ".join(
+        f"{ratio} {'ok' if bundle.usable else 'missing' if not bundle.present else 'wrong'}"
+        for ratio, bundle in manifest.bundles.items()
+    )
+    if manifest.problems:
+        return Check(
+            "aspect ratios",
+            "fail",
+            f"{where}: " + "; ".join(problem.reason for problem in manifest.problems),
+            fix=f"fix the manifest ({ENV_MODEL_MANIFEST}) or the bundles it names",
+        )
+    missing = [ratio for ratio, bundle in manifest.bundles.items() if not bundle.present]
+    if missing and manifest.path is not None:
+        return Check(
+            "aspect ratios",
+            "warn",
+            f"{where}: {ratios}.",
+            fix="convert and install the bundles for " + ", ".join(missing),
+        )
+    return Check("aspect ratios", "ok", f"{where}: {ratios}.")
 
 
 def check_sampler_starts(argv: Sequence[str]) -> Check:
