@@ -42,6 +42,8 @@ class Sizes:
     throughput_runs: int = 3
     memory_images: int = 8
     flood_bytes: int = 20 * 1024 * 1024
+    preview_runs: int = 5
+    reference_runs: int = 5
 
 
 SMOKE = Sizes(
@@ -56,6 +58,8 @@ SMOKE = Sizes(
     throughput_runs=1,
     memory_images=2,
     flood_bytes=1024 * 1024,
+    preview_runs=1,
+    reference_runs=1,
 )
 
 
@@ -303,6 +307,68 @@ async def output_flood(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     ]
 
 
+async def previews(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """A generate with a preview after every step against the same without previews."""
+    env = setup.env(STANDIN_SD_SECONDS_PER_STEP=str(sizes.overhead_step_seconds))
+    plain: list[float] = []
+    previewed: list[float] = []
+    request = {"prompt": "a red fox", "seed": 1, "stepCount": sizes.overhead_steps}
+    async with running_worker(env) as worker:
+        await worker.session.call("generate", {"prompt": "warm-up", "stepCount": 2})
+        for _ in range(sizes.preview_runs):
+            for extra, times in (({}, plain), ({"previewEvery": 1}, previewed)):
+                started = time.perf_counter()
+                response = await worker.session.call("generate", {**request, **extra})
+                times.append(time.perf_counter() - started)
+                assert "result" in response, response
+    ratios = [p / q for p, q in zip(previewed, plain, strict=True)]
+    per_preview = (median(previewed) - median(plain)) / (sizes.overhead_steps + 1) * 1000
+    return [
+        Row(
+            f"previews: every step of {sizes.overhead_steps} / none",
+            "x",
+            ratios,
+            "reported",
+            None,
+            notes=f"{per_preview:.1f} ms more a preview here (the stand-in's PNG write and the "
+            "worker's thumbnail); on a Mac each is also a VAE decode",
+        )
+    ]
+
+
+async def reference_preparation(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """Checking and preparing a 4000x3000 camera JPEG (EXIF-rotated) as a reference."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from protocol.models import InputImage
+    from worker.reference import prepare_reference
+
+    photo = Image.new("RGB", (4000, 3000), (30, 90, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    photo.save(buffer, format="JPEG", exif=exif, quality=85)
+    item = InputImage(mime_type="image/jpeg", base64=base64.b64encode(buffer.getvalue()).decode())
+    samples = []
+    for _ in range(sizes.reference_runs):
+        started = time.perf_counter()
+        prepare_reference(item, 0, (512, 512))
+        samples.append((time.perf_counter() - started) * 1000)
+    return [
+        Row(
+            "reference preparation: 4000x3000 JPEG to 512x512",
+            "ms",
+            samples,
+            "reported",
+            None,
+            notes=f"{len(buffer.getvalue()) / (1 << 20):.1f} MiB, sent as base64",
+        )
+    ]
+
+
 SUITES = {
     "cold-start": cold_start,
     "overhead": overhead,
@@ -311,4 +377,6 @@ SUITES = {
     "throughput": throughput,
     "memory": memory,
     "output-flood": output_flood,
+    "previews": previews,
+    "reference": reference_preparation,
 }

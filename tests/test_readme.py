@@ -33,6 +33,13 @@ EXPECTED: dict[str, int | str] = {
     '"a red fox in snow" --count 2 --seed 7': 0,
     'SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen --raw generate "a fox"': 0,
     ".venv/bin/studio-imagegen generate --help": 0,
+    "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
+    '"a fox in the style of this photo" --image fixtures/reference-photo.jpg '
+    "--influence strong": 0,
+    "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
+    '"a fox on a beach" --ratio 16:9 --quality fast': 0,
+    "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
+    '"a fox" --steps 20 --preview-every 5': 0,
     'printf \'%s\\n\' \'{"jsonrpc":"2.0","id":1,"method":"generate","params":'
     '{"prompt":"a red fox"}}\' | SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock '
     ".venv/bin/studio-imagegen-worker --finish-on-eof": 0,
