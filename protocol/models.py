@@ -119,12 +119,18 @@ class FloatRange(WireModel):
 
 
 class Limits(WireModel):
+    """The range of every expert control, for an inspector to draw."""
+
     max_image_count: int
     max_reference_bytes: int = Field(description="Of a reference image's file or base64 bytes")
     max_reference_pixels: int = Field(description="Of a reference image, checked before decoding")
     step_count: IntRange
     guidance_scale: FloatRange
     timeout_ms: IntRange
+    strength: FloatRange = Field(
+        description="With a reference; min is exclusive (a strength of 0 runs no step)"
+    )
+    preview_every: IntRange
     max_queue: int
     max_concurrency: int
 

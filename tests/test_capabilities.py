@@ -49,6 +49,8 @@ async def test_shape_limits_features_and_defaults() -> None:
     assert caps["limits"]["maxQueue"] == 32
     assert caps["limits"]["maxReferenceBytes"] == 50 * 1024 * 1024
     assert caps["limits"]["maxReferencePixels"] == 50_000_000
+    assert caps["limits"]["strength"] == {"min": 0.0, "max": 1.0, "default": 0.55}
+    assert caps["limits"]["previewEvery"] == {"min": 0, "max": 80, "default": 0}
     (square,) = caps["features"].pop("aspectRatioBundles")
     assert (square["ratio"], square["width"], square["height"]) == ("1:1", 512, 512)
     assert square["present"] is False and square["problem"] == ""

@@ -56,6 +56,10 @@ def describe_capabilities(settings: Settings, host: HostPlatform) -> Capabilitie
             timeout_ms=IntRange(
                 min=REQUEST_TIMEOUT_MS_MIN, max=TIMEOUT_MS_MAX, default=settings.timeout_ms
             ),
+            strength=FloatRange(
+                min=0.0, max=1.0, default=REFERENCE_INFLUENCE_STRENGTHS["balanced"]
+            ),
+            preview_every=IntRange(min=0, max=STEP_COUNT_MAX, default=0),
             max_queue=settings.max_queue,
             max_concurrency=settings.max_concurrency,
         ),
