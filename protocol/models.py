@@ -162,17 +162,25 @@ QUALITY_PRESETS: dict[Quality, QualityPreset] = {
 }
 
 
-def _quality(value: Any) -> Any:
-    """A preset name in any of its accepted spellings, as its canonical name."""
-    if not isinstance(value, str):
-        return value
-    key = "".join(value.lower().split()).replace("-", "").replace("_", "")
-    if key not in QUALITY_ALIASES:
-        raise ValueError(
-            f"is not a quality preset; use one of {', '.join(QUALITY_PRESETS)} "
-            "(also accepted: draft, highdetail, detail)"
-        )
-    return QUALITY_ALIASES[key]
+def _spelled(aliases: dict[str, str], what: str) -> Any:
+    """A validator that takes any of `aliases`' spellings (case, spaces, `-` and `_`
+    ignored, as Studio's later provider did) to its canonical name; anything else is
+    refused naming the valid ones, never guessed."""
+    canonical = list(dict.fromkeys(aliases.values()))
+    others = [alias for alias in aliases if alias not in canonical]
+
+    def validate(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        key = "".join(value.lower().split()).replace("-", "").replace("_", "")
+        if key not in aliases:
+            raise ValueError(
+                f"is not a {what}; use one of {', '.join(canonical)} "
+                f"(also accepted: {', '.join(others)})"
+            )
+        return aliases[key]
+
+    return BeforeValidator(validate)
 
 
 class AspectRatioBundle(WireModel):
@@ -299,18 +307,6 @@ _INFLUENCE_ALIASES: dict[str, ReferenceInfluence] = {
 }
 
 
-def _influence(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    key = "".join(value.lower().split()).replace("-", "").replace("_", "")
-    if key not in _INFLUENCE_ALIASES:
-        raise ValueError(
-            "is not a reference influence; use one of subtle, balanced, strong "
-            "(also accepted: low, high)"
-        )
-    return _INFLUENCE_ALIASES[key]
-
-
 Strength = Annotated[float, Field(gt=0.0, le=1.0), BeforeValidator(_json_number)]
 
 
@@ -340,7 +336,9 @@ class GenerateParams(WireModel):
         description="With a reference: how far the result may move from it, 0 < s <= 1; "
         "wins over referenceInfluence",
     )
-    reference_influence: Annotated[ReferenceInfluence, BeforeValidator(_influence)] | None = Field(
+    reference_influence: (
+        Annotated[ReferenceInfluence, _spelled(_INFLUENCE_ALIASES, "reference influence")] | None
+    ) = Field(
         default=None,
         description="With a reference: subtle (strength 0.75), balanced (0.55, the "
         "default) or strong (0.35)",
@@ -350,7 +348,7 @@ class GenerateParams(WireModel):
     )
     step_count: StepCount | None = Field(default=None, description=_FROM_SETTINGS)
     guidance_scale: GuidanceScale | None = Field(default=None, description=_FROM_SETTINGS)
-    quality: Annotated[Quality, BeforeValidator(_quality)] | None = Field(
+    quality: Annotated[Quality, _spelled(QUALITY_ALIASES, "quality preset")] | None = Field(
         default=None,
         description="A preset of stepCount and guidanceScale (`capabilities.features."
         "qualityPresets`); the request's own fields and pinned variables win over it",

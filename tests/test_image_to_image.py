@@ -16,7 +16,7 @@ from PIL import Image, ImageStat
 
 from fixtures.resources import make_resource_dir
 from tests.standin import StandIn, generate_once
-from tests.worker_clients import WorkerProcess, request
+from tests.worker_clients import WorkerProcess
 from worker.sampler.schedule import timestep_count
 
 StartWorker = Callable[..., WorkerProcess]
@@ -35,16 +35,6 @@ def photo_jpeg(size: tuple[int, int] = (4000, 3000)) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", exif=exif, quality=80)
     return buffer.getvalue()
-
-
-def _over_stdio(
-    worker: WorkerProcess, params: dict[str, Any], id_: str = "g"
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    worker.send(request("generate", params, id_))
-    progress = []
-    while "method" in (message := worker.receive(60)):
-        progress.append(message["params"])
-    return message, progress
 
 
 @pytest.mark.parametrize("source", ["stagedPath", "base64"])
@@ -71,7 +61,10 @@ def test_a_sideways_photo_reaches_the_sampler_upright_and_cropped(
         }
     else:
         item = {"mimeType": "image/jpeg", "base64": base64.b64encode(jpeg).decode()}
-    answer, progress = _over_stdio(worker, {"prompt": "a fox", "seed": 9, "inputImages": [item]})
+    answer, notifications = worker.exchange(
+        "generate", {"prompt": "a fox", "seed": 9, "inputImages": [item]}
+    )
+    progress = [n["params"] for n in notifications]
     result = answer["result"]
     metadata = result["metadata"]
     assert metadata["usedReferenceImage"] is True
@@ -98,13 +91,13 @@ def test_strength_wins_over_the_influence_preset_and_extra_images_are_a_warning(
     Image.new("RGBA", (300, 200), (0, 255, 0, 0)).save(png)
     item = {"mimeType": "image/png", "stagedPath": str(png)}
     worker = worker_process(standin.env)
-    preset, _ = _over_stdio(
-        worker, {"prompt": "fox", "inputImages": [item], "referenceInfluence": "Strong"}, "p"
+    preset, _ = worker.exchange(
+        "generate", {"prompt": "fox", "inputImages": [item], "referenceInfluence": "Strong"}, "p"
     )
     assert preset["result"]["metadata"]["strength"] == 0.35
     assert preset["result"]["metadata"]["sources"]["strength"] == "preset"
-    chosen, _ = _over_stdio(
-        worker,
+    chosen, _ = worker.exchange(
+        "generate",
         {
             "prompt": "fox",
             "inputImages": [item, item, item],

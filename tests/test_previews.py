@@ -19,25 +19,14 @@ from tests.worker_clients import WorkerProcess, request
 StartWorker = Callable[..., WorkerProcess]
 
 
-def _exchange(
-    worker: WorkerProcess, params: dict[str, Any], id_: str = "g"
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The answer, and every notification before it, in order."""
-    worker.send(request("generate", params, id_))
-    notifications = []
-    while "method" in (message := worker.receive(60)):
-        notifications.append(message)
-    return message, notifications
-
-
 def _previews(notifications: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [n["params"] for n in notifications if n["method"] == "preview"]
 
 
 def test_previews_inline_every_second_step(standin: StandIn, worker_process: StartWorker) -> None:
     worker = worker_process(standin.env)  # 4 pndm steps: 5 timesteps, indexes 0..4
-    answer, notifications = _exchange(
-        worker, {"prompt": "fox", "count": 2, "seed": 3, "previewEvery": 2}
+    answer, notifications = worker.exchange(
+        "generate", {"prompt": "fox", "count": 2, "seed": 3, "previewEvery": 2}
     )
     previews = _previews(notifications)
     assert [(p["step"], p["index"]) for p in previews] == [
@@ -49,7 +38,7 @@ def test_previews_inline_every_second_step(standin: StandIn, worker_process: Sta
         (5, 1),
     ]
     for preview in previews:
-        assert preview["totalSteps"] == 5 and preview["requestId"] == "g"
+        assert preview["totalSteps"] == 5 and preview["requestId"] == 1
         assert preview["mimeType"] == "image/png" and "path" not in preview
         with Image.open(io.BytesIO(base64.b64decode(preview["base64"]))) as thumbnail:
             assert thumbnail.size == (preview["width"], preview["height"]) == (256, 256)
@@ -63,8 +52,8 @@ def test_previews_as_files_with_path_output(
     out = tmp_path / "studio"
     out.mkdir()
     worker = worker_process(standin.env)
-    answer, notifications = _exchange(
-        worker,
+    answer, notifications = worker.exchange(
+        "generate",
         {"prompt": "fox", "seed": 3, "previewEvery": 4, "output": "path", "outputDir": str(out)},
     )
     previews = _previews(notifications)
@@ -85,7 +74,7 @@ def test_a_preview_that_cannot_be_read_costs_nothing_but_itself(
     standin: StandIn, worker_process: StartWorker
 ) -> None:
     worker = worker_process({**standin.env, "STANDIN_SD_CORRUPT_PREVIEWS": "1"})
-    answer, notifications = _exchange(worker, {"prompt": "fox", "previewEvery": 1})
+    answer, notifications = worker.exchange("generate", {"prompt": "fox", "previewEvery": 1})
     assert _previews(notifications) == []
     assert len(answer["result"]["images"]) == 1
     assert "a preview was skipped" in worker.stderr
@@ -121,5 +110,7 @@ def test_cancel_during_previews_stops_them_with_the_answer(
 @pytest.mark.parametrize("backend", ["mock"])
 def test_the_mock_backend_sends_previews_too(worker_process: StartWorker, backend: str) -> None:
     worker = worker_process({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": backend})
-    _, notifications = _exchange(worker, {"prompt": "fox", "stepCount": 4, "previewEvery": 2})
+    _, notifications = worker.exchange(
+        "generate", {"prompt": "fox", "stepCount": 4, "previewEvery": 2}
+    )
     assert [p["step"] for p in _previews(notifications)] == [1, 3, 5]

@@ -9,7 +9,7 @@ import pytest
 
 from protocol.models import QUALITY_PRESETS, GenerateParams
 from tests.standin import StandIn
-from tests.worker_clients import WorkerProcess, request
+from tests.worker_clients import WorkerProcess
 from worker.parameters import resolve_parameters
 from worker.settings import Settings
 
@@ -56,16 +56,6 @@ def test_precedence_request_then_environment_then_preset_then_default() -> None:
     assert resolve({}) == (20, 7.5, {"stepCount": "default", "guidanceScale": "default"})
 
 
-def _generate_over_stdio(
-    worker: WorkerProcess, params: dict[str, Any], id_: str
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    worker.send(request("generate", params, id_))
-    progress = []
-    while "method" in (message := worker.receive(30)):
-        progress.append(message["params"])
-    return message, progress
-
-
 @pytest.mark.parametrize("pinned", [False, True], ids=["no pins", "steps pinned"])
 def test_each_preset_over_real_stdio(
     standin: StandIn, worker_process: StartWorker, pinned: bool
@@ -80,7 +70,9 @@ def test_each_preset_over_real_stdio(
         preset.to_wire() for preset in QUALITY_PRESETS.values()
     ]
     for name, preset in QUALITY_PRESETS.items():
-        answer, progress = _generate_over_stdio(worker, {"prompt": "a fox", "quality": name}, name)
+        params = {"prompt": "a fox", "quality": name}
+        answer, notifications = worker.exchange("generate", params, name)
+        progress = [n["params"] for n in notifications]
         metadata = answer["result"]["metadata"]
         steps = 25 if pinned else preset.step_count
         assert (metadata["stepCount"], metadata["guidanceScale"]) == (

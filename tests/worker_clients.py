@@ -193,6 +193,16 @@ class WorkerProcess:
             if isinstance(message, dict) and "method" not in message:
                 return message
 
+    def exchange(
+        self, method: str, params: Any, id_: Any = 1, timeout: float = 60
+    ) -> tuple[Message, list[Message]]:
+        """Send a request; its response, and every notification that came before it."""
+        self.send(request(method, params, id_))
+        notifications = []
+        while "method" in (message := self.receive(timeout)):
+            notifications.append(message)
+        return message, notifications
+
     def close_input(self) -> None:
         self._portal.call(self.worker.session.close_input)
 
