@@ -313,6 +313,19 @@ Strength = Annotated[float, Field(gt=0.0, le=1.0), BeforeValidator(_json_number)
 _FROM_SETTINGS = "Absent: the worker's default (see `capabilities.defaults`)"
 
 
+QualitySpelling = Annotated[Quality, _spelled(QUALITY_ALIASES, "quality preset")]
+InfluenceSpelling = Annotated[
+    ReferenceInfluence, _spelled(_INFLUENCE_ALIASES, "reference influence")
+]
+
+
+class LocalOptions(WireModel):
+    """Where Studio's later provider took the two presets from (it won over the top level)."""
+
+    quality: QualitySpelling | None = None
+    reference_influence: InfluenceSpelling | None = None
+
+
 class GenerateParams(WireModel):
     """One image node's request. Overrides are optional; the environment gives the rest."""
 
@@ -336,9 +349,7 @@ class GenerateParams(WireModel):
         description="With a reference: how far the result may move from it, 0 < s <= 1; "
         "wins over referenceInfluence",
     )
-    reference_influence: (
-        Annotated[ReferenceInfluence, _spelled(_INFLUENCE_ALIASES, "reference influence")] | None
-    ) = Field(
+    reference_influence: InfluenceSpelling | None = Field(
         default=None,
         description="With a reference: subtle (strength 0.75), balanced (0.55, the "
         "default) or strong (0.35)",
@@ -348,10 +359,18 @@ class GenerateParams(WireModel):
     )
     step_count: StepCount | None = Field(default=None, description=_FROM_SETTINGS)
     guidance_scale: GuidanceScale | None = Field(default=None, description=_FROM_SETTINGS)
-    quality: Annotated[Quality, _spelled(QUALITY_ALIASES, "quality preset")] | None = Field(
+    quality: QualitySpelling | None = Field(
         default=None,
         description="A preset of stepCount and guidanceScale (`capabilities.features."
         "qualityPresets`); the request's own fields and pinned variables win over it",
+    )
+    quality_preset: QualitySpelling | None = Field(
+        default=None, description="The same as quality, as Studio's later provider spelled it"
+    )
+    local_options: LocalOptions | None = Field(
+        default=None,
+        description="{quality, referenceInfluence}, as Studio's later provider took them; "
+        "they win over the top-level fields",
     )
     scheduler: Scheduler | None = Field(default=None, description=_FROM_SETTINGS)
     compute_units: ComputeUnits | None = Field(default=None, description=_FROM_SETTINGS)
@@ -391,6 +410,17 @@ class GenerateParams(WireModel):
         if "\x00" in value:
             raise ValueError("contains a NUL character, which no command line can carry")
         return value
+
+    @property
+    def chosen_quality(self) -> Quality | None:
+        """localOptions, then quality, then qualityPreset: the later provider's order."""
+        options = self.local_options or LocalOptions()
+        return options.quality or self.quality or self.quality_preset
+
+    @property
+    def chosen_influence(self) -> ReferenceInfluence | None:
+        options = self.local_options or LocalOptions()
+        return options.reference_influence or self.reference_influence
 
     @model_validator(mode="after")
     def _output_dir_goes_with_path(self) -> GenerateParams:

@@ -84,3 +84,24 @@ def test_each_preset_over_real_stdio(
         assert metadata["sources"]["guidanceScale"] == "preset"
         # pndm: the sampler's total is one more than the step count, known from the start
         assert {p["totalSteps"] for p in progress} == {steps + 1}
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "quality", "influence"),
+    [
+        ({"qualityPreset": "draft"}, "fast", None),
+        ({"quality": "high", "qualityPreset": "fast"}, "high", None),
+        (
+            {"quality": "high", "localOptions": {"quality": "fast", "referenceInfluence": "low"}},
+            "fast",
+            "subtle",
+        ),
+        ({"referenceInfluence": "High"}, None, "strong"),
+    ],
+)
+def test_the_later_providers_request_shapes_pick_the_same_presets(
+    request_fields: dict[str, Any], quality: str | None, influence: str | None
+) -> None:
+    """localOptions won over the top level, and qualityPreset was quality's other name."""
+    params = GenerateParams.model_validate({"prompt": "x", **request_fields})
+    assert (params.chosen_quality, params.chosen_influence) == (quality, influence)

@@ -103,10 +103,9 @@ def resolve_parameters(
         for name in fields
         if getattr(params, name, None) is not None  # disable_safety is environment-only
     }
+    quality = params.chosen_quality
     preset = (
-        QUALITY_PRESETS[params.quality].model_dump(by_alias=False, exclude={"name"})
-        if params.quality
-        else {}
+        QUALITY_PRESETS[quality].model_dump(by_alias=False, exclude={"name"}) if quality else {}
     )
     from_preset = {
         name: value
@@ -130,7 +129,7 @@ def resolve_parameters(
     sources["seed"] = "request" if params.seed is not None else "derived"
     strength = None
     if reference is not None:
-        influence = params.reference_influence or DEFAULT_REFERENCE_INFLUENCE
+        influence = params.chosen_influence or DEFAULT_REFERENCE_INFLUENCE
         strength = (
             params.strength
             if params.strength is not None
@@ -140,7 +139,7 @@ def resolve_parameters(
             "request"
             if params.strength is not None
             else "preset"
-            if params.reference_influence
+            if params.chosen_influence
             else "default"
         )
     return JobParameters(
@@ -149,7 +148,7 @@ def resolve_parameters(
         run_id=params.run_id,
         count=params.count,
         seed=params.seed if params.seed is not None else derive_seed(params.prompt, params.run_id),
-        quality=params.quality,
+        quality=quality,
         sampling=sampling,
         sources=sources,
         requested_aspect_ratio=requested_ratio(params),
