@@ -277,3 +277,38 @@ async def test_the_mock_backend_blends_the_reference(tmp_path: Path) -> None:
             with Image.open(io.BytesIO(data)) as image:
                 images[strength] = ImageStat.Stat(image.convert("L")).mean[0]
     assert images[0.1] > images[1.0]  # a low strength stays close to the white reference
+
+
+async def test_a_cancel_while_the_reference_is_prepared_answers_at_once(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """A large photo takes a while to decode; a cancel in that time must find the job."""
+    import anyio
+
+    from tests.worker_clients import in_process_worker, request
+    from worker import reference as reference_module
+    from worker.settings import Settings
+
+    png = tmp_path / "ref.png"
+    png.write_bytes(_png_bytes())
+    real = reference_module.prepare_reference
+
+    def slow(*args: Any) -> Any:
+        import time
+
+        time.sleep(1.0)
+        return real(*args)
+
+    params = {"prompt": "fox", "inputImages": [{"mimeType": "image/png", "path": str(png)}]}
+    with mock.patch("worker.generation.prepare_reference", slow):
+        async with in_process_worker(Settings.from_environ(standin.env)) as worker:
+            await worker.send(request("generate", params, "g"))
+            await anyio.sleep(0.2)
+            await worker.send(request("cancel", {"requestId": "g"}, "c"))
+            answers: dict[str, Any] = {}
+            while len(answers) < 2:
+                message = await worker.receive(wait=10)
+                assert "method" not in message, message  # the sampler never started
+                answers[message["id"]] = message
+    assert answers["c"]["result"] == {"cancelled": ["g"]}
+    assert answers["g"]["error"]["code"] == -32800

@@ -71,15 +71,17 @@ class Generator:
         assert self._backend is not None
         manifest = bundles_for(self._settings)
         bundle = choose_bundle(manifest, requested_ratio(params))
+        progress = ProgressReporter(context, params.run_id, expected_total_steps=0)
+        job = Job(request_id=context.request_id, run_id=params.run_id, progress=progress)
         reference = None
-        if params.input_images:  # decoding a large photo takes a while: off the event loop
-            reference = await anyio.to_thread.run_sync(
-                prepare_reference, params.input_images[0], 0, (bundle.width, bundle.height)
-            )
+        with queue.preparing(job):  # a cancel may come while a large photo is decoded
+            if params.input_images:
+                reference = await anyio.to_thread.run_sync(
+                    prepare_reference, params.input_images[0], 0, (bundle.width, bundle.height)
+                )
         parameters = resolve_parameters(params, self._settings, reference, bundle, manifest.path)
         self._backend.check(parameters)
-        progress = ProgressReporter(context, parameters.run_id, parameters.total_steps)
-        job = Job(request_id=context.request_id, run_id=parameters.run_id, progress=progress)
+        progress.expect(parameters.total_steps)
         backend = self._backend
         rendered, started = await queue.run(
             job, lambda: render_timed(backend, parameters, progress)

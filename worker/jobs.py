@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -56,13 +57,33 @@ class JobQueue:
         self._max_queue = max_queue
         self._running: list[Job] = []
         self._waiting: deque[Job] = deque()
+        self._preparing: list[Job] = []
         self._closed = False
+
+    @contextmanager
+    def preparing(self, job: Job) -> Iterator[None]:
+        """While a request is still checked and prepared, before `run`: a cancel finds
+        its job and stops the preparation, and the block ends in -32800."""
+        self._preparing.append(job)
+        try:
+            with anyio.CancelScope() as scope:
+                job.scope = scope
+                if self._closed:
+                    self._cancel(job, "the worker is shutting down")
+                yield
+            if job.cancelled:
+                raise _cancelled(job, job.cancel_reason)
+        finally:
+            self._preparing.remove(job)
+            job.scope = None
 
     async def run(self, job: Job, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` for `job` when its turn comes; -32800 if it is cancelled first or
         meanwhile, -32006 if the queue is full."""
         if self._closed:
             raise _cancelled(job, "the worker is shutting down")
+        if job.cancelled:  # while its request was being prepared
+            raise _cancelled(job, job.cancel_reason)
         if len(self._running) < self._max_concurrency and not self._waiting:
             self._running.append(job)
         elif len(self._waiting) >= self._max_queue:
@@ -100,7 +121,7 @@ class JobQueue:
         return self._cancel_where(lambda job: job.run_id == run_id)
 
     def _cancel_where(self, matches: Callable[[Job], bool]) -> list[JsonId]:
-        jobs = [job for job in [*self._running, *self._waiting] if matches(job)]
+        jobs = [job for job in [*self._running, *self._waiting, *self._preparing] if matches(job)]
         for job in jobs:
             self._cancel(job, "cancelled by the host")
         return [job.request_id for job in jobs]
@@ -108,7 +129,7 @@ class JobQueue:
     def close(self) -> None:
         """Refuse new jobs and cancel every job that is waiting or running."""
         self._closed = True
-        for job in [*self._running, *self._waiting]:
+        for job in [*self._running, *self._waiting, *self._preparing]:
             self._cancel(job, "the worker is shutting down")
 
     def _cancel(self, job: Job, reason: str) -> None:

@@ -29,6 +29,10 @@ class ProgressReporter:
         self._completed = 0
         self.withheld: list[int] = []
 
+    def expect(self, total_steps: int) -> None:
+        """The step total, once the job's parameters are resolved."""
+        self._total = total_steps
+
     def queued(self, position: int) -> None:
         self._send(
             "queued",
