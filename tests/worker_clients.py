@@ -187,11 +187,8 @@ class WorkerProcess:
                 return
 
     def call(self, method: str, params: Any = None, id_: Any = 1) -> Message:
-        self.send(request(method, params, id_))
-        while True:
-            message = self.receive()
-            if isinstance(message, dict) and "method" not in message:
-                return message
+        """Send a request and return its response (notifications before it are skipped)."""
+        return self.exchange(method, params, id_, WAIT_SECONDS)[0]
 
     def exchange(
         self, method: str, params: Any, id_: Any = 1, timeout: float = 60

@@ -36,14 +36,23 @@ class MockBackend:
         progress.loading("Preparing the procedural test backend")
         total = parameters.total_steps
         size = (parameters.width, parameters.height)
+        patterns: dict[int, bytes] = {}
+
+        def pattern(index: int) -> bytes:
+            """Each image's pattern is drawn once, for its previews and its result alike."""
+            if index not in patterns:
+                patterns[index] = procedural_png(parameters.prompt, parameters.run_id, index, size)
+            return patterns[index]
+
         for step in range(1, total + 1):
             await anyio.sleep(STEP_SECONDS)  # a checkpoint: cancel lands here
             progress.sampling(step, total, 1 / STEP_SECONDS)
             if parameters.preview_every and (step - 1) % parameters.preview_every == 0:
-                await self._preview(parameters, progress, step)
+                for index in range(parameters.count):
+                    await self._preview(parameters, progress, step, index, pattern(index))
         images = []
         for index in range(parameters.count):
-            png = procedural_png(parameters.prompt, parameters.run_id, index, size)
+            png = pattern(index)
             if parameters.reference is not None and parameters.strength is not None:
                 png = blend_with_reference(png, parameters.reference.png, parameters.strength)
             name = f"procedural.{index}.{parameters.seed}.final.png"
@@ -63,18 +72,20 @@ class MockBackend:
         )
 
     async def _preview(
-        self, parameters: JobParameters, progress: ProgressReporter, step: int
+        self,
+        parameters: JobParameters,
+        progress: ProgressReporter,
+        step: int,
+        index: int,
+        png: bytes,
     ) -> None:
-        """The pattern as it stands at `step`: a thumbnail per image, as Core ML sends."""
-        for index in range(parameters.count):
-            size = (parameters.width, parameters.height)
-            png = procedural_png(parameters.prompt, parameters.run_id, index, size)
-            name = f"procedural.{index}.{parameters.seed}.{step - 1}.preview.png"
-            thumbnail = await anyio.to_thread.run_sync(
-                make_thumbnail, png, parameters.preview_dir, name
-            )
-            if thumbnail is not None:
-                progress.preview(step, parameters.total_steps, index, thumbnail)
+        """The pattern at `step`, as a thumbnail: the preview Core ML would send."""
+        name = f"procedural.{index}.{parameters.seed}.{step - 1}.preview.png"
+        thumbnail = await anyio.to_thread.run_sync(
+            make_thumbnail, png, parameters.preview_dir, name
+        )
+        if thumbnail is not None:
+            progress.preview(step, parameters.total_steps, index, thumbnail)
 
 
 def blend_with_reference(png: bytes, reference: bytes, strength: float) -> bytes:
