@@ -19,9 +19,11 @@ from protocol.base import WireModel
 from protocol.errors import ConfigInvalidData
 from protocol.version import REQUEST_SCHEMA_TAG, RESPONSE_SCHEMA_TAG
 
-Scheduler = Literal["pndm", "dpmpp"]
+Scheduler = Literal["pndm", "dpmpp", "euler", "euler_a", "ddim"]
 ComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
-SCHEDULERS: tuple[Scheduler, ...] = ("pndm", "dpmpp")
+SCHEDULERS: tuple[Scheduler, ...] = ("pndm", "dpmpp", "euler", "euler_a", "ddim")
+"""Every scheduler some backend serves; `capabilities.features.schedulers` lists the
+configured backend's (Core ML: pndm and dpmpp)."""
 COMPUTE_UNITS: tuple[ComputeUnits, ...] = ("all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine")
 
 MAX_IMAGE_COUNT = 8
@@ -92,10 +94,23 @@ class PlatformInfo(WireModel):
     python: str
 
 
+class ModelHostStatus(WireModel):
+    """The diffusers backend's model host, as it is now."""
+
+    loaded: bool = Field(description="A host is running with the model loaded")
+    device: str = Field(description="Where it runs (cpu, cuda, mps), or as configured")
+    dtype: str
+    last_load_ms: int | None = Field(description="How long the last load took; None: none yet")
+    idle_unload_ms: int = Field(description="Unloaded after this long without a job (0: never)")
+    pid: int | None
+
+
 class BackendStatus(WireModel):
     """Whether `generate` can run now, and if not, what to do about it."""
 
-    id: str = Field(description="`coreml_diffusion`, `mock`, or the unusable value configured")
+    id: str = Field(
+        description="`coreml_diffusion`, `diffusers`, `mock`, or the unusable value configured"
+    )
     available: bool
     reason: str = Field(description="Why it is (not) available, in words a person can act on")
     missing: list[str] = Field(description="Files or directories that are absent")
@@ -104,6 +119,11 @@ class BackendStatus(WireModel):
     sample_binary: str | None
     resource_path: str | None
     test_only: bool
+    model_host: ModelHostStatus | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="With the diffusers backend: the process that keeps the model loaded",
+    )
 
 
 class IntRange(WireModel):

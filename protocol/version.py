@@ -2,7 +2,9 @@
 
 from typing import Final
 
-PROTOCOL_VERSION = "1.1"
-"""1.1: -32008, metadata with every sampling parameter and its source, any id cancellable."""
+PROTOCOL_VERSION = "1.2"
+"""1.1: -32008, metadata with every sampling parameter and its source, any id cancellable.
+1.2: the diffusers backend: schedulers euler, euler_a and ddim, `backend.modelHost`, a
+seed per image."""
 REQUEST_SCHEMA_TAG: Final = "studio.local-image-generation.request.v1"
 RESPONSE_SCHEMA_TAG: Final = "studio.local-image-generation.response.v1"

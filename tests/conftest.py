@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.diffusers_setup import build_tiny_model, require_extra
 from tests.standin import StandIn
 from tests.worker_clients import WorkerProcess, start_worker_process
 
@@ -39,3 +40,10 @@ def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[StandIn
     yield stand_in
     assert stand_in.live_processes() == [], "a sampler process outlived the test"
     assert stand_in.leftover_temp_entries() == [], "a job left its temp dir behind"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Stable Diffusion pipeline with random weights, built once per session."""
+    require_extra()
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")

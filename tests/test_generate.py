@@ -226,6 +226,16 @@ def test_a_failed_write_leaves_no_image_of_the_request(tmp_path: Path) -> None:
     assert list(out.iterdir()) == []
 
 
+async def test_a_scheduler_only_diffusers_has_is_unsupported_with_core_ml(
+    standin: StandIn,
+) -> None:
+    response, notifications = await generate_once(standin, {"prompt": "fox", "scheduler": "euler"})
+    assert response["error"]["code"] == -32001
+    assert response["error"]["data"] == {"feature": "scheduler", "supported": ["pndm", "dpmpp"]}
+    assert "diffusers backend" in response["error"]["message"]
+    assert notifications == []
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -235,7 +245,7 @@ def test_a_failed_write_leaves_no_image_of_the_request(tmp_path: Path) -> None:
         ({"prompt": "fox", "seed": -1}, "seed"),
         ({"prompt": "fox", "seed": 2**32}, "seed"),
         ({"prompt": "fox", "stepCount": 81}, "stepCount"),
-        ({"prompt": "fox", "scheduler": "euler"}, "scheduler"),
+        ({"prompt": "fox", "scheduler": "heun"}, "scheduler"),
         ({"prompt": "fox", "timeoutMs": 5}, "timeoutMs"),
         ({"prompt": "fox", "style": "noir"}, "style"),
         ({"prompt": "fox\u0000"}, "prompt"),

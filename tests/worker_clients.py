@@ -99,7 +99,9 @@ async def in_process_worker(
     server: Server | None = None,
 ) -> AsyncIterator[InProcessWorker]:
     settings = settings if settings is not None else Settings.from_environ({})
-    server = server if server is not None else build_server(settings, host)[0]
+    methods = None
+    if server is None:
+        server, methods = build_server(settings, host)
     stdin_send, stdin_receive = anyio.create_memory_object_stream[bytes](64)
     stdout_send, stdout_receive = anyio.create_memory_object_stream[bytes](4096)
     session = WorkerSession(stdout_receive, stdin_send, keep_messages=True)
@@ -108,6 +110,8 @@ async def in_process_worker(
     async def serve() -> None:
         async with stdout_send:
             await server.serve(stdin_receive, _MemorySink(stdout_send))
+            if methods is not None:  # as the command line does: end the model host
+                await methods.aclose()
 
     try:
         async with stdout_receive, anyio.create_task_group() as group:

@@ -13,7 +13,6 @@ from protocol.models import (
     QUALITY_PRESETS,
     REFERENCE_INFLUENCE_STRENGTHS,
     REQUEST_TIMEOUT_MS_MIN,
-    SCHEDULERS,
     STEP_COUNT_MAX,
     STEP_COUNT_MIN,
     TIMEOUT_MS_MAX,
@@ -27,7 +26,8 @@ from protocol.models import (
 )
 from protocol.version import PROTOCOL_VERSION
 from worker import __version__
-from worker.backends.registry import describe_backend, describe_image_to_image
+from worker.backends.base import Backend
+from worker.backends.registry import BACKENDS, describe_backend, describe_image_to_image
 from worker.host import HostPlatform
 from worker.manifest import bundles_for
 from worker.settings import Settings
@@ -35,14 +35,18 @@ from worker.settings import Settings
 WORKER_NAME = "studio-imagegen-worker"
 
 
-def describe_capabilities(settings: Settings, host: HostPlatform) -> CapabilitiesResult:
+def describe_capabilities(
+    settings: Settings, host: HostPlatform, running: Backend | None = None
+) -> CapabilitiesResult:
+    """`running`: the backend `generate` uses, once one has run (its live state)."""
+    entry = BACKENDS[settings.backend] if settings.backend else None
     image_to_image_reason = describe_image_to_image(settings)
     manifest = bundles_for(settings)
     return CapabilitiesResult(
         protocol_version=PROTOCOL_VERSION,
         worker=WorkerInfo(name=WORKER_NAME, version=__version__),
         platform=host.describe(),
-        backend=describe_backend(settings, host),
+        backend=describe_backend(settings, host, running),
         limits=Limits(
             max_image_count=MAX_IMAGE_COUNT,
             max_reference_bytes=MAX_REFERENCE_BYTES,
@@ -81,8 +85,8 @@ def describe_capabilities(settings: Settings, host: HostPlatform) -> Capabilitie
                 for bundle in manifest.bundles.values()
             ],
             negative_prompt=True,
-            schedulers=list(SCHEDULERS),
-            compute_units=list(COMPUTE_UNITS),
+            schedulers=list(entry.schedulers if entry else ()),
+            compute_units=list(entry.compute_units if entry else COMPUTE_UNITS),
             progress=True,
             cancel=True,
             previews=True,

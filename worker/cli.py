@@ -15,6 +15,7 @@ from worker import __version__
 from worker.app import build_server
 from worker.host import HostPlatform
 from worker.live import LiveSamplers
+from worker.methods import WorkerMethods
 from worker.provision.commands import add_commands, run_doctor, run_install
 from worker.server import Server
 from worker.settings import Settings
@@ -99,15 +100,18 @@ def serve(finish_on_eof: bool = False) -> int:
         eof = "running jobs finish first" if finish_on_eof else "running jobs are cancelled"
         print(READY_BANNER.format(version=__version__, eof=eof), file=sys.stderr, flush=True)
     server, methods = build_server(settings, HostPlatform.current(), finish_on_eof)
-    anyio.run(_serve, server, methods.live, protocol_in, protocol_out)
+    anyio.run(_serve, server, methods, protocol_in, protocol_out)
     logger.debug("exiting")
     return 0
 
 
-async def _serve(server: Server, live: LiveSamplers, protocol_in: int, protocol_out: int) -> None:
+async def _serve(
+    server: Server, methods: WorkerMethods, protocol_in: int, protocol_out: int
+) -> None:
     async with anyio.create_task_group() as group:
-        group.start_soon(_stop_on_signals, server, live)
+        group.start_soon(_stop_on_signals, server, methods.live)
         await server.serve(open_fd_reader(protocol_in), FdLineWriter(protocol_out))
+        await methods.aclose()
         group.cancel_scope.cancel()
 
 

@@ -50,7 +50,13 @@ from worker.progress import ProgressReporter
 from worker.reference import prepare_reference
 from worker.settings import ENV_MODEL_MANIFEST, Settings
 
-A1111_SAMPLER_NAMES: dict[Scheduler, str] = {"pndm": "PNDM", "dpmpp": "DPM++ 2M"}
+A1111_SAMPLER_NAMES: dict[Scheduler, str] = {
+    "pndm": "PNDM",
+    "dpmpp": "DPM++ 2M",
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "ddim": "DDIM",
+}
 PARAMETERS_KEYWORD = "parameters"
 JSON_KEYWORD = "studio-imagegen"
 
@@ -63,6 +69,15 @@ class Generator:
         self._backend: Backend | None = (
             BACKENDS[settings.backend].load(settings, host, live) if settings.backend else None
         )
+
+    @property
+    def backend(self) -> Backend | None:
+        return self._backend
+
+    async def aclose(self) -> None:
+        closing = getattr(self._backend, "aclose", None)
+        if closing is not None:
+            await closing()
 
     async def generate(
         self, context: RequestContext, params: GenerateParams, queue: JobQueue
@@ -179,7 +194,10 @@ def deliver(
     images = []
     written: list[Path] = []
     for image in rendered.images:
-        png = with_text_chunks(image.png, _text_chunks(params, parameters, rendered, image.index))
+        seed = image.seed if image.seed is not None else parameters.seed
+        png = with_text_chunks(
+            image.png, _text_chunks(params, parameters, rendered, image.index, seed)
+        )
         delivered: dict[str, str] = {"file_name": image.file_name}
         if params.output == "path":
             assert params.output_dir is not None
@@ -190,7 +208,7 @@ def deliver(
         generated = GeneratedImage(
             width=image.width,
             height=image.height,
-            seed=parameters.seed,
+            seed=seed,
             index=image.index,
             **delivered,
         )
@@ -252,7 +270,7 @@ def _write_or_roll_back(directory: Path, name: str, png: bytes, written: list[Pa
 
 
 def _text_chunks(
-    params: GenerateParams, parameters: JobParameters, rendered: Rendered, index: int
+    params: GenerateParams, parameters: JobParameters, rendered: Rendered, index: int, seed: int
 ) -> list[tuple[str, str]]:
     """A `parameters` chunk in AUTOMATIC1111's layout, and the exact request as JSON."""
     sampling = parameters.sampling
@@ -261,7 +279,7 @@ def _text_chunks(
         lines.append(f"Negative prompt: {parameters.negative_prompt}")
     lines.append(
         f"Steps: {sampling.step_count}, Sampler: {A1111_SAMPLER_NAMES[sampling.scheduler]}, "
-        f"CFG scale: {sampling.guidance_scale:g}, Seed: {parameters.seed}, "
+        f"CFG scale: {sampling.guidance_scale:g}, Seed: {seed}, "
         f"Size: {rendered.width}x{rendered.height}, Model: {rendered.model_id}, "
         f"Compute units: {sampling.compute_units}, Batch size: {parameters.count}, "
         f"Batch pos: {index}, Version: studio-imagegen-worker {__version__}"

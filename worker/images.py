@@ -27,6 +27,8 @@ class RenderedImage:
     png: bytes
     width: int
     height: int
+    seed: int | None = None
+    """Its own seed, where each image of a batch has one; None: the job's seed."""
 
 
 def select_outputs(root: Path, count: int, seed: int) -> list[Path]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import ConfigInvalidData
-from worker.backends import MOCK_BACKEND_ID
+from worker.backends import DIFFUSERS_BACKEND_ID, MOCK_BACKEND_ID
 from worker.settings import ENV_MODEL_MANIFEST, ENV_RESOURCE_PATH, Settings
 
 MANIFEST_SCHEMA = "studio.local-diffusion.model-manifest.v1"
@@ -68,7 +68,8 @@ class ModelManifest:
 
 def bundles_for(settings: Settings) -> ModelManifest:
     """The configured backend's bundles: the manifest's for Core ML; every standard size
-    for the mock, which draws any of them."""
+    for the mock, which draws any of them; for diffusers, every standard ratio at the
+    model's native resolution, all made by the one model."""
     if settings.backend == MOCK_BACKEND_ID:
         return ModelManifest(
             None,
@@ -78,7 +79,33 @@ def bundles_for(settings: Settings) -> ModelManifest:
             },
             (),
         )
+    if settings.backend == DIFFUSERS_BACKEND_ID:
+        from worker.backends.diffusers_checks import locate_model
+
+        model = locate_model(settings)
+        source = "environment" if settings.diffusers_model_explicit else "default"
+        where = model.path or Path(model.text)
+        return ModelManifest(
+            None,
+            {
+                ratio: Bundle(ratio, *size_at(ratio, model.native_side), where, source, True)
+                for ratio in STANDARD_SIZES
+            },
+            (),
+        )
     return load_manifest(settings)
+
+
+def size_at(ratio: str, side: int) -> tuple[int, int]:
+    """The size of `ratio` with the area of a `side` x `side` square, each side a multiple
+    of 8 (what a model trained at that side makes best)."""
+    across, down = (int(part) for part in ratio.split(":"))
+    width = side * (across / down) ** 0.5
+    height = side * (down / across) ** 0.5
+    return (
+        max(LATENT_SCALE, round(width / LATENT_SCALE) * LATENT_SCALE),
+        max(LATENT_SCALE, round(height / LATENT_SCALE) * LATENT_SCALE),
+    )
 
 
 def load_manifest(settings: Settings) -> ModelManifest:

@@ -43,7 +43,8 @@ class WorkerMethods:
     async def capabilities(
         self, context: RequestContext, params: CapabilitiesParams
     ) -> CapabilitiesResult:
-        return describe_capabilities(self.settings, self.host)
+        running = self._generator.backend if self._generator else None
+        return describe_capabilities(self.settings, self.host, running)
 
     async def generate(self, context: RequestContext, params: GenerateParams) -> GenerateResult:
         if self._generator is None:
@@ -67,6 +68,11 @@ class WorkerMethods:
     def shutdown(self) -> None:
         """Refuse new jobs and cancel the rest; each is still answered (-32800)."""
         self.queue.close()
+
+    async def aclose(self) -> None:
+        """After the last answer: end what the backend keeps running (a model host)."""
+        if self._generator is not None:
+            await self._generator.aclose()
 
     def table(self) -> dict[str, Method]:
         return {

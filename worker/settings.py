@@ -10,6 +10,7 @@ reported the same way.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -29,7 +30,14 @@ from protocol.models import (
     Defaults,
     Scheduler,
 )
-from worker.backends import BACKEND_NAMES, COREML_BACKEND_ID, MOCK_BACKEND_ID, BackendId
+from worker.backends import (
+    BACKEND_NAMES,
+    BACKEND_SCHEDULERS,
+    COREML_BACKEND_ID,
+    DIFFUSERS_BACKEND_ID,
+    MOCK_BACKEND_ID,
+    BackendId,
+)
 
 ENV_BACKEND = "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND"
 ENV_LOG_LEVEL = "SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL"
@@ -49,6 +57,10 @@ ENV_TIMEOUT_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_TIMEOUT_MS"
 ENV_MAX_CONCURRENCY = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_CONCURRENCY"
 ENV_MAX_QUEUE = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_QUEUE"
 ENV_KILL_GRACE_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS"
+ENV_DIFFUSERS_MODEL = "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL"
+ENV_DIFFUSERS_DEVICE = "SYSTEMSCULPT_LOCAL_DIFFUSERS_DEVICE"
+ENV_DIFFUSERS_DTYPE = "SYSTEMSCULPT_LOCAL_DIFFUSERS_DTYPE"
+ENV_DIFFUSERS_IDLE_MS = "SYSTEMSCULPT_LOCAL_DIFFUSERS_IDLE_MS"
 
 SAMPLING_VARIABLES = {
     "step_count": ENV_STEP_COUNT,
@@ -71,6 +83,13 @@ DEFAULT_RESOURCE_PATH = f"{DEFAULT_MODELS_DIR}/{BUNDLE_NAME}/{BUNDLE_NAME}"
 DEFAULT_MODEL_MANIFEST = f"{DEFAULT_MODELS_DIR}/model-manifest.json"
 """Relative to the home directory: beside the bundles."""
 """Relative to the home directory, where the original installer unpacked the bundle."""
+
+DEFAULT_DIFFUSERS_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+"""A hub repository id, looked up in the local Hugging Face cache (`install` puts it there)."""
+DIFFUSERS_DTYPES = ("auto", "float16", "bfloat16", "float32")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEFAULT_DIFFUSERS_IDLE_MS = 600_000
+MAX_DIFFUSERS_IDLE_MS = 7 * 24 * 3_600_000
 
 DEFAULT_STEP_COUNT = 20
 DEFAULT_GUIDANCE_SCALE = 7.5
@@ -118,6 +137,15 @@ class Settings:
     kill_grace_ms: int = DEFAULT_KILL_GRACE_MS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
+    diffusers_model: str = DEFAULT_DIFFUSERS_MODEL
+    """A diffusers directory, a single-file checkpoint, or a hub repository id."""
+    diffusers_model_explicit: bool = False
+    diffusers_device: str = "auto"
+    """auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N."""
+    diffusers_dtype: str = "auto"
+    """auto: float16 on cuda and mps, float32 on cpu."""
+    diffusers_idle_ms: int = DEFAULT_DIFFUSERS_IDLE_MS
+    """The model host exits after this long without a job (0: never)."""
     pinned: frozenset[str] = frozenset()
     """The sampling parameters (by field name) that the environment set."""
     problems: tuple[ConfigInvalidData, ...] = ()
@@ -141,8 +169,8 @@ class Settings:
         if backend is None:
             reader.problem(
                 ENV_BACKEND,
-                f"is not a backend; set it to {COREML_BACKEND_ID} (default) or "
-                f"{MOCK_BACKEND_ID} (tests only)",
+                f"is not a backend; set it to {COREML_BACKEND_ID} (default), "
+                f"{DIFFUSERS_BACKEND_ID} or {MOCK_BACKEND_ID} (tests only)",
             )
         sample_bin_text = reader.raw(ENV_SAMPLE_BIN)
         resource_text = reader.raw(ENV_RESOURCE_PATH)
@@ -171,7 +199,11 @@ class Settings:
                 GUIDANCE_SCALE_MAX,
                 DEFAULT_GUIDANCE_SCALE,
             ),
-            scheduler=reader.choice(ENV_SCHEDULER, SCHEDULERS, DEFAULT_SCHEDULER),
+            scheduler=reader.choice(
+                ENV_SCHEDULER,
+                BACKEND_SCHEDULERS[backend] if backend else SCHEDULERS,
+                DEFAULT_SCHEDULER,
+            ),
             disable_safety=reader.boolean(ENV_DISABLE_SAFETY, True),
             reduce_memory=reader.boolean(ENV_REDUCE_MEMORY, False),
             timeout_ms=reader.number(
@@ -184,6 +216,15 @@ class Settings:
                 ENV_MAX_REQUEST_BYTES, int, 1024, 1024**3, DEFAULT_MAX_REQUEST_BYTES
             ),
             log_level=reader.choice(ENV_LOG_LEVEL, LOG_LEVELS, "info"),
+            diffusers_model=reader.text(ENV_DIFFUSERS_MODEL, DEFAULT_DIFFUSERS_MODEL),
+            diffusers_model_explicit=bool(reader.raw(ENV_DIFFUSERS_MODEL)),
+            diffusers_device=reader.pattern(
+                ENV_DIFFUSERS_DEVICE, DEVICE_PATTERN, "auto", "auto, cpu, mps, cuda or cuda:N"
+            ).lower(),
+            diffusers_dtype=reader.choice(ENV_DIFFUSERS_DTYPE, DIFFUSERS_DTYPES, "auto"),
+            diffusers_idle_ms=reader.number(
+                ENV_DIFFUSERS_IDLE_MS, int, 0, MAX_DIFFUSERS_IDLE_MS, DEFAULT_DIFFUSERS_IDLE_MS
+            ),
             pinned=frozenset(
                 name
                 for name, variable in SAMPLING_VARIABLES.items()
@@ -222,6 +263,16 @@ class EnvironmentReader:
             self.problem(variable, "is empty after splitting; name a command")
             return default
         return words
+
+    def pattern(self, variable: str, pattern: re.Pattern[str], default: str, spelled: str) -> str:
+        """A value of a fixed form (case ignored), such as a device name."""
+        text = self.raw(variable)
+        if not text:
+            return default
+        if not pattern.fullmatch(text.lower()):
+            self.problem(variable, f"must be {spelled}; unset it for the default {default}")
+            return default
+        return text
 
     def hex_digest(self, variable: str, length: int, default: T) -> str | T:
         """A checksum written in hexadecimal, `length` digits."""

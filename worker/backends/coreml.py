@@ -21,6 +21,7 @@ from protocol.errors import (
     TimedOutData,
     UnsupportedFeatureData,
 )
+from worker.backends import BACKEND_SCHEDULERS
 from worker.backends import COREML_BACKEND_ID as BACKEND_ID
 from worker.backends.base import Rendered
 from worker.backends.coreml_checks import check_image_encoder, locate_installation, model_id
@@ -58,6 +59,9 @@ from worker.settings import ENV_REDUCE_MEMORY, ENV_TIMEOUT_MS, Settings
 
 logger = logging.getLogger(__name__)
 
+SCHEDULERS = BACKEND_SCHEDULERS[BACKEND_ID]
+"""What `--scheduler` takes."""
+
 JOB_DIRECTORY_PREFIX = "studio-imagegen-"
 REFERENCE_FILE_NAME = "reference.png"
 """In the job directory, beside (not inside) the sampler's output path."""
@@ -91,6 +95,14 @@ class CoreMLBackend:
         """Refuse, before the job is queued, what the sampler would crash on or fail to
         save after the whole run: -32602 naming the field, the limit and the fix; and
         image-to-image without the encoder it needs: -32001."""
+        scheduler = parameters.sampling.scheduler
+        if scheduler not in SCHEDULERS:
+            raise UnsupportedFeature(
+                f"Unsupported feature: scheduler {scheduler!r}: StableDiffusionSample has "
+                f"{' and '.join(SCHEDULERS)} only. Choose one of them, or use the diffusers "
+                "backend, which has it.",
+                UnsupportedFeatureData(feature="scheduler", supported=list(SCHEDULERS)),
+            )
         if parameters.reference is not None:
             encoder = check_image_encoder(parameters.resource_path)
             if encoder.status == "fail":

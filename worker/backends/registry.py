@@ -10,13 +10,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from protocol.models import BackendStatus
+from protocol.models import COMPUTE_UNITS, BackendStatus, ComputeUnits, Scheduler
 from worker.backends import (
+    BACKEND_SCHEDULERS,
     COREML_BACKEND_ID,
+    DIFFUSERS_BACKEND_ID,
     MOCK_BACKEND_ID,
     MOCK_MODEL_ID,
     BackendId,
     coreml_checks,
+    diffusers_checks,
 )
 from worker.host import HostPlatform
 from worker.live import LiveSamplers
@@ -29,11 +32,17 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class BackendEntry:
     id: BackendId
-    describe: Callable[[Settings, HostPlatform], BackendStatus]
+    describe: Callable[[Settings, HostPlatform, Backend | None], BackendStatus]
+    """From the settings and the disk, and the running backend if a job has loaded it."""
     load: Callable[[Settings, HostPlatform, LiveSamplers], Backend]
+    schedulers: tuple[Scheduler, ...]
+    compute_units: tuple[ComputeUnits, ...]
+    """Core ML's; the diffusers backend runs on its configured device instead."""
 
 
-def _describe_mock(settings: Settings, host: HostPlatform) -> BackendStatus:
+def _describe_mock(
+    settings: Settings, host: HostPlatform, running: Backend | None
+) -> BackendStatus:
     return BackendStatus(
         id=MOCK_BACKEND_ID,
         available=True,
@@ -53,7 +62,9 @@ def _load_mock(settings: Settings, host: HostPlatform, live: LiveSamplers) -> Ba
     return MockBackend()
 
 
-def _describe_coreml(settings: Settings, host: HostPlatform) -> BackendStatus:
+def _describe_coreml(
+    settings: Settings, host: HostPlatform, running: Backend | None
+) -> BackendStatus:
     installation = coreml_checks.locate_installation(settings, host)
     return BackendStatus(
         id=COREML_BACKEND_ID,
@@ -74,24 +85,93 @@ def _load_coreml(settings: Settings, host: HostPlatform, live: LiveSamplers) -> 
     return CoreMLBackend(settings, host, live)
 
 
+def _describe_diffusers(
+    settings: Settings, host: HostPlatform, running: Backend | None
+) -> BackendStatus:
+    from protocol.models import ModelHostStatus
+    from worker.backends.diffusers import DiffusersBackend
+
+    missing = diffusers_checks.missing_modules()
+    location = diffusers_checks.locate_model(settings)
+    if missing:
+        reason = f"The diffusers extra is not installed (missing: {', '.join(missing)})."
+        hint = diffusers_checks.INSTALL_EXTRA
+    elif not location.usable:
+        reason, hint = f"{location.problem}.", location.fix
+    else:
+        reason = f"Ready: {location.label} ({location.kind}), loaded by the model host on demand."
+        hint = ""
+    if isinstance(running, DiffusersBackend):
+        host_status = running.status()
+    else:
+        host_status = ModelHostStatus(
+            loaded=False,
+            device=settings.diffusers_device,
+            dtype=settings.diffusers_dtype,
+            last_load_ms=None,
+            idle_unload_ms=settings.diffusers_idle_ms,
+            pid=None,
+        )
+    return BackendStatus(
+        id=DIFFUSERS_BACKEND_ID,
+        available=not missing and location.usable,
+        reason=reason,
+        missing=missing or ([] if location.usable else [location.text]),
+        install_hint=hint,
+        model_id=diffusers_checks.model_id(location, host_status.device),
+        sample_binary=None,
+        resource_path=str(location.path) if location.path else None,
+        test_only=False,
+        model_host=host_status,
+    )
+
+
+def _load_diffusers(settings: Settings, host: HostPlatform, live: LiveSamplers) -> Backend:
+    from worker.backends.diffusers import DiffusersBackend
+
+    return DiffusersBackend(settings, live)
+
+
 BACKENDS: dict[BackendId, BackendEntry] = {
-    COREML_BACKEND_ID: BackendEntry(COREML_BACKEND_ID, _describe_coreml, _load_coreml),
-    MOCK_BACKEND_ID: BackendEntry(MOCK_BACKEND_ID, _describe_mock, _load_mock),
+    COREML_BACKEND_ID: BackendEntry(
+        COREML_BACKEND_ID,
+        _describe_coreml,
+        _load_coreml,
+        BACKEND_SCHEDULERS[COREML_BACKEND_ID],
+        COMPUTE_UNITS,
+    ),
+    DIFFUSERS_BACKEND_ID: BackendEntry(
+        DIFFUSERS_BACKEND_ID,
+        _describe_diffusers,
+        _load_diffusers,
+        BACKEND_SCHEDULERS[DIFFUSERS_BACKEND_ID],
+        (),
+    ),
+    MOCK_BACKEND_ID: BackendEntry(
+        MOCK_BACKEND_ID,
+        _describe_mock,
+        _load_mock,
+        BACKEND_SCHEDULERS[MOCK_BACKEND_ID],
+        COMPUTE_UNITS,
+    ),
 }
 
 
 def describe_image_to_image(settings: Settings) -> str:
     """Why image-to-image cannot run with the configured backend; empty when it can."""
-    if settings.backend == MOCK_BACKEND_ID:
-        return ""
+    if settings.backend in (MOCK_BACKEND_ID, DIFFUSERS_BACKEND_ID):
+        return ""  # both make any image from a reference, whenever they run at all
     if settings.backend is None:
         return f"{ENV_BACKEND} names no backend."
     encoder = coreml_checks.check_image_encoder(settings.resource_path)
     return "" if encoder.status == "ok" else f"{encoder.detail} To fix: {encoder.fix_text}."
 
 
-def describe_backend(settings: Settings, host: HostPlatform) -> BackendStatus:
-    """The configured backend's state, read from the disk now."""
+def describe_backend(
+    settings: Settings, host: HostPlatform, running: Backend | None = None
+) -> BackendStatus:
+    """The configured backend's state, read from the disk now, and from `running`, the
+    backend that serves `generate` once one has run."""
     if settings.backend is None:
         reason = next(p.reason for p in settings.problems if p.variable == ENV_BACKEND)
         return BackendStatus(
@@ -105,4 +185,4 @@ def describe_backend(settings: Settings, host: HostPlatform) -> BackendStatus:
             resource_path=None,
             test_only=False,
         )
-    return BACKENDS[settings.backend].describe(settings, host)
+    return BACKENDS[settings.backend].describe(settings, host, running)

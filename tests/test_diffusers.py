@@ -1,0 +1,458 @@
+"""The diffusers backend, sampling for real with a tiny random-weight model, over the
+worker's real stdio the way Studio drives it (and once in-process).
+
+One warm worker serves most tests of this module, as Studio keeps one: each test asks
+for what it needs and leaves the worker serving. The model's native side is 64 pixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.diffusers_setup import DiffusersSetup, maps_of
+from tests.worker_clients import (
+    LINUX,
+    REPO_ROOT,
+    WorkerProcess,
+    in_process_worker,
+    request,
+    start_worker_process,
+)
+from worker.settings import Settings
+
+pytestmark = pytest.mark.diffusers
+REFERENCE = REPO_ROOT / "fixtures" / "reference-photo.jpg"
+LONG_WAIT = 120.0
+"""A cold host imports torch and loads the model: seconds, more on a busy machine."""
+Message = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> DiffusersSetup:
+    return DiffusersSetup(tmp_path_factory.mktemp("diffusers"), tiny_model)
+
+
+@pytest.fixture(scope="module")
+def warm(setup: DiffusersSetup) -> Iterator[WorkerProcess]:
+    """One worker for the module, its model host loaded by a first job."""
+    worker = start_worker_process(setup.env)
+    try:
+        response, _ = generate(worker, {"prompt": "warm up"})
+        assert "result" in response, response
+        yield worker
+    finally:
+        worker.close()
+    deadline = time.monotonic() + 10
+    while setup.host_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert setup.host_processes() == [], "a model host outlived its worker"
+    assert setup.leftover_temp_entries() == [], "a job or host left its temp dir behind"
+
+
+def generate(
+    worker: WorkerProcess, params: dict[str, Any], id_: Any = "g"
+) -> tuple[Message, list[Message]]:
+    return worker.exchange("generate", params, id_, timeout=LONG_WAIT)
+
+
+def pixels(image: dict[str, Any]) -> tuple[tuple[int, int], bytes]:
+    with Image.open(io.BytesIO(base64.b64decode(image["base64"]))) as opened:
+        return opened.size, opened.convert("RGB").tobytes()
+
+
+def steps_of(notifications: list[Message]) -> list[tuple[int, int]]:
+    return [
+        (n["params"]["step"], n["params"]["totalSteps"])
+        for n in notifications
+        if n["method"] == "progress" and n["params"]["phase"] == "sampling" and n["params"]["step"]
+    ]
+
+
+def host_of(worker: WorkerProcess) -> dict[str, Any]:
+    status: dict[str, Any] = worker.call("capabilities")["result"]["backend"]["modelHost"]
+    return status
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def run_until_step(
+    worker: WorkerProcess, params: dict[str, Any], step: int, id_: str
+) -> list[Message]:
+    """Send a generate and read until it reports `step` steps done."""
+    worker.send(request("generate", params, id_))
+    seen = []
+    while True:
+        message = worker.receive(LONG_WAIT)
+        assert "method" in message, f"answered before step {step}: {message}"
+        seen.append(message)
+        if message["method"] == "progress" and message["params"]["step"] >= step:
+            return seen
+
+
+def answer_to(worker: WorkerProcess, id_: str) -> tuple[Message, list[Message]]:
+    """Messages until the response to `id_` (other responses and notifications kept)."""
+    others = []
+    while (message := worker.receive(LONG_WAIT)).get("id") != id_ or "method" in message:
+        others.append(message)
+    return message, others
+
+
+# --- what it makes -------------------------------------------------------------------
+
+
+def test_progress_counts_every_step_the_scheduler_runs(warm: WorkerProcess) -> None:
+    response, notifications = generate(
+        warm, {"prompt": "a lighthouse", "seed": 7, "count": 2, "stepCount": 4}
+    )
+    result = response["result"]
+    # PNDM runs one step more than asked; two images are sampled one after the other.
+    assert steps_of(notifications) == [(step, 10) for step in range(1, 11)]
+    assert result["metadata"]["backend"] == "diffusers"
+    assert result["modelId"] == "diffusers/tiny-sd:cpu"
+    assert [image["seed"] for image in result["images"]] == [7, 8]
+    assert [pixels(image)[0] for image in result["images"]] == [(64, 64), (64, 64)]
+    phases = [n["params"]["phase"] for n in notifications if n["method"] == "progress"]
+    assert phases[-2:] == ["saving", "saving"]
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "steps"), [("pndm", 4), ("dpmpp", 3), ("euler", 3), ("euler_a", 3), ("ddim", 3)]
+)
+def test_every_advertised_scheduler_samples(
+    warm: WorkerProcess, scheduler: str, steps: int
+) -> None:
+    assert scheduler in warm.call("capabilities")["result"]["features"]["schedulers"]
+    response, notifications = generate(
+        warm, {"prompt": "a hill", "seed": 1, "stepCount": 3, "scheduler": scheduler}
+    )
+    assert response["result"]["metadata"]["scheduler"] == scheduler
+    assert steps_of(notifications)[-1] == (steps, steps)
+
+
+def test_same_seed_same_bytes_other_seed_other_image(warm: WorkerProcess) -> None:
+    params = {"prompt": "a red door", "seed": 42, "stepCount": 3}
+    first = generate(warm, params)[0]["result"]["images"][0]
+    again = generate(warm, params)[0]["result"]["images"][0]
+    other = generate(warm, {**params, "seed": 43})[0]["result"]["images"][0]
+    assert first["base64"] == again["base64"]
+    assert pixels(first)[1] != pixels(other)[1]
+
+
+def test_each_image_of_a_batch_can_be_made_again_alone(warm: WorkerProcess) -> None:
+    batch = generate(warm, {"prompt": "three boats", "seed": 100, "count": 3, "stepCount": 3})
+    images = batch[0]["result"]["images"]
+    for image in images:
+        alone = generate(warm, {"prompt": "three boats", "seed": image["seed"], "stepCount": 3})
+        assert pixels(alone[0]["result"]["images"][0]) == pixels(image)
+    assert len({pixels(image)[1] for image in images}) == 3
+
+
+@pytest.mark.parametrize(("ratio", "size"), [("16:9", (88, 48)), ("3:4", (56, 72))])
+def test_aspect_ratios_at_the_model_native_area(
+    warm: WorkerProcess, ratio: str, size: tuple[int, int]
+) -> None:
+    capabilities = warm.call("capabilities")["result"]["features"]
+    assert ratio in capabilities["aspectRatios"]
+    response, _ = generate(warm, {"prompt": "a wide field", "aspectRatio": ratio, "stepCount": 3})
+    result = response["result"]
+    assert pixels(result["images"][0])[0] == size
+    assert (result["metadata"]["width"], result["metadata"]["height"]) == size
+
+
+def test_image_to_image_starts_from_the_reference(warm: WorkerProcess) -> None:
+    reference = {
+        "mimeType": "image/jpeg",
+        "base64": base64.b64encode(REFERENCE.read_bytes()).decode(),
+    }
+    params = {"prompt": "a photo", "seed": 5, "stepCount": 4}
+    plain = generate(warm, params)[0]["result"]
+    response, notifications = generate(
+        warm, {**params, "inputImages": [reference], "strength": 0.5}
+    )
+    result = response["result"]
+    assert result["metadata"]["usedReferenceImage"] is True
+    assert result["metadata"]["strength"] == 0.5
+    # int(4 * 0.5) = 2 of PNDM's 5 timesteps are skipped.
+    assert steps_of(notifications)[-1] == (3, 3)
+    assert pixels(result["images"][0])[0] == (64, 64)
+    assert pixels(result["images"][0])[1] != pixels(plain["images"][0])[1]
+
+
+def test_a_strength_that_runs_no_step_is_refused(warm: WorkerProcess) -> None:
+    reference = {
+        "mimeType": "image/jpeg",
+        "base64": base64.b64encode(REFERENCE.read_bytes()).decode(),
+    }
+    response, _ = generate(
+        warm, {"prompt": "a photo", "stepCount": 4, "inputImages": [reference], "strength": 0.2}
+    )
+    assert response["error"]["code"] == -32602
+    assert "at least 0.25" in response["error"]["message"]
+
+
+def test_previews_come_as_the_pipeline_samples(warm: WorkerProcess) -> None:
+    response, notifications = generate(
+        warm, {"prompt": "a tree", "seed": 3, "stepCount": 4, "count": 2, "previewEvery": 2}
+    )
+    assert "result" in response
+    previews = [n["params"] for n in notifications if n["method"] == "preview"]
+    # Each image samples 5 PNDM steps; a preview after its 1st, 3rd and 5th.
+    assert [(p["index"], p["step"]) for p in previews] == [
+        (0, 1),
+        (0, 3),
+        (0, 5),
+        (1, 6),
+        (1, 8),
+        (1, 10),
+    ]
+    for preview in previews:
+        with Image.open(io.BytesIO(base64.b64decode(preview["base64"]))) as image:
+            assert image.size == (preview["width"], preview["height"]) == (64, 64)
+
+
+def test_images_written_to_a_directory_carry_their_own_seed(
+    warm: WorkerProcess, tmp_path: Path
+) -> None:
+    response, _ = generate(
+        warm,
+        {
+            "prompt": "a kite",
+            "seed": 9,
+            "count": 2,
+            "stepCount": 3,
+            "output": "path",
+            "outputDir": str(tmp_path),
+        },
+    )
+    images = response["result"]["images"]
+    assert [image["fileName"] for image in images] == [
+        "a_kite.0.9.final.png",
+        "a_kite.1.10.final.png",
+    ]
+    with Image.open(images[1]["path"]) as written:
+        assert "Seed: 10," in written.info["parameters"]
+
+
+# --- stopping, failing, recovering ---------------------------------------------------
+
+
+def test_cancel_stops_at_a_step_boundary_and_keeps_the_host(warm: WorkerProcess) -> None:
+    host = host_of(warm)
+    seen = run_until_step(warm, {"prompt": "a long one", "stepCount": 80}, 2, "long")
+    warm.send(request("cancel", {"requestId": "long"}, "c"))
+    response, others = answer_to(warm, "long")
+    assert response["error"]["code"] == -32800
+    steps = [m["params"]["step"] for m in seen + others if m.get("method") == "progress"]
+    assert max(steps) < 81
+    assert host_of(warm)["pid"] == host["pid"], "the host stopped in time; it was not killed"
+    after, _ = generate(warm, {"prompt": "after a cancel", "stepCount": 3})
+    assert "result" in after
+
+
+def test_timeout_stops_the_job_and_the_next_one_runs(warm: WorkerProcess) -> None:
+    host = host_of(warm)
+    response, _ = generate(
+        warm, {"prompt": "too slow", "stepCount": 80, "count": 8, "timeoutMs": 1000}
+    )
+    assert response["error"]["code"] == -32004
+    assert "1000 ms" in response["error"]["message"]
+    assert host_of(warm)["pid"] == host["pid"]
+    assert "result" in generate(warm, {"prompt": "in time", "stepCount": 3})[0]
+
+
+def test_a_killed_host_fails_its_job_and_the_next_gets_a_new_one(
+    warm: WorkerProcess, setup: DiffusersSetup
+) -> None:
+    old = host_of(warm)["pid"]
+    run_until_step(warm, {"prompt": "doomed", "stepCount": 80}, 1, "doomed")
+    os.kill(old, signal.SIGKILL)
+    response, _ = answer_to(warm, "doomed")
+    assert response["error"]["code"] == -32003
+    assert "SIGKILL" in response["error"]["message"]
+    assert wait_for(lambda: old not in setup.host_processes())
+    after, notifications = generate(warm, {"prompt": "reborn", "stepCount": 3})
+    assert "result" in after
+    loading = [n["params"]["message"] for n in notifications if n["params"]["phase"] == "loading"]
+    assert any("the last load took" in message for message in loading)
+    new = host_of(warm)
+    assert new["loaded"] and new["pid"] != old
+    assert setup.host_processes() == [new["pid"]]
+
+
+def test_capabilities_report_the_loaded_model(warm: WorkerProcess) -> None:
+    backend = warm.call("capabilities")["result"]["backend"]
+    assert backend["available"] is True
+    host = backend["modelHost"]
+    assert host["loaded"] is True
+    assert (host["device"], host["dtype"]) == ("cpu", "float32")
+    assert host["lastLoadMs"] > 0
+    assert backend["modelId"] == "diffusers/tiny-sd:cpu"
+
+
+def test_the_worker_never_loads_torch(warm: WorkerProcess) -> None:
+    host = host_of(warm)["pid"]
+    assert "libtorch" in maps_of(host)
+    assert "libtorch" not in maps_of(warm.pid)
+
+
+# --- configurations ------------------------------------------------------------------
+
+
+def test_idle_host_unloads_and_the_next_job_loads_again(tiny_model: Path, tmp_path: Path) -> None:
+    setup = DiffusersSetup(tmp_path, tiny_model, SYSTEMSCULPT_LOCAL_DIFFUSERS_IDLE_MS="1000")
+    worker = start_worker_process(setup.env)
+    try:
+        assert "result" in generate(worker, {"prompt": "first", "stepCount": 3})[0]
+        first = host_of(worker)
+        assert first["idleUnloadMs"] == 1000
+        assert wait_for(lambda: not setup.host_processes(), LONG_WAIT)
+        assert wait_for(lambda: not host_of(worker)["loaded"])
+        response, notifications = generate(worker, {"prompt": "second", "stepCount": 3})
+        assert "result" in response
+        assert any(n["params"]["phase"] == "loading" for n in notifications)
+        assert host_of(worker)["pid"] != first["pid"]
+    finally:
+        worker.close()
+    assert wait_for(lambda: not setup.host_processes(), 10)
+
+
+def test_a_missing_model_is_reported_before_any_job(tmp_path: Path) -> None:
+    setup = DiffusersSetup(tmp_path, tmp_path / "no-such-model")
+    worker = start_worker_process(setup.env)
+    try:
+        backend = worker.call("capabilities")["result"]["backend"]
+        assert backend["available"] is False
+        assert "names no file or directory" in backend["reason"]
+        response, notifications = generate(worker, {"prompt": "anything"})
+        assert response["error"]["code"] == -32002
+        assert "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL" in response["error"]["message"]
+        assert not [n for n in notifications if n["params"]["phase"] == "loading"]
+    finally:
+        worker.close()
+
+
+def test_a_model_that_is_not_stable_diffusion_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "other-model"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
+    setup = DiffusersSetup(tmp_path, model)
+    worker = start_worker_process(setup.env)
+    try:
+        response, _ = generate(worker, {"prompt": "anything"})
+        assert response["error"]["code"] == -32002
+        assert "not a Stable Diffusion pipeline" in response["error"]["message"]
+    finally:
+        worker.close()
+
+
+def test_a_broken_model_fails_to_load_with_the_reason(tiny_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-sd"
+    for source in tiny_model.rglob("*"):
+        target = broken / source.relative_to(tiny_model)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    setup = DiffusersSetup(tmp_path, broken)
+    worker = start_worker_process(setup.env)
+    try:
+        response, _ = generate(worker, {"prompt": "anything"})
+        assert response["error"]["code"] == -32002
+        assert "could not be loaded" in response["error"]["message"]
+        assert "install --backend diffusers" in response["error"]["data"]["installHint"]
+        assert worker.call("capabilities")["result"]["backend"]["modelHost"]["loaded"] is False
+        assert wait_for(lambda: not setup.host_processes(), 10)
+    finally:
+        worker.close()
+
+
+def test_without_the_extra_the_backend_says_how_to_install_it(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    blocked = (
+        "import sys, runpy\n"
+        "class Absent:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'torch', 'diffusers', 'transformers'}:\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Absent())\n"
+        "runpy.run_module('worker', run_name='__main__')\n"
+    )
+    setup = DiffusersSetup(tmp_path, tiny_model)
+    worker = start_worker_process(setup.env, args=[sys.executable, "-c", blocked])
+    try:
+        backend = worker.call("capabilities")["result"]["backend"]
+        assert backend["available"] is False
+        assert backend["missing"] == ["torch", "diffusers", "transformers"]
+        assert backend["installHint"] == "pip install 'studio-imagegen-worker[diffusers]'"
+        response, _ = generate(worker, {"prompt": "anything"})
+        assert response["error"]["code"] == -32002
+        assert "studio-imagegen-worker[diffusers]" in response["error"]["message"]
+        assert setup.host_processes() == []
+    finally:
+        worker.close()
+
+
+def test_an_unusable_device_setting_is_a_configuration_error(tiny_model: Path) -> None:
+    settings = Settings.from_environ(
+        {
+            "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
+            "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL": str(tiny_model),
+            "SYSTEMSCULPT_LOCAL_DIFFUSERS_DEVICE": "tpu",
+        }
+    )
+    assert [problem.variable for problem in settings.problems] == [
+        "SYSTEMSCULPT_LOCAL_DIFFUSERS_DEVICE"
+    ]
+    assert "auto, cpu, mps, cuda or cuda:N" in settings.problems[0].reason
+
+
+def test_a_device_this_machine_lacks_fails_with_the_fix(tiny_model: Path, tmp_path: Path) -> None:
+    setup = DiffusersSetup(tmp_path, tiny_model, SYSTEMSCULPT_LOCAL_DIFFUSERS_DEVICE="cuda")
+    worker = start_worker_process(setup.env)
+    try:
+        response, _ = generate(worker, {"prompt": "anything"})
+        assert response["error"]["code"] == -32002
+        assert "CUDA is not available" in response["error"]["message"]
+        assert "DEVICE=auto or cpu" in response["error"]["message"]
+    finally:
+        worker.close()
+
+
+async def test_in_process_worker_renders_without_importing_torch(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    setup = DiffusersSetup(tmp_path, tiny_model)
+    for name, value in setup.env.items():
+        monkeypatch.setenv(name, value)  # the host inherits the marker and the temp dir
+    monkeypatch.setattr(tempfile, "tempdir", str(setup.tmp))
+    async with in_process_worker(Settings.from_environ(setup.env), LINUX) as worker:
+        await worker.send(request("generate", {"prompt": "in process", "stepCount": 3}, "i"))
+        while "method" in (response := await worker.receive(LONG_WAIT)):
+            pass
+        assert response["result"]["images"][0]["width"] == 64
+        assert len(setup.host_processes()) == 1
+    assert "torch" not in sys.modules
+    assert setup.host_processes() == []
+    assert setup.leftover_temp_entries() == []

@@ -1,0 +1,192 @@
+"""What the diffusers backend needs, checked without importing it: the optional extra,
+and the model named by SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL.
+
+Read from the disk on every call, like the Core ML checks: `capabilities`, `doctor` and
+`generate` see a model the moment `install` has put it in place. Nothing here imports
+torch or diffusers; the worker process never does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from worker.settings import DEFAULT_DIFFUSERS_MODEL, ENV_DIFFUSERS_MODEL, Settings
+
+EXTRA_MODULES = ("torch", "diffusers", "transformers", "safetensors")
+INSTALL_EXTRA = "pip install 'studio-imagegen-worker[diffusers]'"
+INSTALL_MODEL = "studio-imagegen-worker install --backend diffusers"
+DEFAULT_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
+"""The commit of the default model that `install` downloads and the worker then uses."""
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+PIPELINE_CLASS = "StableDiffusionPipeline"
+DEFAULT_NATIVE_SIDE = 512
+"""What Stable Diffusion 1.x makes, for a checkpoint that does not say."""
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+ModelKind = Literal["directory", "single_file", "hub"]
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """The configured model, found (or not) on this machine."""
+
+    text: str
+    """As configured (or the default repository id)."""
+    kind: ModelKind
+    path: Path | None
+    """What the model host loads: a directory or a checkpoint file; None when not found."""
+    label: str
+    """How results and messages name it: the repository id, or the file or folder name."""
+    problem: str = ""
+    """Why it cannot be loaded; empty when it looks loadable."""
+    fix: str = ""
+    native_side: int = DEFAULT_NATIVE_SIDE
+    """The side of the square images it was trained on."""
+    safety_checker: bool = False
+    """It ships a safety checker."""
+
+    @property
+    def usable(self) -> bool:
+        return self.path is not None and not self.problem
+
+
+def missing_modules() -> list[str]:
+    """The packages of the `diffusers` extra that cannot be imported here (looked up, not
+    imported)."""
+    missing = []
+    for name in EXTRA_MODULES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            missing.append(name)
+    return missing
+
+
+def hub_cache() -> Path:
+    """Where huggingface_hub keeps models, by its own variables."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "huggingface" / "hub"
+
+
+def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
+    """The cached copy of `repo_id` at `revision` (a commit), else at its main branch."""
+    folder = hub_cache() / f"models--{repo_id.replace('/', '--')}"
+    if revision is None:
+        try:
+            revision = (folder / "refs" / "main").read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+    snapshot = folder / "snapshots" / revision
+    return snapshot if (snapshot / "model_index.json").is_file() else None
+
+
+def locate_model(settings: Settings) -> ModelLocation:
+    text = settings.diffusers_model
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _directory(text, path, path.name)
+    if path.is_file():
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            return ModelLocation(
+                text,
+                "single_file",
+                None,
+                path.name,
+                f"{path} is not a checkpoint (.safetensors or .ckpt)",
+                f"point {ENV_DIFFUSERS_MODEL} at a .safetensors checkpoint or a diffusers "
+                "directory",
+            )
+        return ModelLocation(text, "single_file", path, path.stem)
+    if _REPO_ID.fullmatch(text) and not text.startswith((".", "~")):
+        revision = DEFAULT_REVISION if text == DEFAULT_DIFFUSERS_MODEL else None
+        snapshot = cached_snapshot(text, revision)
+        if snapshot is None:
+            install = (
+                INSTALL_MODEL
+                if text == DEFAULT_DIFFUSERS_MODEL
+                else (f"{INSTALL_MODEL} --model {text}")
+            )
+            return ModelLocation(
+                text,
+                "hub",
+                None,
+                text,
+                f"the model {text} is not in the Hugging Face cache ({hub_cache()}); the "
+                "worker never downloads while generating",
+                install,
+            )
+        return _directory(text, snapshot, text, kind="hub")
+    return ModelLocation(
+        text,
+        "directory",
+        None,
+        path.name,
+        f"{ENV_DIFFUSERS_MODEL}={text!r} names no file or directory",
+        f"point {ENV_DIFFUSERS_MODEL} at a diffusers directory, a .safetensors checkpoint or "
+        f"a repository id that {INSTALL_MODEL} --model REPO_ID has downloaded",
+    )
+
+
+def _directory(text: str, path: Path, label: str, kind: ModelKind = "directory") -> ModelLocation:
+    index = path / "model_index.json"
+    try:
+        declared = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        reason = "has no model_index.json" if not index.exists() else f"cannot be read ({exc})"
+        return ModelLocation(
+            text,
+            kind,
+            None,
+            label,
+            f"{path} is not a diffusers model: its model_index.json {reason}",
+            f"point {ENV_DIFFUSERS_MODEL} at a directory saved by diffusers, or run "
+            f"{INSTALL_MODEL}",
+        )
+    if not isinstance(declared, dict) or declared.get("_class_name") != PIPELINE_CLASS:
+        found = declared.get("_class_name") if isinstance(declared, dict) else None
+        return ModelLocation(
+            text,
+            kind,
+            None,
+            label,
+            f"{path} holds a {found or 'model of no known class'}, not a Stable Diffusion "
+            f"pipeline ({PIPELINE_CLASS})",
+            f"point {ENV_DIFFUSERS_MODEL} at a Stable Diffusion 1.x or 2.x model",
+        )
+    checker = declared.get("safety_checker")
+    return ModelLocation(
+        text,
+        kind,
+        path,
+        label,
+        native_side=_native_side(path),
+        safety_checker=isinstance(checker, list) and checker[:1] != [None],
+    )
+
+
+def _native_side(path: Path) -> int:
+    """The UNet's latent size times the VAE's scale (2 to the number of its levels - 1)."""
+    try:
+        unet = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((path / "vae" / "config.json").read_text(encoding="utf-8"))
+        side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_NATIVE_SIDE
+    return side if side > 0 else DEFAULT_NATIVE_SIDE
+
+
+def model_id(location: ModelLocation, device: str) -> str:
+    """Names the model and the device it ran on, as Core ML's names the compute units."""
+    return f"diffusers/{location.label}:{device}"

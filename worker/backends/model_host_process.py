@@ -1,0 +1,179 @@
+"""The worker's handle on one model host process: start it, talk to it, end it.
+
+The host runs in a session and process group of its own, like the sampler, so that a
+kill reaches whatever it started. Its stderr goes to a log file in a private directory,
+read back for the cause when it dies; the directory goes when the host does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from worker.live import LiveSamplers, signal_group
+from worker.model_host import messages
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL_CHARS = 2_000
+HOST_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",  # generating never downloads; `install` does
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class HostGone(Exception):
+    """The host's output ended: it exited or was killed. Says how, in words."""
+
+
+def host_command(
+    model: Path, label: str, device: str, dtype: str, idle_ms: int, safety: bool
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "worker.model_host",
+        "--model",
+        str(model),
+        "--label",
+        label,
+        "--device",
+        device,
+        "--dtype",
+        dtype,
+        "--idle-ms",
+        str(idle_ms),
+    ]
+    return [*command, "--safety"] if safety else command
+
+
+class ModelHostProcess:
+    """One running host. Not safe for two jobs at once; the backend runs one at a time."""
+
+    def __init__(self, process: Process, directory: Path, live: LiveSamplers) -> None:
+        self._process = process
+        self._directory = directory
+        self._live = live
+        assert process.stdout is not None
+        self._replies = BufferedByteReceiveStream(process.stdout)
+
+    @classmethod
+    async def start(cls, argv: Sequence[str], live: LiveSamplers) -> ModelHostProcess:
+        directory = Path(tempfile.mkdtemp(prefix="studio-imagegen-host-"))
+        live.directories.add(directory)
+        log = os.open(directory / "host.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            process = await anyio.open_process(
+                list(argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                # Its temp files (torch's caches among them) go when the host does.
+                env={**os.environ, **HOST_ENVIRONMENT, "TMPDIR": str(directory)},
+            )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            live.directories.discard(directory)
+            raise
+        finally:
+            os.close(log)
+        live.groups.add(process.pid)
+        logger.debug("model host started: pid %d", process.pid)
+        return cls(process, directory, live)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def exited(self) -> bool:
+        return self._process.returncode is not None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self._process.stdin is not None
+        try:
+            await self._process.stdin.send(messages.encode(message))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise HostGone(await self.describe_end()) from exc
+
+    async def receive(self) -> dict[str, Any]:
+        """The next event; HostGone when the host's output has ended."""
+        try:
+            line = await self._replies.receive_until(b"\n", messages.MAX_LINE_BYTES)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError) as exc:
+            raise HostGone(await self.describe_end()) from exc
+        try:
+            return messages.decode(line)
+        except ValueError as exc:
+            raise HostGone(f"it wrote a line that is not a message ({exc})") from exc
+
+    async def describe_end(self) -> str:
+        """How the host ended, with the tail of its log: for the error the job gets."""
+        with anyio.move_on_after(2):
+            await self._process.wait()
+        code = self._process.returncode
+        if code is None:
+            how = "stopped answering"
+        elif code < 0:
+            name = _signal_name(-code)
+            how = f"died from {name}"
+            if name == "SIGKILL":
+                how += (
+                    ", sent from outside the worker (most often because memory ran out: "
+                    "lower count or the image size, or use a smaller dtype)"
+                )
+        else:
+            how = f"exited with code {code}"
+        tail = self.log_tail()
+        return f"{how}: {tail}" if tail else how
+
+    def log_tail(self) -> str:
+        try:
+            data = (self._directory / "host.log").read_bytes()[-8 * LOG_TAIL_CHARS :]
+        except OSError:
+            return ""
+        lines = data.decode("utf-8", "replace").strip().splitlines()
+        return " | ".join(line.strip() for line in lines[-8:])[-LOG_TAIL_CHARS:]
+
+    async def close(self, grace_seconds: float) -> None:
+        """End of input (the host exits between jobs), then SIGTERM, then SIGKILL."""
+        with contextlib.suppress(Exception):
+            assert self._process.stdin is not None
+            await self._process.stdin.aclose()
+        with anyio.move_on_after(grace_seconds):
+            await self._process.wait()
+        await self.kill()
+
+    async def kill(self) -> None:
+        signal_group(self._process.pid, signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await self._process.wait()
+            with contextlib.suppress(Exception):
+                await self._process.aclose()
+        self._live.groups.discard(self._process.pid)
+        shutil.rmtree(self._directory, ignore_errors=True)
+        self._live.directories.discard(self._directory)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

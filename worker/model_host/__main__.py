@@ -1,0 +1,139 @@
+"""The model host process: `python -m worker.model_host --model PATH ...`.
+
+Started and supervised by the worker's diffusers backend, never by hand. It loads the
+model, then renders the jobs that come on stdin one at a time and reports on the
+descriptor that was its stdout. It exits at the end of its input (the worker closed it
+or died), after `--idle-ms` without a job, or when the model cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from worker.model_host import messages
+
+logger = logging.getLogger("worker.model_host")
+
+EXIT_LOAD_FAILED = 3
+_PR_SET_PDEATHSIG = 1
+
+
+class Channel:
+    """The host's side of the pipe to the worker: whole lines, from any thread."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._stream.write(messages.encode(message))
+            self._stream.flush()
+
+
+def claim_reply_stream() -> BinaryIO:
+    """The real stdout for the replies; fd 1 then points at stderr, so whatever a library
+    prints ends in the log, never in the middle of a reply."""
+    replies = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    return replies
+
+
+def die_with_parent() -> None:
+    """On Linux, the kernel kills the host when the worker dies, even by SIGKILL (end of
+    input would tell it too, but only at the next step boundary)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def read_requests(inbox: queue.Queue[dict[str, Any] | None], stop: threading.Event) -> None:
+    """Jobs into the inbox, cancels straight to the stop flag; None at end of input."""
+    for line in sys.stdin.buffer:
+        try:
+            message = messages.decode(line)
+        except ValueError as exc:
+            logger.error("ignored a line from the worker: %s", exc)
+            continue
+        if message["type"] == messages.CANCEL:
+            stop.set()
+        elif message["type"] == messages.GENERATE:
+            stop.clear()  # a cancel is for the job it follows, never the next one
+            inbox.put(message)
+    stop.set()
+    inbox.put(None)
+
+
+def serve(arguments: argparse.Namespace, channel: Channel) -> int:
+    from worker.model_host import pipeline
+
+    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    stop = threading.Event()
+    threading.Thread(target=read_requests, args=(inbox, stop), daemon=True).start()
+    channel.send(
+        {"type": messages.LOADING, "message": f"Loading {arguments.label} on {arguments.device}"}
+    )
+    try:
+        model = pipeline.load(arguments.model, arguments.device, arguments.dtype, arguments.safety)
+    except pipeline.LoadError as exc:
+        channel.send({"type": messages.LOAD_FAILED, "reason": exc.reason, "fix": exc.fix})
+        return EXIT_LOAD_FAILED
+    channel.send(
+        {
+            "type": messages.LOADED,
+            "device": model.device,
+            "dtype": model.dtype,
+            "loadMs": model.load_ms,
+            "safetyChecker": model.safety_checker,
+        }
+    )
+    idle_seconds = arguments.idle_ms / 1000 if arguments.idle_ms else None
+    while True:
+        try:
+            message = inbox.get(timeout=idle_seconds)
+        except queue.Empty:
+            channel.send({"type": messages.UNLOADED, "idleMs": arguments.idle_ms})
+            return 0
+        if message is None:
+            return 0
+        job = messages.HostJob.from_message(message)
+        try:
+            pipeline.render(model, job, stop, channel.send)
+        except pipeline.Stopped:
+            channel.send({"type": messages.CANCELLED})
+            continue
+        except Exception as exc:  # the job failed; the host and its model are still fine
+            logger.exception("job failed")
+            channel.send({"type": messages.FAILED, "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        channel.send({"type": messages.DONE})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.model_host", description=__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="Directory or checkpoint")
+    parser.add_argument("--label", default="the model", help="How messages name the model")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--idle-ms", type=int, default=0, help="Exit after this long idle")
+    parser.add_argument("--safety", action="store_true", help="Run the safety checker")
+    arguments = parser.parse_args(argv)
+    channel = Channel(claim_reply_stream())
+    die_with_parent()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="model host: %(message)s")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when a job stops
+    return serve(arguments, channel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

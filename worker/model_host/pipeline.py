@@ -1,0 +1,269 @@
+"""The model host's torch side: load a Stable Diffusion pipeline once, render jobs with it.
+
+Runs only in the host process. Every image of a job has its own CPU generator seeded
+`seed + i`, so any image of a batch can be made again alone, with the same bytes on the
+same machine and torch version; the CPU generator keeps that true on cuda and mps too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.model_host import messages
+from worker.model_host.messages import HostJob, image_seed
+
+logger = logging.getLogger(__name__)
+
+Emit = Callable[[dict[str, Any]], None]
+SCHEDULER_CLASSES = {
+    "pndm": ("PNDMScheduler", {}),
+    "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+}
+"""The protocol's scheduler names and the diffusers schedulers they stand for."""
+PIPELINE_CLASS = "StableDiffusionPipeline"
+ENV_DEVICE = "SYSTEMSCULPT_LOCAL_DIFFUSERS_DEVICE"
+ENV_DTYPE = "SYSTEMSCULPT_LOCAL_DIFFUSERS_DTYPE"
+ENV_MODEL = "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL"
+
+
+class LoadError(Exception):
+    """The model cannot be loaded as configured: why, and what to do about it."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fix = fix
+
+
+class Stopped(Exception):
+    """Raised from the step callback: the job was cancelled (or the worker went away)."""
+
+
+@dataclass
+class LoadedModel:
+    text_to_image: Any
+    image_to_image: Any
+    device: str
+    dtype: str
+    load_ms: int
+    safety_checker: bool
+    schedulers: dict[str, Any]
+
+
+def choose_device(torch: Any, name: str) -> str:
+    """The device to run on: `auto` picks cuda, then mps, then cpu."""
+    cuda = torch.cuda.is_available()
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if name.startswith("cuda") and not cuda:
+        built = "without CUDA" if torch.version.cuda is None else f"for CUDA {torch.version.cuda}"
+        raise LoadError(
+            f"{ENV_DEVICE}={name} but CUDA is not available (torch {torch.__version__}, built "
+            f"{built}, sees no GPU)",
+            f"set {ENV_DEVICE}=auto or cpu, or install a CUDA build of torch on a machine "
+            "with an NVIDIA GPU",
+        )
+    if name.startswith("cuda") and ":" in name:
+        index = int(name.split(":", 1)[1])
+        if index >= torch.cuda.device_count():
+            raise LoadError(
+                f"{ENV_DEVICE}={name} but this machine has {torch.cuda.device_count()} CUDA "
+                "device(s)",
+                f"set {ENV_DEVICE}=cuda (the first GPU) or name one that exists",
+            )
+    if name == "mps" and not mps:
+        raise LoadError(
+            f"{ENV_DEVICE}=mps but Apple's Metal backend is not available here",
+            f"set {ENV_DEVICE}=auto or cpu (mps needs a Mac with Apple silicon)",
+        )
+    return name
+
+
+def choose_dtype(torch: Any, name: str, device: str) -> Any:
+    if name == "auto":
+        name = "float32" if device == "cpu" else "float16"
+    return getattr(torch, name)
+
+
+def load(model: Path, device_name: str, dtype_name: str, safety: bool) -> LoadedModel:
+    """Load the pipeline at `model` (a diffusers directory or a single-file checkpoint)."""
+    started = time.monotonic()
+    import diffusers
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+
+    device = choose_device(torch, device_name)
+    dtype = choose_dtype(torch, dtype_name, device)
+    options: dict[str, Any] = {"torch_dtype": dtype}
+    if not safety:
+        options |= {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        if model.is_file():
+            pipe = StableDiffusionPipeline.from_single_file(str(model), **options)
+        else:
+            _check_pipeline_class(model)
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(model), local_files_only=True, **options
+            )
+        pipe = pipe.to(device)
+    except LoadError:
+        raise
+    except Exception as exc:  # a library's reason, whichever it is, is the reason
+        raise LoadError(
+            f"{model} could not be loaded as a Stable Diffusion pipeline "
+            f"({type(exc).__name__}: {_first_line(exc)})",
+            f"point {ENV_MODEL} at a complete diffusers directory or .safetensors "
+            "checkpoint, or run: studio-imagegen-worker install --backend diffusers",
+        ) from exc
+    pipe.set_progress_bar_config(disable=True)
+    image_to_image = StableDiffusionImg2ImgPipeline(**pipe.components)
+    image_to_image.set_progress_bar_config(disable=True)
+    base_config = pipe.scheduler.config
+    schedulers = {
+        name: getattr(diffusers, class_name).from_config(base_config, **extra)
+        for name, (class_name, extra) in SCHEDULER_CLASSES.items()
+    }
+    return LoadedModel(
+        text_to_image=pipe,
+        image_to_image=image_to_image,
+        device=device,
+        dtype=str(dtype).removeprefix("torch."),
+        load_ms=round((time.monotonic() - started) * 1000),
+        safety_checker=pipe.safety_checker is not None,
+        schedulers=schedulers,
+    )
+
+
+def _check_pipeline_class(model: Path) -> None:
+    index = model / "model_index.json"
+    try:
+        declared = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError) as exc:
+        raise LoadError(
+            f"{index} cannot be read ({exc}); {model} is not a diffusers model directory",
+            f"point {ENV_MODEL} at a directory saved by diffusers (with model_index.json)",
+        ) from exc
+    if declared != PIPELINE_CLASS:
+        raise LoadError(
+            f"{model} holds a {declared}, not a {PIPELINE_CLASS}",
+            f"point {ENV_MODEL} at a Stable Diffusion 1.x or 2.x model",
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def timestep_total(pipe: Any, scheduler: Any, job: HostJob) -> int:
+    """The steps the pipeline will run for one image: the scheduler's own timestep list
+    (PNDM has one more than asked), cut as image-to-image cuts it by the strength."""
+    scheduler.set_timesteps(job.step_count)
+    length = len(scheduler.timesteps)
+    if job.strength is None:
+        return length
+    kept = min(int(job.step_count * job.strength), job.step_count)
+    start = max(job.step_count - kept, 0)
+    return len(scheduler.timesteps[start * scheduler.order :])
+
+
+def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) -> None:
+    """Render the job's images into its output directory, reporting each step; raises
+    `Stopped` at the first step boundary after `stop` is set."""
+    import torch
+    from PIL import Image
+
+    reference = None
+    if job.reference_path is not None:
+        with Image.open(job.reference_path) as opened:
+            reference = opened.convert("RGB")
+    pipe = model.text_to_image if reference is None else model.image_to_image
+    scheduler = model.schedulers[job.scheduler]
+    pipe.scheduler = scheduler
+    if job.reduce_memory:
+        pipe.enable_attention_slicing()
+    else:
+        pipe.disable_attention_slicing()
+    per_image = timestep_total(pipe, scheduler, job)
+    total = per_image * job.count
+    emit({"type": messages.ACCEPTED, "totalSteps": total})
+    output = Path(job.output_dir)
+    for index in range(job.count):
+        on_step = _step_callback(job, index, index * per_image, total, stop, emit)
+        arguments: dict[str, Any] = {
+            "prompt": job.prompt,
+            "negative_prompt": job.negative_prompt or None,
+            "num_inference_steps": job.step_count,
+            "guidance_scale": job.guidance_scale,
+            "generator": torch.Generator("cpu").manual_seed(image_seed(job.seed, index)),
+            "callback_on_step_end": on_step,
+            "output_type": "pil",
+        }
+        if reference is None:
+            arguments |= {"width": job.width, "height": job.height}
+        else:
+            arguments |= {"image": reference, "strength": job.strength}
+        result = pipe(**arguments)
+        flagged = bool(result.nsfw_content_detected and result.nsfw_content_detected[0])
+        path = output / f"image.{index}.png"
+        if not flagged:
+            result.images[0].save(path, format="PNG")
+        emit(
+            {
+                "type": messages.IMAGE,
+                "index": index,
+                "seed": image_seed(job.seed, index),
+                "path": str(path),
+                "withheld": flagged,
+            }
+        )
+
+
+def _step_callback(
+    job: HostJob, index: int, done_before: int, total: int, stop: threading.Event, emit: Emit
+) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
+    """What the pipeline calls after each step of image `index`: stop if asked (at this
+    boundary, before any decode), report the step, and decode a preview when one is due."""
+    output = Path(job.output_dir)
+
+    def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        if stop.is_set():
+            raise Stopped
+        completed = done_before + step + 1
+        emit({"type": messages.STEP, "step": completed, "totalSteps": total, "index": index})
+        if job.preview_every and step % job.preview_every == 0:
+            path = output / f"preview.{index}.{step}.png"
+            _decode(pipe, tensors["latents"]).save(path, format="PNG")
+            emit(
+                {
+                    "type": messages.PREVIEW,
+                    "step": completed,
+                    "totalSteps": total,
+                    "index": index,
+                    "path": str(path),
+                }
+            )
+        return tensors
+
+    return on_step
+
+
+def _decode(pipe: Any, latents: Any) -> Any:
+    """The image the latents would make now (a preview): one VAE decode."""
+    import torch
+
+    with torch.no_grad():
+        scaled = latents / pipe.vae.config.scaling_factor
+        image = pipe.vae.decode(scaled.to(pipe.vae.dtype), return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="pil")[0]
