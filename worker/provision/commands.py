@@ -12,8 +12,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from worker.backends import DIFFUSERS_BACKEND_ID
 from worker.host import HostPlatform
-from worker.settings import Settings
+from worker.settings import DEFAULT_DIFFUSERS_MODEL, Settings
 
 EXIT_NOT_READY = 1
 EXIT_INSTALL_FAILED = 2
@@ -24,14 +25,32 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "doctor", help="check this machine, one line per check, and say ready or not"
     )
     doctor.add_argument("--json", action="store_true", help="print the checks as JSON")
+    doctor.add_argument(
+        "--load",
+        action="store_true",
+        help="diffusers backend: also load the model once, in the model host (takes the "
+        "model's memory for a moment)",
+    )
     _add_platform_option(doctor)
 
     install = commands.add_parser(
         "install",
         help="clone and build the sampler, download the model, verify (each step idempotent)",
-        description="Every step is skipped when already done. Commands and addresses can also "
-        "be set with SYSTEMSCULPT_LOCAL_INSTALL_{PREFIX,MODELS_DIR,GIT,SWIFT,REPOSITORY_URL,"
-        "MODEL_URL,MODEL_SIZE,MODEL_SHA256}.",
+        description="Core ML: every step is skipped when already done. Commands and addresses "
+        "can also be set with SYSTEMSCULPT_LOCAL_INSTALL_{PREFIX,MODELS_DIR,GIT,SWIFT,"
+        "REPOSITORY_URL,MODEL_URL,MODEL_SIZE,MODEL_SHA256}. diffusers: downloads the model into "
+        "the Hugging Face cache (resumable; HF_ENDPOINT and HF_HOME apply), then loads it once.",
+    )
+    install.add_argument(
+        "--backend",
+        choices=("coreml", "diffusers"),
+        help="what to install for (default: the configured backend, else coreml)",
+    )
+    install.add_argument(
+        "--model",
+        metavar="REPO_ID",
+        help=f"diffusers: the hub repository to download (default: {DEFAULT_DIFFUSERS_MODEL} at "
+        "a pinned revision)",
     )
     install.add_argument("--verify", action="store_true", help="only check; change nothing")
     install.add_argument("--prefix", type=Path, help="where to clone apple/ml-stable-diffusion")
@@ -73,7 +92,7 @@ def _host(spec: str | None) -> HostPlatform:
 def run_doctor(args: argparse.Namespace) -> int:
     from worker.provision.doctor import examine
 
-    report = examine(Settings.from_environ(os.environ), _host(args.platform))
+    report = examine(Settings.from_environ(os.environ), _host(args.platform), load=args.load)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -82,6 +101,15 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
+    settings = Settings.from_environ(os.environ)
+    backend = args.backend or (
+        "diffusers" if settings.backend == DIFFUSERS_BACKEND_ID else "coreml"
+    )
+    if backend == "diffusers":
+        return _install_diffusers(settings, args)
+    if args.model:
+        print("install: --model is for --backend diffusers", file=sys.stderr)
+        return EXIT_INSTALL_FAILED
     from worker.provision.install import Installer, InstallError, InstallPlan
 
     home = Path.home()
@@ -101,7 +129,7 @@ def run_install(args: argparse.Namespace) -> int:
         "archive_sha256": args.model_sha256,
     }
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
-    installer = Installer(plan, Settings.from_environ(os.environ), _host(args.platform), home)
+    installer = Installer(plan, settings, _host(args.platform), home)
     try:
         report = installer.run(verify_only=args.verify)
     except InstallError as exc:
@@ -110,4 +138,45 @@ def run_install(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\ninstall: interrupted; run it again to continue where it stopped", file=sys.stderr)
         return 130
+    return 0 if report.ready else EXIT_NOT_READY
+
+
+def _install_diffusers(settings: Settings, args: argparse.Namespace) -> int:
+    """Download the model (unless --verify), load it once, report as doctor does."""
+    from worker.provision.diffusers_model import (
+        DownloadError,
+        default_revision,
+        model_variable_hint,
+    )
+    from worker.provision.doctor import examine
+
+    repo_id = args.model or (
+        settings.diffusers_model if settings.diffusers_model_explicit else DEFAULT_DIFFUSERS_MODEL
+    )
+    if not args.verify:
+        try:
+            from worker.provision.diffusers_model import download
+
+            download(repo_id, default_revision(repo_id))
+        except DownloadError as exc:
+            print(f"install: {exc}", file=sys.stderr)
+            return EXIT_INSTALL_FAILED
+        except KeyboardInterrupt:
+            print("\ninstall: interrupted; run it again to resume the download", file=sys.stderr)
+            return 130
+    print(f"==> loading {repo_id} once to verify it", file=sys.stderr, flush=True)
+    target = replace(
+        settings,
+        backend=DIFFUSERS_BACKEND_ID,
+        diffusers_model=repo_id,
+        diffusers_model_explicit=True,
+    )
+    report = examine(target, _host(args.platform), load=True)
+    print(report.render())
+    hint = model_variable_hint(repo_id)
+    if report.ready:
+        print(
+            "to use it: export SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=diffusers"
+            + (f" and {hint}" if hint else "")
+        )
     return 0 if report.ready else EXIT_NOT_READY

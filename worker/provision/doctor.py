@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from worker.backends import DIFFUSERS_BACKEND_ID
 from worker.backends.coreml_checks import Check, check_image_encoder, locate_installation
 from worker.host import HostPlatform
 from worker.manifest import ModelManifest, load_manifest
@@ -58,7 +59,12 @@ class DoctorReport:
         return "\n".join(lines)
 
 
-def examine(settings: Settings, host: HostPlatform) -> DoctorReport:
+def examine(settings: Settings, host: HostPlatform, load: bool = False) -> DoctorReport:
+    """The checks of the configured backend; `load`: also load the diffusers model."""
+    if settings.backend == DIFFUSERS_BACKEND_ID:
+        from worker.provision.diffusers_model import diffusers_checks
+
+        return DoctorReport((*diffusers_checks(settings, load), check_settings(settings)))
     installation = locate_installation(settings, host)
     checks = list(installation.checks)
     sampler_ok = next(c for c in checks if c.name == "sampler").status == "ok"
@@ -163,9 +169,14 @@ def check_settings(settings: Settings) -> Check:
             "; ".join(problem.describe() for problem in settings.problems),
             fix="fix or unset those variables, then restart the worker",
         )
+    where = (
+        f"model {settings.diffusers_model}, idle unload {settings.diffusers_idle_ms} ms"
+        if settings.backend == DIFFUSERS_BACKEND_ID
+        else settings.compute_units
+    )
     return Check(
         "settings",
         "ok",
         f"backend {settings.backend_name}, {settings.step_count} steps, guidance "
-        f"{settings.guidance_scale:g}, {settings.scheduler}, {settings.compute_units}.",
+        f"{settings.guidance_scale:g}, {settings.scheduler}, {where}.",
     )
