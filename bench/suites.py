@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from bench.diffusers_suite import diffusers_backend
 from bench.harness import (
     Row,
     StandInSetup,
@@ -44,6 +45,8 @@ class Sizes:
     flood_bytes: int = 20 * 1024 * 1024
     preview_runs: int = 5
     reference_runs: int = 5
+    diffusers_steps: int = 20
+    diffusers_runs: int = 5
 
 
 SMOKE = Sizes(
@@ -60,6 +63,8 @@ SMOKE = Sizes(
     flood_bytes=1024 * 1024,
     preview_runs=1,
     reference_runs=1,
+    diffusers_steps=3,
+    diffusers_runs=1,
 )
 
 
@@ -380,4 +385,5 @@ SUITES = {
     "output-flood": output_flood,
     "previews": previews,
     "reference": reference_preparation,
+    "diffusers": diffusers_backend,
 }

@@ -31,6 +31,9 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
         "throughput",
         "memory: idle RSS",
         "memory: peak RSS",
+        "diffusers: warm generate / direct pipeline call",
+        "diffusers: cancel latency",
+        "diffusers: worker RSS after jobs",
     ):
         assert name in result.stdout
     report = json.loads(output.read_text())

@@ -1,0 +1,155 @@
+"""The diffusers backend's figures, with the tiny random-weight model (built here).
+
+Its steps are fast (tens of milliseconds on a CPU), so what the worker and the model host
+add shows plainly. Skipped, with a row that says so, where the extra is not installed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from bench.harness import REPO_ROOT, Row, StandInSetup, median, running_worker
+from client.session import Message, WorkerSession
+from fixtures.proc import proc_status_kib
+from worker.backends.diffusers_checks import missing_modules
+
+if TYPE_CHECKING:
+    from bench.suites import Sizes
+
+MODEL_SIDE = 64
+
+
+async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
+    """Warm overhead, cold start, cancel latency, and the worker's memory."""
+    missing = missing_modules()
+    if missing:
+        return [Row("diffusers: skipped", "-", [0.0], "extra missing", None, notes=str(missing))]
+    model = setup.tmp.parent / "tiny-sd"
+    if not model.exists():
+        await anyio.run_process(
+            [sys.executable, "-m", "fixtures.tiny_diffusers", str(model)], cwd=REPO_ROOT
+        )
+    env = setup.env(
+        SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="diffusers",
+        SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL=str(model),
+        HF_HUB_OFFLINE="1",
+    )
+    steps = sizes.diffusers_steps
+    request = {"prompt": "a red fox in snow", "seed": 42, "stepCount": steps}
+    rows = []
+    async with running_worker(env) as worker:
+        session = worker.session
+        started = time.perf_counter()
+        await session.call("generate", {**request, "stepCount": 2})
+        cold = time.perf_counter() - started
+        status = (await session.call("capabilities"))["result"]["backend"]["modelHost"]
+        warm = []
+        for _ in range(sizes.diffusers_runs):
+            started = time.perf_counter()
+            response = await session.call("generate", request)
+            warm.append(time.perf_counter() - started)
+            assert "result" in response, response
+        direct = _direct_seconds(model, steps, sizes.diffusers_runs)
+        ratios = [w / d for w, d in zip(warm, direct, strict=True)]
+        rows.append(
+            Row(
+                f"diffusers: warm generate / direct pipeline call ({steps} steps, "
+                f"{MODEL_SIDE}x{MODEL_SIDE})",
+                "x",
+                ratios,
+                "<= 1.05",
+                median(ratios) <= 1.05,
+                notes=f"direct median {median(direct) * 1000:.0f} ms, through the worker "
+                f"{median(warm) * 1000:.0f} ms",
+            )
+        )
+        rows.append(
+            Row(
+                "diffusers: cold first request / warm request",
+                "x",
+                [cold / median(warm)],
+                "reported",
+                None,
+                notes=f"cold {cold:.2f} s (host start, imports, load, 2 steps); "
+                f"load {status['lastLoadMs']} ms",
+            )
+        )
+        rows.append(await _cancel_row(session, sizes.cancel_runs))
+        worker_rss = proc_status_kib(worker.pid, "VmRSS") / 1024
+        host_peak = proc_status_kib(int(status["pid"]), "VmHWM") / 1024
+    async with running_worker(setup.env(SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="mock")) as mock:
+        await mock.session.call("generate", {"prompt": "fox", "stepCount": 2})
+        mock_rss = proc_status_kib(mock.pid, "VmRSS") / 1024
+    rows.append(
+        Row(
+            "diffusers: worker RSS after jobs (torch never imported)",
+            "MiB",
+            [worker_rss],
+            "mock's ±5",
+            abs(worker_rss - mock_rss) <= 5,
+            notes=f"the mock backend's worker {mock_rss:.1f} MiB after a job; "
+            f"model host peak {host_peak:.0f} MiB",
+        )
+    )
+    return rows
+
+
+def _direct_seconds(model: Path, steps: int, runs: int) -> list[float]:
+    """The same call in a process of its own (the bench never imports torch)."""
+    command = [sys.executable, "-m", "bench.direct_pipeline", str(model)]
+    options = ["--steps", str(steps), "--runs", str(runs), "--size", f"{MODEL_SIDE}x{MODEL_SIDE}"]
+    result = subprocess.run(
+        [*command, *options],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
+    )
+    seconds: list[float] = json.loads(result.stdout.splitlines()[-1])["seconds"]
+    return seconds
+
+
+async def _cancel_row(session: WorkerSession, runs: int) -> Row:
+    """`cancel` to the -32800 answer, against the step time measured in the same job."""
+    latencies, step_times = [], []
+    for _ in range(runs):
+        stamps: list[float] = []
+        third = anyio.Event()
+
+        def on_progress(
+            message: Message, stamps: list[float] = stamps, third: anyio.Event = third
+        ) -> None:
+            if message["params"]["phase"] == "sampling" and message["params"]["step"]:
+                stamps.append(time.perf_counter())
+                if len(stamps) == 3:
+                    third.set()
+
+        with session.notifications(on_progress):
+            request_id = await session.request("generate", {"prompt": "long", "stepCount": 80})
+            await third.wait()
+            started = time.perf_counter()
+            async with anyio.create_task_group() as group:
+                group.start_soon(session.call, "cancel", {"requestId": request_id})
+                response = await session.response(request_id)
+        latencies.append((time.perf_counter() - started) * 1000)
+        assert response["error"]["code"] == -32800, response
+        step_times += [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
+    step = median(step_times)
+    return Row(
+        "diffusers: cancel latency",
+        "ms",
+        latencies,
+        "<= step + 50",
+        median(latencies) <= step + 50,
+        notes=f"a step takes {step:.0f} ms (median)",
+    )

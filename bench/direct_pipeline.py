@@ -1,0 +1,58 @@
+"""The model host's rendering of one job, made directly in one process, timed.
+
+`python -m bench.direct_pipeline MODEL --steps N --runs R --size WxH`: loads the model
+and renders with the very functions the model host uses (minus the worker, the pipe and
+the host's framing), warms up once, then prints as JSON the seconds each job took. Run
+in its own process so that the bench itself never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from worker.model_host import pipeline
+from worker.model_host.messages import HostJob
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", type=Path)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--size", default="64x64")
+    parser.add_argument("--prompt", default="a red fox in snow")
+    arguments = parser.parse_args()
+    width, height = (int(part) for part in arguments.size.split("x"))
+    model = pipeline.load(arguments.model, "auto", "auto", safety=False)
+    stop = threading.Event()
+    events: list[dict[str, Any]] = []
+    seconds = []
+    with tempfile.TemporaryDirectory() as output:
+        job = HostJob(
+            prompt=arguments.prompt,
+            negative_prompt="",
+            seed=42,
+            count=1,
+            step_count=arguments.steps,
+            guidance_scale=7.5,
+            scheduler="pndm",
+            width=width,
+            height=height,
+            output_dir=output,
+        )
+        pipeline.render(model, job, stop, events.append)  # warm-up, as the worker's is warm
+        for _ in range(arguments.runs):
+            started = time.perf_counter()
+            pipeline.render(model, job, stop, events.append)
+            seconds.append(time.perf_counter() - started)
+    print(json.dumps({"seconds": seconds, "loadMs": model.load_ms}))
+
+
+if __name__ == "__main__":
+    main()
