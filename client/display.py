@@ -50,7 +50,17 @@ def capabilities_summary(caps: CapabilitiesResult) -> str:
     if backend.install_hint:
         lines.append(f"Fix        {backend.install_hint}")
     lines.append(f"Model      {backend.model_id or '-'}")
-    if backend.sample_binary or backend.resource_path:
+    host = backend.model_host
+    if host is not None:
+        if host.loaded:
+            state = f"loaded on {host.device} ({host.dtype}), pid {host.pid}"
+        else:
+            state = f"not loaded (device {host.device}, dtype {host.dtype})"
+        last = f"{host.last_load_ms / 1000:.1f} s" if host.last_load_ms is not None else "-"
+        idle = f"after {host.idle_unload_ms / 1000:g} s idle" if host.idle_unload_ms else "never"
+        lines.append(f"Model host {state} · last load {last} · unloads {idle}")
+        lines.append(f"Model path {backend.resource_path or '-'}")
+    elif backend.sample_binary or backend.resource_path:
         lines.append(f"Sampler    {backend.sample_binary or '-'}")
         lines.append(f"Resources  {backend.resource_path or '-'}")
     limits, features, defaults = caps.limits, caps.features, caps.defaults
@@ -69,7 +79,7 @@ def capabilities_summary(caps: CapabilitiesResult) -> str:
     )
     lines.append(
         f"           schedulers {', '.join(features.schedulers)} · compute units "
-        f"{', '.join(features.compute_units)}"
+        f"{', '.join(features.compute_units) or '- (not Core ML)'}"
     )
     lines.append(
         f"Defaults   {defaults.step_count} steps · guidance {defaults.guidance_scale:g} · "

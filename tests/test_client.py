@@ -41,6 +41,26 @@ def test_capabilities_summary_says_why_the_backend_is_unavailable(tmp_path: Path
     assert "Limits     images 1..8 · steps 1..80" in result.stdout
 
 
+def test_capabilities_summary_shows_the_diffusers_model_host(tmp_path: Path) -> None:
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    env = {
+        "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
+        "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL": str(model),
+        "SYSTEMSCULPT_LOCAL_DIFFUSERS_IDLE_MS": "0",
+    }
+    result = _client(["capabilities"], env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "Model      diffusers/my-model:auto" in lines
+    assert "Model host not loaded (device auto, dtype auto) · last load - · unloads never" in lines
+    assert f"Model path {model}" in lines
+    assert "schedulers pndm, dpmpp, euler, euler_a, ddim · compute units - (not Core ML)" in (
+        result.stdout
+    )
+
+
 def test_capabilities_json_is_the_raw_result(standin: StandIn) -> None:
     result = _client(["capabilities", "--json"], standin.env)
     assert result.returncode == 0
