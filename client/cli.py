@@ -141,6 +141,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     gen.add_argument("--ratio", dest="aspect_ratio", help="aspect ratio, e.g. 16:9 (default 1:1)")
     gen.add_argument(
+        "--size",
+        type=_size,
+        metavar="WxH",
+        help="image size instead of --ratio, e.g. 768x512 (multiples of 8; any size with the "
+        "diffusers backend, a bundle's size with Core ML)",
+    )
+    gen.add_argument(
         "--preview-every",
         type=int,
         dest="preview_every",
@@ -235,10 +242,20 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     ]:
         if getattr(args, name) is not None:
             params[key] = getattr(args, name)
+    if args.size is not None:
+        params["width"], params["height"] = args.size
     if args.image is not None:
         image = args.image.expanduser().resolve()
         params["inputImages"] = [{"mimeType": _image_type(image), "path": str(image)}]
     return params
+
+
+def _size(text: str) -> tuple[int, int]:
+    """`768x512` as (768, 512); the worker checks the range."""
+    width, separator, height = text.lower().partition("x")
+    if not separator or not width.isdigit() or not height.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 768x512")
+    return int(width), int(height)
 
 
 def _image_type(path: Path) -> str:

@@ -38,6 +38,10 @@ MAX_REFERENCE_BYTES = 50 * 1024 * 1024
 """A larger reference file (or base64) is refused before it is read whole."""
 MAX_REFERENCE_PIXELS = 50_000_000
 """A reference with more pixels is refused from its header, before it is decoded."""
+SIZE_MULTIPLE = 8
+"""Image sides are multiples of this (a latent is 8x8 pixels)."""
+IMAGE_SIDE_MIN, IMAGE_SIDE_MAX = 64, 2048
+"""The widest range of `width` and `height` a request may name; `limits` narrows it."""
 MAX_PROMPT_CHARS = 20_000
 """Far beyond the text encoder's 77 tokens, well within one command-line argument."""
 
@@ -70,6 +74,11 @@ GuidanceScale = Annotated[
     float, Field(ge=GUIDANCE_SCALE_MIN, le=GUIDANCE_SCALE_MAX), BeforeValidator(_json_number)
 ]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX), BeforeValidator(_json_number)]
+ImageSide = Annotated[
+    int,
+    Field(ge=IMAGE_SIDE_MIN, le=IMAGE_SIDE_MAX, multiple_of=SIZE_MULTIPLE),
+    BeforeValidator(_json_number),
+]
 TimeoutMs = Annotated[
     int, Field(ge=REQUEST_TIMEOUT_MS_MIN, le=TIMEOUT_MS_MAX), BeforeValidator(_json_number)
 ]
@@ -151,6 +160,11 @@ class Limits(WireModel):
         description="With a reference; min is exclusive (a strength of 0 runs no step)"
     )
     preview_every: IntRange
+    width: IntRange = Field(
+        description="Of an image; with `features.customSizes` any multiple of 8 in range, "
+        "else only the sizes of `features.aspectRatioBundles`. Default: the 1:1 size"
+    )
+    height: IntRange
     max_queue: int
     max_concurrency: int
 
@@ -226,6 +240,10 @@ class Features(WireModel):
     aspect_ratios: list[str] = Field(description="The ratios `generate` can make now")
     aspect_ratio_bundles: list[AspectRatioBundle] = Field(
         description="Every ratio configured, with its size and whether its bundle is there"
+    )
+    custom_sizes: bool = Field(
+        description="`width` and `height` may be any multiple of 8 within `limits` (the "
+        "diffusers backend); false: only the sizes the bundles make (Core ML)"
     )
     negative_prompt: bool
     schedulers: list[Scheduler]
@@ -358,6 +376,12 @@ class GenerateParams(WireModel):
     aspect_ratio: str = Field(
         default="1:1", description="One of `capabilities.features.aspectRatios`"
     )
+    width: ImageSide | None = Field(
+        default=None,
+        description="With height, instead of aspectRatio: the image size (see "
+        "`capabilities.limits.width` and `features.customSizes`)",
+    )
+    height: ImageSide | None = Field(default=None, description="With width")
     input_images: list[InputImage] = Field(
         default_factory=list,
         max_length=MAX_INPUT_IMAGES,
@@ -441,6 +465,16 @@ class GenerateParams(WireModel):
     def chosen_influence(self) -> ReferenceInfluence | None:
         options = self.local_options or LocalOptions()
         return options.reference_influence or self.reference_influence
+
+    @model_validator(mode="after")
+    def _size_is_whole(self) -> GenerateParams:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height go together; give both or neither")
+        if self.width is not None and "aspect_ratio" in self.model_fields_set:
+            raise ValueError(
+                "give aspectRatio or width and height, not both (the size fixes the ratio)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _output_dir_goes_with_path(self) -> GenerateParams:

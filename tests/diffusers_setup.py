@@ -34,9 +34,9 @@ def require_extra() -> None:
     pytest.skip(message)
 
 
-def build_tiny_model(path: Path) -> Path:
+def build_tiny_model(path: Path, *options: str) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "fixtures.tiny_diffusers", str(path)],
+        [sys.executable, "-m", "fixtures.tiny_diffusers", str(path), *options],
         check=True,
         cwd=REPO_ROOT,
         env=worker_environment({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}),

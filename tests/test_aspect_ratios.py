@@ -145,3 +145,44 @@ def test_image_to_image_at_16_9_prepares_the_reference_at_the_bundles_size(
     while "method" in (answer := worker.receive(60)):
         pass
     assert answer["result"]["images"][0]["width"] == 1024, answer
+
+
+def test_core_ml_makes_a_size_only_where_a_bundle_was_converted_for_it(
+    standin: StandIn, worker_process: StartWorker, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    worker = _worker(standin, worker_process, _two_of_five(tmp_path), home)
+    caps = worker.call("capabilities")["result"]
+    assert caps["features"]["customSizes"] is False
+    assert caps["limits"]["width"] == {"min": 512, "max": 1024, "default": 512}
+    assert caps["limits"]["height"] == {"min": 512, "max": 1024, "default": 512}
+
+    wide, _ = worker.exchange("generate", {"prompt": "fox", "width": 1024, "height": 576})
+    metadata = wide["result"]["metadata"]
+    assert (metadata["width"], metadata["height"]) == (1024, 576)
+    assert metadata["requestedAspectRatio"] == "16:9"
+
+    other, notifications = worker.exchange(
+        "generate", {"prompt": "fox", "width": 768, "height": 512}
+    )
+    assert other["error"]["code"] == -32001
+    assert other["error"]["data"] == {"feature": "size", "supported": ["512x512", "1024x576"]}
+    assert "diffusers backend" in other["error"]["message"]
+    assert notifications == []
+
+
+def test_a_size_is_whole_on_the_grid_and_not_beside_a_ratio(
+    standin: StandIn, worker_process: StartWorker
+) -> None:
+    worker = worker_process(standin.env)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"width": 512}, "width and height go together"),
+        ({"width": 500, "height": 512}, "multiple of 8"),
+        ({"width": 4096, "height": 512}, "less than or equal to 2048"),
+        ({"width": 512, "height": 512, "aspectRatio": "1:1"}, "not both"),
+    ]
+    for size, reason in cases:
+        response = worker.call("generate", {"prompt": "fox", **size})
+        assert response["error"]["code"] == -32602, response
+        assert reason in response["error"]["message"], response

@@ -51,6 +51,16 @@ async def test_shape_limits_features_and_defaults() -> None:
     assert caps["limits"]["maxReferencePixels"] == 50_000_000
     assert caps["limits"]["strength"] == {"min": 0.0, "max": 1.0, "default": 0.55}
     assert caps["limits"]["previewEvery"] == {"min": 0, "max": 80, "default": 0}
+    # Core ML makes only what its bundles were converted for: here the 1:1 one's size.
+    assert (
+        caps["limits"]["width"]
+        == caps["limits"]["height"]
+        == {
+            "min": 512,
+            "max": 512,
+            "default": 512,
+        }
+    )
     (square,) = caps["features"].pop("aspectRatioBundles")
     assert (square["ratio"], square["width"], square["height"]) == ("1:1", 512, 512)
     assert square["present"] is False and square["problem"] == ""
@@ -62,6 +72,7 @@ async def test_shape_limits_features_and_defaults() -> None:
         "imageToImage": False,
         "referenceInfluences": {"subtle": 0.75, "balanced": 0.55, "strong": 0.35},
         "aspectRatios": [],  # no bundle is installed
+        "customSizes": False,
         "negativePrompt": True,
         "schedulers": ["pndm", "dpmpp"],
         "computeUnits": ["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"],

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.diffusers_setup import DiffusersSetup, maps_of
+from tests.diffusers_setup import DiffusersSetup, build_tiny_model, maps_of, require_extra
 from tests.worker_clients import (
     LINUX,
     REPO_ROOT,
@@ -178,6 +178,16 @@ def test_aspect_ratios_at_the_model_native_area(
     assert (result["metadata"]["width"], result["metadata"]["height"]) == size
 
 
+def test_any_size_on_the_grid_within_the_limits(warm: WorkerProcess) -> None:
+    caps = warm.call("capabilities")["result"]
+    assert caps["features"]["customSizes"] is True
+    assert caps["limits"]["width"] == {"min": 64, "max": 2048, "default": 64}
+    response, _ = generate(warm, {"prompt": "a banner", "width": 120, "height": 64, "stepCount": 2})
+    result = response["result"]
+    assert pixels(result["images"][0])[0] == (120, 64)
+    assert result["metadata"]["requestedAspectRatio"] == "15:8"
+
+
 def test_image_to_image_starts_from_the_reference(warm: WorkerProcess) -> None:
     reference = {
         "mimeType": "image/jpeg",
@@ -312,6 +322,44 @@ def test_the_worker_never_loads_torch(warm: WorkerProcess) -> None:
     host = host_of(warm)["pid"]
     assert "libtorch" in maps_of(host)
     assert "libtorch" not in maps_of(warm.pid)
+
+
+@pytest.mark.parametrize("disable_safety", ["1", "0"])
+def test_a_safety_checker_withholds_flagged_images_when_safety_is_on(
+    tmp_path: Path, disable_safety: str
+) -> None:
+    require_extra()
+    model = build_tiny_model(tmp_path / "with-checker", "--safety-checker", "flags-everything")
+    setup = DiffusersSetup(
+        tmp_path, model, SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY=disable_safety
+    )
+    worker = start_worker_process(setup.env)
+    try:
+        response, _ = generate(worker, {"prompt": "anything", "count": 2, "stepCount": 2})
+    finally:
+        worker.close()
+    if disable_safety == "1":  # the default: the checker is not even loaded
+        assert len(response["result"]["images"]) == 2
+        assert response["result"]["warnings"] == []
+    else:
+        assert response["error"]["code"] == -32005
+        assert response["error"]["data"]["reason"] == (
+            "every image was withheld by the safety checker (2 of 2)"
+        )
+
+
+def test_an_image_the_checker_passes_is_returned(tmp_path: Path) -> None:
+    require_extra()
+    model = build_tiny_model(tmp_path / "lenient", "--safety-checker", "flags-nothing")
+    setup = DiffusersSetup(tmp_path, model, SYSTEMSCULPT_LOCAL_DIFFUSION_DISABLE_SAFETY="0")
+    worker = start_worker_process(setup.env)
+    try:
+        assert worker.call("capabilities")["result"]["backend"]["available"] is True
+        response, _ = generate(worker, {"prompt": "anything", "stepCount": 2})
+        assert len(response["result"]["images"]) == 1
+        assert response["result"]["warnings"] == []
+    finally:
+        worker.close()
 
 
 # --- configurations ------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from protocol.models import (
     COMPUTE_UNITS,
     GUIDANCE_SCALE_MAX,
     GUIDANCE_SCALE_MIN,
+    IMAGE_SIDE_MAX,
+    IMAGE_SIDE_MIN,
     MAX_IMAGE_COUNT,
     MAX_REFERENCE_BYTES,
     MAX_REFERENCE_PIXELS,
@@ -29,7 +33,8 @@ from worker import __version__
 from worker.backends.base import Backend
 from worker.backends.registry import BACKENDS, describe_backend, describe_image_to_image
 from worker.host import HostPlatform
-from worker.manifest import bundles_for
+from worker.manifest import Bundle, ModelManifest, bundles_for
+from worker.parameters import NATIVE_SIZE
 from worker.settings import Settings
 
 WORKER_NAME = "studio-imagegen-worker"
@@ -40,6 +45,7 @@ def describe_capabilities(
 ) -> CapabilitiesResult:
     """`running`: the backend `generate` uses, once one has run (its live state)."""
     entry = BACKENDS[settings.backend] if settings.backend else None
+    custom_sizes = entry.custom_sizes if entry else False
     image_to_image_reason = describe_image_to_image(settings)
     manifest = bundles_for(settings)
     return CapabilitiesResult(
@@ -64,6 +70,8 @@ def describe_capabilities(
                 min=0.0, max=1.0, default=REFERENCE_INFLUENCE_STRENGTHS["balanced"]
             ),
             preview_every=IntRange(min=0, max=STEP_COUNT_MAX, default=0),
+            width=_side_range(manifest, custom_sizes, lambda bundle: bundle.width),
+            height=_side_range(manifest, custom_sizes, lambda bundle: bundle.height),
             max_queue=settings.max_queue,
             max_concurrency=settings.max_concurrency,
         ),
@@ -73,6 +81,7 @@ def describe_capabilities(
             image_to_image_reason=image_to_image_reason,
             reference_influences=dict(REFERENCE_INFLUENCE_STRENGTHS),
             aspect_ratios=manifest.usable_ratios,
+            custom_sizes=custom_sizes,
             aspect_ratio_bundles=[
                 AspectRatioBundle(
                     ratio=bundle.ratio,
@@ -96,3 +105,13 @@ def describe_capabilities(
         defaults=settings.sampling_defaults(),
         config_errors=[*settings.problems, *manifest.problems],
     )
+
+
+def _side_range(manifest: ModelManifest, custom: bool, side: Callable[[Bundle], int]) -> IntRange:
+    """Any side in the protocol's range where sizes are free; else those of the bundles."""
+    square = manifest.bundles.get("1:1")
+    default = side(square) if square is not None else NATIVE_SIZE[0]
+    if custom:
+        return IntRange(min=IMAGE_SIDE_MIN, max=IMAGE_SIDE_MAX, default=default)
+    sides = [side(bundle) for bundle in manifest.bundles.values()] or [default]
+    return IntRange(min=min(sides), max=max(sides), default=default)

@@ -66,9 +66,9 @@ class Generator:
 
     def __init__(self, settings: Settings, host: HostPlatform, live: LiveSamplers) -> None:
         self._settings = settings
-        self._backend: Backend | None = (
-            BACKENDS[settings.backend].load(settings, host, live) if settings.backend else None
-        )
+        entry = BACKENDS[settings.backend] if settings.backend else None
+        self._backend: Backend | None = entry.load(settings, host, live) if entry else None
+        self._custom_sizes = entry.custom_sizes if entry else False
 
     @property
     def backend(self) -> Backend | None:
@@ -85,7 +85,10 @@ class Generator:
         check_request(params, self._settings)  # an unknown backend is a -32007 here
         assert self._backend is not None
         manifest = bundles_for(self._settings)
-        bundle = choose_bundle(manifest, requested_ratio(params))
+        if params.width is not None and params.height is not None:
+            bundle = choose_size(manifest, params.width, params.height, self._custom_sizes)
+        else:
+            bundle = choose_bundle(manifest, requested_ratio(params))
         progress = ProgressReporter(context, params.run_id, expected_total_steps=0)
         job = Job(request_id=context.request_id, run_id=params.run_id, progress=progress)
         reference = None
@@ -164,6 +167,26 @@ def choose_bundle(manifest: ModelManifest, ratio: str) -> Bundle:
             UnsupportedFeatureData(feature="aspectRatio", supported=usable),
         )
     return bundle
+
+
+def choose_size(manifest: ModelManifest, width: int, height: int, custom: bool) -> Bundle:
+    """What makes `width` x `height`: the 1:1 model at that size where sizes are free
+    (diffusers), else the bundle converted for that size; -32001 listing the sizes that
+    can be made when none is."""
+    ratio = ratio_of(width, height)
+    square = manifest.bundles.get("1:1")
+    if custom and square is not None:
+        return Bundle(ratio, width, height, square.resource_path, square.source, True)
+    for bundle in manifest.bundles.values():
+        if (bundle.width, bundle.height) == (width, height) and bundle.usable:
+            return bundle
+    sizes = [f"{b.width}x{b.height}" for b in manifest.bundles.values() if b.usable]
+    raise UnsupportedFeature(
+        f"Unsupported feature: size {width}x{height}: Core ML bundles make the size they were "
+        f"converted for, and the installed ones make {', '.join(sizes) or 'none'}. Ask for "
+        "one of them (or its aspectRatio), or use the diffusers backend, which makes any size.",
+        UnsupportedFeatureData(feature="size", supported=sizes),
+    )
 
 
 def _unwritable(directory: Path) -> str | None:

@@ -168,6 +168,11 @@ def resolve_parameters(
 
 
 def requested_ratio(params: GenerateParams) -> str:
+    """The ratio asked for: `aspectRatio`, or that of `width` and `height`."""
+    if params.width is not None and params.height is not None:
+        from worker.manifest import ratio_of
+
+        return ratio_of(params.width, params.height)
     return params.aspect_ratio.strip() or "1:1"
 
 

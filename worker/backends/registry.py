@@ -38,6 +38,9 @@ class BackendEntry:
     schedulers: tuple[Scheduler, ...]
     compute_units: tuple[ComputeUnits, ...]
     """Core ML's; the diffusers backend runs on its configured device instead."""
+    custom_sizes: bool
+    """Any width and height (multiples of 8) within the protocol's range; False: only the
+    sizes the bundles make."""
 
 
 def _describe_mock(
@@ -139,6 +142,7 @@ BACKENDS: dict[BackendId, BackendEntry] = {
         _load_coreml,
         BACKEND_SCHEDULERS[COREML_BACKEND_ID],
         COMPUTE_UNITS,
+        custom_sizes=False,
     ),
     DIFFUSERS_BACKEND_ID: BackendEntry(
         DIFFUSERS_BACKEND_ID,
@@ -146,6 +150,7 @@ BACKENDS: dict[BackendId, BackendEntry] = {
         _load_diffusers,
         BACKEND_SCHEDULERS[DIFFUSERS_BACKEND_ID],
         (),
+        custom_sizes=True,
     ),
     MOCK_BACKEND_ID: BackendEntry(
         MOCK_BACKEND_ID,
@@ -153,6 +158,7 @@ BACKENDS: dict[BackendId, BackendEntry] = {
         _load_mock,
         BACKEND_SCHEDULERS[MOCK_BACKEND_ID],
         COMPUTE_UNITS,
+        custom_sizes=True,
     ),
 }
 
