@@ -362,6 +362,28 @@ def test_an_image_the_checker_passes_is_returned(tmp_path: Path) -> None:
         worker.close()
 
 
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_worker_that_ends_mid_job_leaves_no_model_host(
+    tiny_model: Path, tmp_path: Path, how: str
+) -> None:
+    setup = DiffusersSetup(tmp_path, tiny_model)
+    worker = start_worker_process(setup.env)
+    try:
+        run_until_step(worker, {"prompt": "interrupted", "stepCount": 80}, 1, "job")
+        assert len(setup.host_processes()) == 1
+        worker.signal(signal.Signals[how])
+        if how == "SIGTERM":  # shutdown: the job is answered, the host ended, files gone
+            response, _ = answer_to(worker, "job")
+            assert response["error"]["code"] == -32800
+            assert worker.wait(LONG_WAIT) == 0
+    finally:
+        worker.close()
+    # Killed, the worker cannot clean up: the kernel ends the host (its parent died).
+    assert wait_for(lambda: not setup.host_processes(), 10), "the model host outlived its worker"
+    if how == "SIGTERM":
+        assert setup.leftover_temp_entries() == []
+
+
 # --- configurations ------------------------------------------------------------------
 
 
