@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 from worker.model_host import messages
 
@@ -80,11 +80,19 @@ def serve(arguments: argparse.Namespace, channel: Channel) -> int:
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     stop = threading.Event()
     threading.Thread(target=read_requests, args=(inbox, stop), daemon=True).start()
-    channel.send(
-        {"type": messages.LOADING, "message": f"Loading {arguments.label} on {arguments.device}"}
-    )
+
+    def say(message: str) -> None:
+        channel.send({"type": messages.LOADING, "message": message})
+
     try:
-        model = pipeline.load(arguments.model, arguments.device, arguments.dtype, arguments.safety)
+        model = pipeline.load(
+            arguments.model,
+            arguments.device,
+            arguments.dtype,
+            arguments.safety,
+            say,
+            arguments.label,
+        )
     except pipeline.LoadError as exc:
         channel.send({"type": messages.LOAD_FAILED, "reason": exc.reason, "fix": exc.fix})
         return EXIT_LOAD_FAILED
@@ -119,7 +127,7 @@ def serve(arguments: argparse.Namespace, channel: Channel) -> int:
         channel.send({"type": messages.DONE})
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(prog="python -m worker.model_host", description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="Directory or checkpoint")
     parser.add_argument("--label", default="the model", help="How messages name the model")
@@ -132,8 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="model host: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when a job stops
-    return serve(arguments, channel)
+    try:
+        code = serve(arguments, channel)
+    except BaseException:
+        logger.exception("the model host failed")
+        code = 1
+    # Straight out: the reader thread may be blocked in a read of stdin, which the
+    # interpreter's own shutdown would wait on (and abort).
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -96,15 +96,25 @@ def choose_dtype(torch: Any, name: str, device: str) -> Any:
     return getattr(torch, name)
 
 
-def load(model: Path, device_name: str, dtype_name: str, safety: bool) -> LoadedModel:
-    """Load the pipeline at `model` (a diffusers directory or a single-file checkpoint)."""
+def load(
+    model: Path,
+    device_name: str,
+    dtype_name: str,
+    safety: bool,
+    say: Callable[[str], None] = logger.info,
+    label: str = "the model",
+) -> LoadedModel:
+    """Load the pipeline at `model` (a diffusers directory or a single-file checkpoint),
+    saying what it is doing as it goes."""
     started = time.monotonic()
+    say("Importing torch and diffusers")
     import diffusers
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
     device = choose_device(torch, device_name)
     dtype = choose_dtype(torch, dtype_name, device)
+    say(f"Loading {label} on {device} ({str(dtype).removeprefix('torch.')})")
     options: dict[str, Any] = {"torch_dtype": dtype}
     if not safety:
         options |= {"safety_checker": None, "requires_safety_checker": False}
