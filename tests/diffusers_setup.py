@@ -62,6 +62,7 @@ class DiffusersSetup:
             "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS": "10000",
             "DIFFUSERS_TEST_MARKER": self.marker,
             "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",  # see worker_environment
             "TMPDIR": str(self.tmp),
             **variables,
         }

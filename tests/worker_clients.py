@@ -129,6 +129,10 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
     """The test process's environment without SYSTEMSCULPT_* variables, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYSTEMSCULPT_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    # torch (in the diffusers model host) runs one thread per core, whose OpenMP barriers
+    # spin: beside other load on a 2-core machine a step then takes a hundred times as
+    # long. One thread keeps the suite's pace independent of what else runs.
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra or {})
     return env
 
