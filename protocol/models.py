@@ -112,6 +112,11 @@ class ModelHostStatus(WireModel):
     last_load_ms: int | None = Field(description="How long the last load took; None: none yet")
     idle_unload_ms: int = Field(description="Unloaded after this long without a job (0: never)")
     pid: int | None
+    last_load_error: str = Field(
+        default="",
+        description="Why the last load failed (`backend.installHint` has the fix); empty "
+        "once a load succeeds. The next generate tries again",
+    )
 
 
 class BackendStatus(WireModel):

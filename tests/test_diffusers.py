@@ -451,7 +451,9 @@ def test_a_broken_model_fails_to_load_with_the_reason(tiny_model: Path, tmp_path
         assert response["error"]["code"] == -32002
         assert "could not be loaded" in response["error"]["message"]
         assert "install --backend diffusers" in response["error"]["data"]["installHint"]
-        assert worker.call("capabilities")["result"]["backend"]["modelHost"]["loaded"] is False
+        host = worker.call("capabilities")["result"]["backend"]["modelHost"]
+        assert host["loaded"] is False
+        assert "could not be loaded as a Stable Diffusion pipeline" in host["lastLoadError"]
         assert wait_for(lambda: not setup.host_processes(), 10)
     finally:
         worker.close()
@@ -506,6 +508,11 @@ def test_a_device_this_machine_lacks_fails_with_the_fix(tiny_model: Path, tmp_pa
         assert response["error"]["code"] == -32002
         assert "CUDA is not available" in response["error"]["message"]
         assert "DEVICE=auto or cpu" in response["error"]["message"]
+        backend = worker.call("capabilities")["result"]["backend"]
+        assert backend["available"] is False
+        assert backend["reason"].startswith("The last load failed: SYSTEMSCULPT_LOCAL_DIFFUSERS")
+        assert "CUDA is not available" in backend["modelHost"]["lastLoadError"]
+        assert backend["installHint"].startswith("set SYSTEMSCULPT_LOCAL_DIFFUSERS_DEVICE=auto")
     finally:
         worker.close()
 

@@ -66,6 +66,9 @@ class HostState:
     pid: int | None = None
     safety_checker: bool = False
     loaded: bool = False
+    load_error: str = ""
+    """Why the last load failed; empty after a load that worked."""
+    load_fix: str = ""
 
 
 @dataclass
@@ -98,7 +101,13 @@ class DiffusersBackend:
             last_load_ms=self._state.last_load_ms,
             idle_unload_ms=self._settings.diffusers_idle_ms,
             pid=host.pid if loaded and host is not None else None,
+            last_load_error=self._state.load_error,
         )
+
+    @property
+    def load_fix(self) -> str:
+        """What fixes the last failed load (empty when it did not fail)."""
+        return self._state.load_fix
 
     def check(self, parameters: JobParameters) -> None:
         """-32002 when the extra or the model is missing; -32602 for a strength that
@@ -280,6 +289,8 @@ class DiffusersBackend:
                 elif event["type"] == messages.LOADED:
                     break
                 elif event["type"] == messages.LOAD_FAILED:
+                    self._state.load_error = str(event["reason"])
+                    self._state.load_fix = str(event["fix"])
                     raise BackendUnavailable(
                         f"Diffusers backend unavailable: {event['reason']}. To fix: "
                         f"{event['fix']}.",

@@ -96,17 +96,20 @@ def _describe_diffusers(
 
     missing = diffusers_checks.missing_modules()
     location = diffusers_checks.locate_model(settings)
+    loaded = running if isinstance(running, DiffusersBackend) else None
+    host_status = loaded.status() if loaded is not None else None
     if missing:
         reason = f"The diffusers extra is not installed (missing: {', '.join(missing)})."
         hint = diffusers_checks.INSTALL_EXTRA
     elif not location.usable:
         reason, hint = f"{location.problem}.", location.fix
+    elif loaded is not None and host_status is not None and host_status.last_load_error:
+        reason = f"The last load failed: {host_status.last_load_error}. The next job tries again."
+        hint = loaded.load_fix
     else:
         reason = f"Ready: {location.label} ({location.kind}), loaded by the model host on demand."
         hint = ""
-    if isinstance(running, DiffusersBackend):
-        host_status = running.status()
-    else:
+    if host_status is None:
         host_status = ModelHostStatus(
             loaded=False,
             device=settings.diffusers_device,
@@ -117,7 +120,7 @@ def _describe_diffusers(
         )
     return BackendStatus(
         id=DIFFUSERS_BACKEND_ID,
-        available=not missing and location.usable,
+        available=not missing and location.usable and not host_status.last_load_error,
         reason=reason,
         missing=missing or ([] if location.usable else [location.text]),
         install_hint=hint,
