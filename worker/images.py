@@ -31,6 +31,31 @@ class RenderedImage:
     """Its own seed, where each image of a batch has one; None: the job's seed."""
 
 
+def account_for(
+    images: list[RenderedImage], withheld: list[int], count: int, why_none: str
+) -> list[str]:
+    """The warnings a job's result carries for images the safety checker withheld or the
+    backend did not make; -32005 when no image is left (`why_none`: why, if none was
+    withheld either)."""
+    if not images:
+        reason = (
+            f"every image was withheld by the safety checker ({len(withheld)} of {count})"
+            if withheld
+            else why_none
+        )
+        raise OutputInvalid(
+            f"The sampler's output is unusable: {reason}.", OutputInvalidData(reason=reason)
+        )
+    warnings = [
+        f"Image {index} was withheld by the safety checker and is not returned."
+        for index in sorted(withheld)
+    ]
+    missing = count - len(images) - len(withheld)
+    if missing > 0:
+        warnings.append(f"{missing} of {count} requested images were not produced.")
+    return warnings
+
+
 def select_outputs(root: Path, count: int, seed: int) -> list[Path]:
     """The original provider's rule: PNGs sorted by name, the `.final.png` ones if any, else
     all, the first `count` of them; intermediate images (`.<seed>.<step>.png`, from

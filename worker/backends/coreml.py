@@ -16,7 +16,6 @@ from protocol.errors import (
     BackendUnavailableData,
     FieldError,
     InvalidParamsData,
-    OutputInvalidData,
     SamplerFailedData,
     TimedOutData,
     UnsupportedFeatureData,
@@ -28,13 +27,12 @@ from worker.backends.coreml_checks import check_image_encoder, locate_installati
 from worker.errors import (
     BackendUnavailable,
     InvalidParams,
-    OutputInvalid,
     SamplerFailed,
     TimedOut,
     UnsupportedFeature,
 )
 from worker.host import HostPlatform
-from worker.images import RenderedImage, check_png, select_outputs
+from worker.images import RenderedImage, account_for, check_png, select_outputs
 from worker.live import LiveSamplers
 from worker.parameters import JobParameters
 from worker.previews import publish_preview
@@ -295,30 +293,13 @@ def _collect(
     job_directory: Path, parameters: JobParameters, withheld: list[int]
 ) -> tuple[list[RenderedImage], list[str]]:
     paths = select_outputs(job_directory / OUTPUT_ROOT, parameters.count, parameters.seed)
-    if not paths:
-        reason = (
-            "every image was withheld by the safety checker "
-            f"({len(withheld)} of {parameters.count})"
-            if withheld
-            else "the sampler exited successfully but wrote no PNG"
-        )
-        raise OutputInvalid(
-            f"The sampler's output is unusable: {reason}.",
-            OutputInvalidData(reason=reason),
-        )
     images = []
     for position, path in enumerate(paths):
         png, width, height = check_png(path, (parameters.width, parameters.height))
         index = _image_index(path.name, parameters, fallback=position)
         images.append(RenderedImage(path.name, index, png, width, height))
-    warnings = [
-        f"Image {index} was withheld by the safety checker and is not returned."
-        for index in sorted(withheld)
-    ]
-    missing = parameters.count - len(images) - len(withheld)
-    if missing > 0:
-        warnings.append(f"{missing} of {parameters.count} requested images were not produced.")
-    return images, warnings
+    why_none = "the sampler exited successfully but wrote no PNG"
+    return images, account_for(images, withheld, parameters.count, why_none)
 
 
 def _image_index(file_name: str, parameters: JobParameters, fallback: int) -> int:

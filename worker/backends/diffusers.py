@@ -24,7 +24,6 @@ from protocol.errors import (
     BackendUnavailableData,
     FieldError,
     InvalidParamsData,
-    OutputInvalidData,
     SamplerFailedData,
     TimedOutData,
 )
@@ -39,8 +38,8 @@ from worker.backends.diffusers_checks import (
     model_id,
 )
 from worker.backends.model_host_process import HostGone, ModelHostProcess, host_command
-from worker.errors import BackendUnavailable, InvalidParams, OutputInvalid, SamplerFailed, TimedOut
-from worker.images import RenderedImage, check_png
+from worker.errors import BackendUnavailable, InvalidParams, SamplerFailed, TimedOut
+from worker.images import RenderedImage, account_for, check_png
 from worker.live import LiveSamplers
 from worker.model_host import messages
 from worker.model_host.messages import HostJob, image_seed
@@ -171,12 +170,12 @@ class DiffusersBackend:
             finally:
                 shutil.rmtree(job_directory, ignore_errors=True)
                 self._live.directories.discard(job_directory)
+        warnings = account_for(
+            outcome.images, outcome.withheld, parameters.count, "the model host made no image"
+        )
         return Rendered(
             images=outcome.images,
-            warnings=[
-                f"Image {index} was withheld by the safety checker and is not returned."
-                for index in outcome.withheld
-            ],
+            warnings=warnings,
             model_id=model_id(location, self._state.device),
             backend=BACKEND_ID,
             sample_binary=None,
@@ -210,17 +209,6 @@ class DiffusersBackend:
                 with anyio.CancelScope(shield=True):
                     await self._stop_job(host, grace)
             raise
-        if not outcome.images:
-            reason = (
-                f"every image was withheld by the safety checker ({len(outcome.withheld)} of "
-                f"{parameters.count})"
-                if outcome.withheld
-                else "the model host reported no image"
-            )
-            raise OutputInvalid(
-                f"The model host's output is unusable: {reason}.",
-                OutputInvalidData(reason=reason),
-            )
         return outcome
 
     async def _host_with_job(
