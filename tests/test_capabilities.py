@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from fixtures.resources import make_resource_dir
-from tests.worker_clients import LINUX, MACOS, in_process_worker
+from tests.worker_clients import LINUX, MACOS, in_process_worker, worker_environment
 from worker.host import HostPlatform
 from worker.settings import Settings
 
@@ -279,3 +281,24 @@ async def test_unknown_backend_and_config_errors_are_reported() -> None:
     ]
     assert caps["configErrors"][1]["value"] == "lots"
     assert caps["defaults"]["guidanceScale"] == 7.5
+
+
+def test_start_and_capabilities_leave_the_generate_path_unloaded() -> None:
+    """What a worker imports to start and answer `capabilities`, with either backend:
+    never the generate path, the backends, Pillow, or torch (its cold start stays short)."""
+    code = (
+        "import sys\n"
+        "from worker.app import build_server\n"
+        "from worker.capabilities import describe_capabilities\n"
+        "from worker.host import HostPlatform\n"
+        "from worker.settings import Settings\n"
+        "for backend in ('coreml', 'diffusers', 'mock'):\n"
+        "    settings = Settings.from_environ({'SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND': backend})\n"
+        "    build_server(settings, HostPlatform.current())\n"
+        "    describe_capabilities(settings, HostPlatform.current())\n"
+        "heavy = ('worker.generation', 'worker.backends.base', 'worker.backends.diffusers',\n"
+        "         'worker.backends.coreml', 'worker.parameters', 'PIL', 'torch')\n"
+        "loaded = [m for m in heavy if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=worker_environment())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from protocol.models import (
     COMPUTE_UNITS,
@@ -30,12 +31,13 @@ from protocol.models import (
 )
 from protocol.version import PROTOCOL_VERSION
 from worker import __version__
-from worker.backends.base import Backend
 from worker.backends.registry import BACKENDS, describe_backend, describe_image_to_image
 from worker.host import HostPlatform
-from worker.manifest import Bundle, ModelManifest, bundles_for
-from worker.parameters import NATIVE_SIZE
+from worker.manifest import STANDARD_SIZES, Bundle, ModelManifest, bundles_for
 from worker.settings import Settings
+
+if TYPE_CHECKING:  # the backends load with the first generate; capabilities stays light
+    from worker.backends.base import Backend
 
 WORKER_NAME = "studio-imagegen-worker"
 
@@ -110,7 +112,7 @@ def describe_capabilities(
 def _side_range(manifest: ModelManifest, custom: bool, side: Callable[[Bundle], int]) -> IntRange:
     """Any side in the protocol's range where sizes are free; else those of the bundles."""
     square = manifest.bundles.get("1:1")
-    default = side(square) if square is not None else NATIVE_SIZE[0]
+    default = side(square) if square is not None else STANDARD_SIZES["1:1"][0]
     if custom:
         return IntRange(min=IMAGE_SIDE_MIN, max=IMAGE_SIDE_MAX, default=default)
     sides = [side(bundle) for bundle in manifest.bundles.values()] or [default]

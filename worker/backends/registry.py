@@ -92,11 +92,14 @@ def _describe_diffusers(
     settings: Settings, host: HostPlatform, running: Backend | None
 ) -> BackendStatus:
     from protocol.models import ModelHostStatus
-    from worker.backends.diffusers import DiffusersBackend
 
     missing = diffusers_checks.missing_modules()
     location = diffusers_checks.locate_model(settings)
-    loaded = running if isinstance(running, DiffusersBackend) else None
+    loaded = None
+    if running is not None:  # loaded by a generate already: no import is added here
+        from worker.backends.diffusers import DiffusersBackend
+
+        loaded = running if isinstance(running, DiffusersBackend) else None
     host_status = loaded.status() if loaded is not None else None
     if missing:
         reason = f"The diffusers extra is not installed (missing: {', '.join(missing)})."
