@@ -30,6 +30,7 @@ from tests.worker_clients import (
     request,
     start_worker_process,
 )
+from worker.backends.model_host_process import trim_file
 from worker.settings import Settings
 
 pytestmark = pytest.mark.diffusers
@@ -533,3 +534,15 @@ async def test_in_process_worker_renders_without_importing_torch(
     assert "torch" not in sys.modules
     assert setup.host_processes() == []
     assert setup.leftover_temp_entries() == []
+
+
+def test_a_long_lived_host_log_keeps_its_tail(tmp_path: Path) -> None:
+    log = tmp_path / "host.log"
+    log.write_bytes(b"old line\n" * 200_000 + b"the latest line\n")
+    trim_file(log, 1024 * 1024)
+    assert log.stat().st_size == 512 * 1024
+    assert log.read_bytes().endswith(b"old line\nthe latest line\n")
+    small = tmp_path / "small.log"
+    small.write_bytes(b"short\n")
+    trim_file(small, 1024 * 1024)
+    assert small.read_bytes() == b"short\n"

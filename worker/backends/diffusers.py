@@ -342,6 +342,7 @@ class DiffusersBackend:
                 _take_image(event, parameters, progress, outcome)
             elif kind == messages.DONE:
                 outcome.ended = True
+                host.trim_log()
                 for image in outcome.images:
                     progress.saving(f"Saved {image.file_name}")
                 return

@@ -29,6 +29,8 @@ from worker.model_host import messages
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_CHARS = 2_000
+LOG_KEEP_BYTES = 1024 * 1024
+"""A host's log is cut to its last half of this when it grows past it."""
 HOST_ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",  # generating never downloads; `install` does
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -77,7 +79,9 @@ class ModelHostProcess:
     async def start(cls, argv: Sequence[str], live: LiveSamplers) -> ModelHostProcess:
         directory = Path(tempfile.mkdtemp(prefix="studio-imagegen-host-"))
         live.directories.add(directory)
-        log = os.open(directory / "host.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Appending: trim_log can cut the file while the host keeps writing at its end.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        log = os.open(directory / "host.log", flags, 0o600)
         try:
             process = await anyio.open_process(
                 list(argv),
@@ -152,6 +156,10 @@ class ModelHostProcess:
         lines = data.decode("utf-8", "replace").strip().splitlines()
         return " | ".join(line.strip() for line in lines[-8:])[-LOG_TAIL_CHARS:]
 
+    def trim_log(self) -> None:
+        """Keep the log of a long-lived host to its recent tail (called between jobs)."""
+        trim_file(self._directory / "host.log", LOG_KEEP_BYTES)
+
     async def close(self, grace_seconds: float) -> None:
         """End of input (the host exits between jobs), then SIGTERM, then SIGKILL."""
         with contextlib.suppress(Exception):
@@ -170,6 +178,21 @@ class ModelHostProcess:
         self._live.groups.discard(self._process.pid)
         shutil.rmtree(self._directory, ignore_errors=True)
         self._live.directories.discard(self._directory)
+
+
+def trim_file(path: Path, limit: int) -> None:
+    """Cut a file that grew past `limit` bytes to its last `limit // 2`."""
+    try:
+        if path.stat().st_size <= limit:
+            return
+        with open(path, "r+b") as log:
+            log.seek(-(limit // 2), os.SEEK_END)
+            tail = log.read()
+            log.seek(0)
+            log.truncate()
+            log.write(tail)
+    except OSError as exc:
+        logger.debug("%s was not trimmed: %s", path, exc)
 
 
 def _signal_name(number: int) -> str:
