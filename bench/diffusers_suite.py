@@ -36,7 +36,9 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     model = setup.tmp.parent / "tiny-sd"
     if not model.exists():
         await anyio.run_process(
-            [sys.executable, "-m", "fixtures.tiny_diffusers", str(model)], cwd=REPO_ROOT
+            [sys.executable, "-m", "fixtures.tiny_diffusers", str(model)],
+            cwd=REPO_ROOT,
+            env={**os.environ, "TMPDIR": str(setup.tmp)},
         )
     env = setup.env(
         SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="diffusers",
@@ -58,7 +60,7 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
             response = await session.call("generate", request)
             warm.append(time.perf_counter() - started)
             assert "result" in response, response
-        direct = _direct_seconds(model, steps, sizes.diffusers_runs)
+        direct = _direct_seconds(model, steps, sizes.diffusers_runs, setup.tmp)
         ratios = [w / d for w, d in zip(warm, direct, strict=True)]
         rows.append(
             Row(
@@ -103,7 +105,7 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     return rows
 
 
-def _direct_seconds(model: Path, steps: int, runs: int) -> list[float]:
+def _direct_seconds(model: Path, steps: int, runs: int, tmp: Path) -> list[float]:
     """The same call in a process of its own (the bench never imports torch)."""
     command = [sys.executable, "-m", "bench.direct_pipeline", str(model)]
     options = ["--steps", str(steps), "--runs", str(runs), "--size", f"{MODEL_SIDE}x{MODEL_SIDE}"]
@@ -113,7 +115,12 @@ def _direct_seconds(model: Path, steps: int, runs: int) -> list[float]:
         text=True,
         check=True,
         cwd=REPO_ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
+        env={
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "TMPDIR": str(tmp),  # torch's cache folder goes with the bench's
+        },
     )
     seconds: list[float] = json.loads(result.stdout.splitlines()[-1])["seconds"]
     return seconds

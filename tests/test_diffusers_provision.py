@@ -99,9 +99,12 @@ def test_doctor_names_the_missing_model_and_how_to_get_it(tmp_path: Path) -> Non
 
 
 def test_doctor_load_loads_the_model_in_the_host(tiny_model: Path, tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     env = {
         "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
         "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL": str(tiny_model),
+        "TMPDIR": str(scratch),
     }
     quick = run_worker("doctor", env=env)
     assert quick.returncode == 0, quick.stdout
@@ -111,3 +114,4 @@ def test_doctor_load_loads_the_model_in_the_host(tiny_model: Path, tmp_path: Pat
     assert "[ ok ] model loads" in loaded.stdout
     assert "loaded on cpu (float32)" in loaded.stdout
     assert "ready" in loaded.stdout.splitlines()[-1]
+    assert list(scratch.iterdir()) == [], "the load check left temp files behind"

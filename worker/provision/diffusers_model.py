@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import TextIO
 
@@ -90,14 +91,16 @@ def check_load(location: ModelLocation, settings: Settings) -> Check:
         safety=not settings.disable_safety,
     )
     try:
-        result = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,  # end of input: the host exits once loaded
-            capture_output=True,
-            timeout=LOAD_TIMEOUT_SECONDS,
-            env={**os.environ, **HOST_ENVIRONMENT},
-            check=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="studio-imagegen-host-") as scratch:
+            result = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,  # end of input: the host exits once loaded
+                capture_output=True,
+                timeout=LOAD_TIMEOUT_SECONDS,
+                # As the worker starts it: its temp files (torch's caches) go with it.
+                env={**os.environ, **HOST_ENVIRONMENT, "TMPDIR": scratch},
+                check=False,
+            )
     except subprocess.TimeoutExpired:
         return Check(
             "model loads",
