@@ -407,6 +407,7 @@ def test_idle_host_unloads_and_the_next_job_loads_again(tiny_model: Path, tmp_pa
 
 
 def test_a_missing_model_is_reported_before_any_job(tmp_path: Path) -> None:
+    require_extra()  # without it, that is what is reported first
     setup = DiffusersSetup(tmp_path, tmp_path / "no-such-model")
     worker = start_worker_process(setup.env)
     try:
@@ -422,6 +423,7 @@ def test_a_missing_model_is_reported_before_any_job(tmp_path: Path) -> None:
 
 
 def test_a_model_that_is_not_stable_diffusion_is_refused(tmp_path: Path) -> None:
+    require_extra()  # without it, that is what is reported first
     model = tmp_path / "other-model"
     model.mkdir()
     (model / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fixtures.fake_hub import COMMIT, Repository, serving
-from tests.diffusers_setup import DiffusersSetup
+from tests.diffusers_setup import DiffusersSetup, require_extra
 from tests.worker_clients import start_worker_process, worker_environment
 
 pytestmark = pytest.mark.diffusers
@@ -85,6 +85,7 @@ def test_install_of_a_repository_the_hub_lacks_fails_with_the_reason(
 
 
 def test_doctor_names_the_missing_model_and_how_to_get_it(tmp_path: Path) -> None:
+    require_extra()  # without it, that is what is reported first
     env = {
         "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
         "HF_HOME": str(tmp_path / "empty-cache"),
