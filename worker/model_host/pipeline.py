@@ -7,7 +7,6 @@ same machine and torch version; the CPU generator keeps that true on cuda and mp
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -18,6 +17,8 @@ from typing import Any
 
 from worker.model_host import messages
 from worker.model_host.messages import HostJob, image_seed
+from worker.settings import ENV_DIFFUSERS_DEVICE as ENV_DEVICE
+from worker.settings import ENV_DIFFUSERS_MODEL as ENV_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +31,6 @@ SCHEDULER_CLASSES = {
     "ddim": ("DDIMScheduler", {}),
 }
 """The protocol's scheduler names and the diffusers schedulers they stand for."""
-PIPELINE_CLASS = "StableDiffusionPipeline"
-ENV_DEVICE = "SYSTEMSCULPT_LOCAL_DIFFUSERS_DEVICE"
-ENV_DTYPE = "SYSTEMSCULPT_LOCAL_DIFFUSERS_DTYPE"
-ENV_MODEL = "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL"
 
 
 class LoadError(Exception):
@@ -105,7 +102,8 @@ def load(
     label: str = "the model",
 ) -> LoadedModel:
     """Load the pipeline at `model` (a diffusers directory or a single-file checkpoint),
-    saying what it is doing as it goes."""
+    saying what it is doing as it goes. That it is a Stable Diffusion pipeline at all was
+    checked by whoever started the host (`diffusers_checks.locate_model`)."""
     started = time.monotonic()
     say("Importing torch and diffusers")
     import diffusers
@@ -122,13 +120,10 @@ def load(
         if model.is_file():
             pipe = StableDiffusionPipeline.from_single_file(str(model), **options)
         else:
-            _check_pipeline_class(model)
             pipe = StableDiffusionPipeline.from_pretrained(
                 str(model), local_files_only=True, **options
             )
         pipe = pipe.to(device)
-    except LoadError:
-        raise
     except Exception as exc:  # a library's reason, whichever it is, is the reason
         raise LoadError(
             f"{model} could not be loaded as a Stable Diffusion pipeline "
@@ -153,22 +148,6 @@ def load(
         safety_checker=pipe.safety_checker is not None,
         schedulers=schedulers,
     )
-
-
-def _check_pipeline_class(model: Path) -> None:
-    index = model / "model_index.json"
-    try:
-        declared = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
-    except (OSError, ValueError) as exc:
-        raise LoadError(
-            f"{index} cannot be read ({exc}); {model} is not a diffusers model directory",
-            f"point {ENV_MODEL} at a directory saved by diffusers (with model_index.json)",
-        ) from exc
-    if declared != PIPELINE_CLASS:
-        raise LoadError(
-            f"{model} holds a {declared}, not a {PIPELINE_CLASS}",
-            f"point {ENV_MODEL} at a Stable Diffusion 1.x or 2.x model",
-        )
 
 
 def _first_line(exc: BaseException) -> str:
