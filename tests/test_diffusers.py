@@ -299,6 +299,7 @@ def test_a_killed_host_fails_its_job_and_the_next_gets_a_new_one(
     response, _ = answer_to(warm, "doomed")
     assert response["error"]["code"] == -32003
     assert "SIGKILL" in response["error"]["message"]
+    assert response["error"]["data"]["signal"] == "SIGKILL"
     assert wait_for(lambda: old not in setup.host_processes())
     after, notifications = generate(warm, {"prompt": "reborn", "stepCount": 3})
     assert "result" in after

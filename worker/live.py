@@ -33,3 +33,11 @@ def signal_group(pgid: int, signum: signal.Signals) -> None:
     """Signal a whole process group; one that is already gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signum)
+
+
+def signal_name(number: int) -> str:
+    """`SIGKILL` for 9; `signal 77` for a number with no name."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -200,10 +200,7 @@ class DiffusersBackend:
             await self._follow(host, parameters, progress, outcome)
         except HostGone as exc:
             await self._discard_host()
-            raise SamplerFailed(
-                f"The diffusers model host {exc}. The next job starts a new one.",
-                SamplerFailedData(exit_code=None, signal=None, stderr=str(exc)),
-            ) from exc
+            raise _host_failed(exc, ". The next job starts a new one") from exc
         except BaseException:  # cancelled, timed out, or a bad image: stop the rest
             if not outcome.ended:
                 with anyio.CancelScope(shield=True):
@@ -291,10 +288,7 @@ class DiffusersBackend:
                     )
         except HostGone as exc:
             await self._discard_host()
-            raise SamplerFailed(
-                f"The diffusers model host {exc} while loading {location.label}.",
-                SamplerFailedData(exit_code=None, signal=None, stderr=str(exc)),
-            ) from exc
+            raise _host_failed(exc, f" while loading {location.label}") from exc
         except BaseException:  # a failed load, or cancelled while loading: no half host
             with anyio.CancelScope(shield=True):
                 await self._discard_host()
@@ -381,6 +375,14 @@ class DiffusersBackend:
         if host is not None:
             with anyio.CancelScope(shield=True):
                 await host.close(self._settings.kill_grace_ms / 1000)
+
+
+def _host_failed(gone: HostGone, context: str) -> SamplerFailed:
+    """-32003 for a host that died: how (the signal's meaning), and its log's tail."""
+    return SamplerFailed(
+        f"The diffusers model host {gone}{context}.",
+        SamplerFailedData(exit_code=gone.exit_code, signal=gone.signal, stderr=gone.log_tail),
+    )
 
 
 def _host_job(parameters: JobParameters, job_directory: Path) -> HostJob:

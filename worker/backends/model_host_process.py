@@ -23,7 +23,7 @@ import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from worker.live import LiveSamplers, signal_group
+from worker.live import LiveSamplers, signal_group, signal_name
 from worker.model_host import messages
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,20 @@ HOST_ENVIRONMENT = {
 
 
 class HostGone(Exception):
-    """The host's output ended: it exited or was killed. Says how, in words."""
+    """The host's output ended: it exited or was killed. Says how, in words, with the
+    exit code or signal and the tail of its log for the error's data."""
+
+    def __init__(
+        self,
+        how: str,
+        exit_code: int | None = None,
+        signal: str | None = None,
+        log_tail: str = "",
+    ) -> None:
+        super().__init__(f"{how}: {log_tail}" if log_tail else how)
+        self.exit_code = exit_code
+        self.signal = signal
+        self.log_tail = log_tail
 
 
 def host_command(
@@ -115,28 +128,28 @@ class ModelHostProcess:
         try:
             await self._process.stdin.send(messages.encode(message))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            raise HostGone(await self.describe_end()) from exc
+            raise await self.ended() from exc
 
     async def receive(self) -> dict[str, Any]:
         """The next event; HostGone when the host's output has ended."""
         try:
             line = await self._replies.receive_until(b"\n", messages.MAX_LINE_BYTES)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError) as exc:
-            raise HostGone(await self.describe_end()) from exc
+            raise await self.ended() from exc
         try:
             return messages.decode(line)
         except ValueError as exc:
             raise HostGone(f"it wrote a line that is not a message ({exc})") from exc
 
-    async def describe_end(self) -> str:
+    async def ended(self) -> HostGone:
         """How the host ended, with the tail of its log: for the error the job gets."""
         with anyio.move_on_after(2):
             await self._process.wait()
         code = self._process.returncode
+        name = signal_name(-code) if code is not None and code < 0 else None
         if code is None:
             how = "stopped answering"
-        elif code < 0:
-            name = _signal_name(-code)
+        elif name is not None:
             how = f"died from {name}"
             if name == "SIGKILL":
                 how += (
@@ -145,8 +158,8 @@ class ModelHostProcess:
                 )
         else:
             how = f"exited with code {code}"
-        tail = self.log_tail()
-        return f"{how}: {tail}" if tail else how
+        exit_code = code if code is not None and code >= 0 else None
+        return HostGone(how, exit_code, name, self.log_tail())
 
     def log_tail(self) -> str:
         try:
@@ -193,10 +206,3 @@ def trim_file(path: Path, limit: int) -> None:
             log.write(tail)
     except OSError as exc:
         logger.debug("%s was not trimmed: %s", path, exc)
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"

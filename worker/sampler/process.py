@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import ByteReceiveStream, Process
 
-from worker.live import LiveSamplers, signal_group
+from worker.live import LiveSamplers, signal_group, signal_name
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ async def _supervise(
     assert code is not None
     return SamplerExit(
         exit_code=code if code >= 0 else None,
-        signal=_signal_name(-code) if code < 0 else None,
+        signal=signal_name(-code) if code < 0 else None,
         stderr_tail=_tail(stderr),
         duration_ms=round((time.monotonic() - started) * 1000),
         timed_out=timed_out,
@@ -169,10 +169,3 @@ async def _read_stream(stream: ByteReceiveStream, buffer: bytearray) -> None:
 def _tail(data: bytearray) -> str:
     text = bytes(data[-_STDERR_KEEP_BYTES:]).decode("utf-8", "replace").strip()
     return text[-STDERR_TAIL_CHARS:]
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
