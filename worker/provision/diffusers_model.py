@@ -9,7 +9,6 @@ to say that the model is loaded, so what it verifies is what `generate` will run
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from worker.backends.diffusers_checks import (
     missing_modules,
 )
 from worker.backends.model_host_process import HOST_ENVIRONMENT, host_command
+from worker.model_host import messages
 from worker.settings import DEFAULT_DIFFUSERS_MODEL, ENV_DIFFUSERS_MODEL, Settings
 
 LOAD_TIMEOUT_SECONDS = 900
@@ -108,21 +108,19 @@ def check_load(location: ModelLocation, settings: Settings) -> Check:
             f"the model host did not load {location.label} within {LOAD_TIMEOUT_SECONDS} s.",
             fix="check free memory, or try a smaller dtype",
         )
-    events = []
     for line in result.stdout.splitlines():
         try:
-            events.append(json.loads(line))
+            event = messages.decode(line)
         except ValueError:
             continue
-    for event in events:
-        if event.get("type") == "loaded":
+        if event["type"] == messages.LOADED:
             return Check(
                 "model loads",
                 "ok",
                 f"{location.label} loaded on {event['device']} ({event['dtype']}) in "
                 f"{event['loadMs'] / 1000:.1f} s.",
             )
-        if event.get("type") == "loadFailed":
+        if event["type"] == messages.LOAD_FAILED:
             return Check("model loads", "fail", f"{event['reason']}.", fix=str(event["fix"]))
     tail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
     return Check(
