@@ -36,6 +36,7 @@ from worker.backends.diffusers_checks import (
     locate_model,
     missing_modules,
     model_id,
+    not_loaded,
 )
 from worker.backends.model_host_process import HostGone, ModelHostProcess, host_command
 from worker.errors import BackendUnavailable, InvalidParams, SamplerFailed, TimedOut
@@ -91,16 +92,16 @@ class DiffusersBackend:
     # --- what capabilities and the checks see ---------------------------------
 
     def status(self) -> ModelHostStatus:
-        host = self._host
-        loaded = host is not None and not host.exited and self._state.loaded
+        host, state = self._host, self._state
+        if host is None or host.exited or not state.loaded:
+            return not_loaded(self._settings, state.last_load_ms, state.load_error)
         return ModelHostStatus(
-            loaded=loaded,
-            device=self._state.device if loaded else self._settings.diffusers_device,
-            dtype=self._state.dtype if loaded else self._settings.diffusers_dtype,
-            last_load_ms=self._state.last_load_ms,
+            loaded=True,
+            device=state.device,
+            dtype=state.dtype,
+            last_load_ms=state.last_load_ms,
             idle_unload_ms=self._settings.diffusers_idle_ms,
-            pid=host.pid if loaded and host is not None else None,
-            last_load_error=self._state.load_error,
+            pid=host.pid,
         )
 
     @property

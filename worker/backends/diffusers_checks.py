@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from protocol.models import ModelHostStatus
 from worker.settings import DEFAULT_DIFFUSERS_MODEL, ENV_DIFFUSERS_MODEL, Settings
 
 EXTRA_MODULES = ("torch", "diffusers", "transformers", "safetensors")
@@ -185,6 +186,21 @@ def _native_side(path: Path) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         return DEFAULT_NATIVE_SIDE
     return side if side > 0 else DEFAULT_NATIVE_SIDE
+
+
+def not_loaded(
+    settings: Settings, last_load_ms: int | None = None, load_error: str = ""
+) -> ModelHostStatus:
+    """The model host as `capabilities` shows it while none is running: as configured."""
+    return ModelHostStatus(
+        loaded=False,
+        device=settings.diffusers_device,
+        dtype=settings.diffusers_dtype,
+        last_load_ms=last_load_ms,
+        idle_unload_ms=settings.diffusers_idle_ms,
+        pid=None,
+        last_load_error=load_error,
+    )
 
 
 def model_id(location: ModelLocation, device: str) -> str:

@@ -91,8 +91,6 @@ def _load_coreml(settings: Settings, host: HostPlatform, live: LiveSamplers) -> 
 def _describe_diffusers(
     settings: Settings, host: HostPlatform, running: Backend | None
 ) -> BackendStatus:
-    from protocol.models import ModelHostStatus
-
     missing = diffusers_checks.missing_modules()
     location = diffusers_checks.locate_model(settings)
     loaded = None
@@ -113,14 +111,7 @@ def _describe_diffusers(
         reason = f"Ready: {location.label} ({location.kind}), loaded by the model host on demand."
         hint = ""
     if host_status is None:
-        host_status = ModelHostStatus(
-            loaded=False,
-            device=settings.diffusers_device,
-            dtype=settings.diffusers_dtype,
-            last_load_ms=None,
-            idle_unload_ms=settings.diffusers_idle_ms,
-            pid=None,
-        )
+        host_status = diffusers_checks.not_loaded(settings)
     return BackendStatus(
         id=DIFFUSERS_BACKEND_ID,
         available=not missing and location.usable and not host_status.last_load_error,
