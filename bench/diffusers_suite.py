@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from bench.harness import REPO_ROOT, Row, StandInSetup, median, running_worker
+from bench.harness import REPO_ROOT, Row, StandInSetup, median, running_worker, timed_cancel
 from client.session import Message, WorkerSession
 from fixtures.proc import proc_status_kib
 from worker.backends.diffusers_checks import missing_modules
@@ -144,12 +144,7 @@ async def _cancel_row(session: WorkerSession, runs: int) -> Row:
         with session.notifications(on_progress):
             request_id = await session.request("generate", {"prompt": "long", "stepCount": 80})
             await third.wait()
-            started = time.perf_counter()
-            async with anyio.create_task_group() as group:
-                group.start_soon(session.call, "cancel", {"requestId": request_id})
-                response = await session.response(request_id)
-        latencies.append((time.perf_counter() - started) * 1000)
-        assert response["error"]["code"] == -32800, response
+            latencies.append(await timed_cancel(session, request_id))
         step_times += [(b - a) * 1000 for a, b in itertools.pairwise(stamps)]
     step = median(step_times)
     return Row(

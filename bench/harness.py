@@ -6,13 +6,17 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
+
 from client.process import WorkerProcess, open_worker
+from client.session import WorkerSession
 from fixtures.standin import install_standin
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,3 +100,13 @@ async def running_worker(env: dict[str, str]) -> AsyncIterator[WorkerProcess]:
     """A worker on the client library, with this environment added to the bench's."""
     async with open_worker(WORKER_COMMAND, {**os.environ, **env}) as worker:
         yield worker
+
+
+async def timed_cancel(session: WorkerSession, request_id: Any) -> float:
+    """Cancel a running generate: milliseconds from sending `cancel` to its -32800 read."""
+    started = time.perf_counter()
+    async with anyio.create_task_group() as group:
+        group.start_soon(session.call, "cancel", {"requestId": request_id})
+        response = await session.response(request_id)
+    assert response["error"]["code"] == -32800, response
+    return (time.perf_counter() - started) * 1000

@@ -18,6 +18,7 @@ from bench.harness import (
     median,
     percentile,
     running_worker,
+    timed_cancel,
 )
 from client.session import Message
 from fixtures.proc import proc_status_kib
@@ -220,12 +221,7 @@ async def cancel_latency(setup: StandInSetup, sizes: Sizes) -> list[Row]:
                 with session.notifications(on_progress):
                     request_id = await session.request("generate", {"prompt": f"fox {steering}"})
                     await sampling.wait()
-                started = time.perf_counter()
-                async with anyio.create_task_group() as group:
-                    group.start_soon(session.call, "cancel", {"requestId": request_id})
-                    response = await session.response(request_id)
-                samples.append((time.perf_counter() - started) * 1000)
-                assert response["error"]["code"] == -32800, response
+                samples.append(await timed_cancel(session, request_id))
         rows.append(
             Row(
                 f"cancel latency ({label})",
