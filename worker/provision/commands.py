@@ -146,6 +146,7 @@ def _install_diffusers(settings: Settings, args: argparse.Namespace) -> int:
     from worker.provision.diffusers_model import (
         DownloadError,
         default_revision,
+        download,
         model_variable_hint,
     )
     from worker.provision.doctor import examine
@@ -155,8 +156,6 @@ def _install_diffusers(settings: Settings, args: argparse.Namespace) -> int:
     )
     if not args.verify:
         try:
-            from worker.provision.diffusers_model import download
-
             download(repo_id, default_revision(repo_id))
         except DownloadError as exc:
             print(f"install: {exc}", file=sys.stderr)
