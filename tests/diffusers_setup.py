@@ -6,7 +6,6 @@ never imports torch either: in-process tests can then check that the worker does
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -16,12 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.worker_clients import REPO_ROOT, worker_environment
+from worker.backends.diffusers_checks import missing_modules
 
-EXTRA_MISSING = [
-    name
-    for name in ("torch", "diffusers", "transformers")
-    if importlib.util.find_spec(name) is None
-]
+EXTRA_MISSING = missing_modules()
+"""What the worker itself finds missing of the extra (it would say so in capabilities)."""
 
 
 def require_extra() -> None:
