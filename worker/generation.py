@@ -75,9 +75,8 @@ class Generator:
         return self._backend
 
     async def aclose(self) -> None:
-        closing = getattr(self._backend, "aclose", None)
-        if closing is not None:
-            await closing()
+        if self._backend is not None:
+            await self._backend.aclose()
 
     async def generate(
         self, context: RequestContext, params: GenerateParams, queue: JobQueue

@@ -32,3 +32,6 @@ class Backend(Protocol):
         """Raise the WorkerError this job would fail with, before it is queued."""
 
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered: ...
+
+    async def aclose(self) -> None:
+        """End what the backend keeps between jobs (at the worker's shutdown)."""

@@ -89,6 +89,9 @@ class CoreMLBackend:
         self._host = host
         self._live = live if live is not None else LiveSamplers()
 
+    async def aclose(self) -> None:
+        """Nothing outlives a job: each sampler run ends with it."""
+
     def check(self, parameters: JobParameters) -> None:
         """Refuse, before the job is queued, what the sampler would crash on or fail to
         save after the whole run: -32602 naming the field, the limit and the fix; and

@@ -28,6 +28,9 @@ STEP_SECONDS = 0.002
 class MockBackend:
     """Procedural images with Core ML's progress phases, for tests and trying the protocol."""
 
+    async def aclose(self) -> None:
+        """Nothing is kept between jobs."""
+
     def check(self, parameters: JobParameters) -> None:
         """The procedural patterns can render any job that passed validation."""
 
