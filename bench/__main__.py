@@ -16,7 +16,8 @@ from pathlib import Path
 import anyio
 
 from bench.harness import Row, StandInSetup
-from bench.suites import SMOKE, SUITES, Sizes
+from bench.sizes import SMOKE, Sizes
+from bench.suites import SUITES
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -13,17 +13,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 
 from bench.harness import REPO_ROOT, Row, StandInSetup, median, running_worker, timed_cancel
+from bench.sizes import Sizes
 from client.session import Message, WorkerSession
 from fixtures.proc import proc_status_kib
-from worker.backends.diffusers_checks import missing_modules
-
-if TYPE_CHECKING:
-    from bench.suites import Sizes
+from worker.backends.diffusers.checks import missing_modules
 
 MODEL_SIDE = 64
 

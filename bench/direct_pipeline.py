@@ -14,10 +14,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from worker.model_host import pipeline
-from worker.model_host.messages import HostJob
+from worker.backends.diffusers.host import messages, pipeline
+from worker.backends.diffusers.host.messages import HostJob, HostSampling
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     width, height = (int(part) for part in arguments.size.split("x"))
     model = pipeline.load(arguments.model, "auto", "auto", safety=False)
     stop = threading.Event()
-    events: list[dict[str, Any]] = []
+    events: list[messages.Message] = []
     seconds = []
     with tempfile.TemporaryDirectory() as output:
         job = HostJob(
@@ -39,11 +38,16 @@ def main() -> None:
             negative_prompt="",
             seed=42,
             count=1,
-            step_count=arguments.steps,
-            guidance_scale=7.5,
-            scheduler="pndm",
             width=width,
             height=height,
+            strength=None,
+            preview_every=0,
+            sampling=HostSampling(
+                step_count=arguments.steps,
+                guidance_scale=7.5,
+                scheduler="pndm",
+                reduce_memory=False,
+            ),
             output_dir=output,
         )
         pipeline.render(model, job, stop, events.append)  # warm-up, as the worker's is warm

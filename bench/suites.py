@@ -1,4 +1,4 @@
-"""The six measurements, each returning rows for the table. Sizes come from `Sizes`."""
+"""The measurements, each returning rows for the table. Sizes come from `bench.sizes`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -20,53 +19,16 @@ from bench.harness import (
     running_worker,
     timed_cancel,
 )
+from bench.sizes import Sizes
 from client.session import Message
 from fixtures.proc import proc_status_kib
 from protocol.models import GenerateParams
+from worker.backends.coreml.sampler.command import SamplerCommand
+from worker.backends.registry import read_settings
 from worker.parameters import resolve_parameters
-from worker.sampler.command import SamplerCommand
-from worker.settings import Settings
 
 LITERAL_IMPORTS = "import jsonrpcserver, pydantic, anyio, PIL"
 AS_USED_IMPORTS = "import jsonrpcserver, anyio, PIL.Image; from pydantic import BaseModel"
-
-
-@dataclass(frozen=True)
-class Sizes:
-    cold_start_runs: int = 15
-    overhead_runs: int = 7
-    overhead_steps: int = 20
-    overhead_step_seconds: float = 0.05
-    progress_runs: int = 3
-    cancel_runs: int = 10
-    stubborn_grace_ms: int = 500
-    throughput_requests: int = 5000
-    throughput_runs: int = 3
-    memory_images: int = 8
-    flood_bytes: int = 20 * 1024 * 1024
-    preview_runs: int = 5
-    reference_runs: int = 5
-    diffusers_steps: int = 20
-    diffusers_runs: int = 5
-
-
-SMOKE = Sizes(
-    cold_start_runs=2,
-    overhead_runs=1,
-    overhead_steps=3,
-    overhead_step_seconds=0.01,
-    progress_runs=1,
-    cancel_runs=2,
-    stubborn_grace_ms=200,
-    throughput_requests=200,
-    throughput_runs=1,
-    memory_images=2,
-    flood_bytes=1024 * 1024,
-    preview_runs=1,
-    reference_runs=1,
-    diffusers_steps=3,
-    diffusers_runs=1,
-)
 
 
 def _time_command(argv: list[str], **kwargs: Any) -> float:
@@ -117,9 +79,7 @@ async def overhead(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         await session.call("generate", {"prompt": "warm-up", "stepCount": 2})
         request = {"prompt": "a red fox in snow", "seed": 42, "stepCount": sizes.overhead_steps}
         # The direct run gets the very arguments the worker resolves for the same request.
-        parameters = resolve_parameters(
-            GenerateParams.model_validate(request), Settings.from_environ(env)
-        )
+        parameters = resolve_parameters(GenerateParams.model_validate(request), read_settings(env))
         for run in range(sizes.overhead_runs):
             output = setup.outputs / f"direct-{run}"
             output.mkdir()

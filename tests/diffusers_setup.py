@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker_clients import REPO_ROOT, worker_environment
-from worker.backends.diffusers_checks import missing_modules
+from worker.backends.diffusers.checks import missing_modules
 
 EXTRA_MISSING = missing_modules()
 """What the worker itself finds missing of the extra (it would say so in capabilities)."""
@@ -76,7 +76,7 @@ class DiffusersSetup:
                     if needle not in environ.read().split(b"\0"):
                         continue
                 with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
-                    if b"worker.model_host" in cmdline.read():
+                    if b"worker.backends.diffusers.host" in cmdline.read():
                         found.append(int(entry))
             except OSError:
                 continue

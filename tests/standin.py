@@ -10,7 +10,7 @@ from unittest import mock
 
 from fixtures.standin import install_standin
 from tests.worker_clients import LINUX, InProcessWorker, in_process_worker, request
-from worker.settings import Settings
+from worker.backends.registry import read_settings
 
 
 class StandIn:
@@ -60,7 +60,7 @@ async def generate_once(
     `env` goes to the settings, and its STANDIN_SD_* steering to the sampler's environment.
     """
     env = env or {}
-    settings = Settings.from_environ({**standin.env, **env})
+    settings = read_settings({**standin.env, **env})
     steering = {k: v for k, v in env.items() if k.startswith("STANDIN_SD_")}
     with mock.patch.dict(os.environ, steering):
         async with in_process_worker(settings, LINUX) as worker:

@@ -12,7 +12,7 @@ from typing import Any
 from fixtures.resources import make_resource_dir
 from tests.standin import StandIn
 from tests.worker_clients import WorkerProcess, request
-from worker.manifest import MANIFEST_SCHEMA
+from worker.backends.coreml.bundles import MANIFEST_SCHEMA
 
 StartWorker = Callable[..., WorkerProcess]
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from fixtures.resources import make_resource_dir
 from tests.worker_clients import LINUX, MACOS, in_process_worker, worker_environment
+from worker.backends.coreml.settings import CoreMLSettings
+from worker.backends.registry import read_settings
 from worker.host import HostPlatform
 from worker.settings import Settings
 
@@ -30,7 +32,7 @@ async def _capabilities(settings: Settings, host: HostPlatform = LINUX) -> dict[
 
 async def test_shape_limits_features_and_defaults() -> None:
     caps = await _capabilities(
-        Settings.from_environ(
+        read_settings(
             {
                 "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "32",
                 "SYSTEMSCULPT_LOCAL_DIFFUSION_SCHEDULER": "dpmpp",
@@ -101,15 +103,15 @@ async def test_shape_limits_features_and_defaults() -> None:
 
 
 async def test_core_ml_on_linux_is_unavailable_and_says_why(tmp_path: Path) -> None:
-    settings = Settings.from_environ({}, home=tmp_path)
+    settings = read_settings({}, home=tmp_path)
     backend = (await _capabilities(settings))["backend"]
     assert backend["id"] == "coreml_diffusion" and backend["available"] is False
     assert (
         "macOS 13.1" in backend["reason"]
         and "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN" in backend["reason"]
     )
-    assert str(settings.default_sample_bin) in backend["missing"]
-    assert str(settings.resource_path) in backend["missing"]
+    assert str(settings.section(CoreMLSettings).default_sample_bin) in backend["missing"]
+    assert str(settings.section(CoreMLSettings).resource_path) in backend["missing"]
     hint = backend["installHint"]
     assert "swift build -c release --product StableDiffusionSample" in hint
     assert hint.count("studio-imagegen-worker install") == 1, hint  # both fixes are install
@@ -123,20 +125,20 @@ async def test_core_ml_on_linux_is_unavailable_and_says_why(tmp_path: Path) -> N
 async def test_core_ml_on_macos_is_available_when_binary_and_resources_are_there(
     tmp_path: Path,
 ) -> None:
-    settings = Settings.from_environ({}, home=tmp_path)
-    _executable(settings.default_sample_bin)
-    make_resource_dir(settings.resource_path)
+    settings = read_settings({}, home=tmp_path)
+    _executable(settings.section(CoreMLSettings).default_sample_bin)
+    make_resource_dir(settings.section(CoreMLSettings).resource_path)
     backend = (await _capabilities(settings, MACOS))["backend"]
     assert backend["available"] is True, backend["reason"]
     assert backend["missing"] == [] and backend["installHint"] == ""
-    assert backend["sampleBinary"] == str(settings.default_sample_bin)
-    assert backend["resourcePath"] == str(settings.resource_path)
+    assert backend["sampleBinary"] == str(settings.section(CoreMLSettings).default_sample_bin)
+    assert backend["resourcePath"] == str(settings.section(CoreMLSettings).resource_path)
 
 
 async def test_old_macos_is_refused(tmp_path: Path) -> None:
-    settings = Settings.from_environ({}, home=tmp_path)
-    _executable(settings.default_sample_bin)
-    make_resource_dir(settings.resource_path)
+    settings = read_settings({}, home=tmp_path)
+    _executable(settings.section(CoreMLSettings).default_sample_bin)
+    make_resource_dir(settings.section(CoreMLSettings).resource_path)
     old = HostPlatform(system="Darwin", os_version="12.6", machine="arm64", python="3.11.7")
     backend = (await _capabilities(settings, old))["backend"]
     assert backend["available"] is False and "macOS 13.1" in backend["reason"]
@@ -145,7 +147,7 @@ async def test_old_macos_is_refused(tmp_path: Path) -> None:
 async def test_an_explicit_sampler_is_trusted_on_any_os_and_said_so(tmp_path: Path) -> None:
     sampler = _executable(tmp_path / "runner" / "forward-to-mac")
     resources = make_resource_dir(tmp_path / "res")
-    settings = Settings.from_environ(
+    settings = read_settings(
         {
             "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(sampler),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(resources),
@@ -163,7 +165,7 @@ async def test_a_non_executable_explicit_sampler_is_named_with_the_fix(tmp_path:
     sampler = tmp_path / "StableDiffusionSample"
     sampler.write_text("not executable")
     resources = make_resource_dir(tmp_path / "res")
-    settings = Settings.from_environ(
+    settings = read_settings(
         {
             "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(sampler),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(resources),
@@ -176,7 +178,7 @@ async def test_a_non_executable_explicit_sampler_is_named_with_the_fix(tmp_path:
 
 
 async def test_a_directory_named_as_the_sampler_is_not_a_program(tmp_path: Path) -> None:
-    settings = Settings.from_environ(
+    settings = read_settings(
         {
             "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(tmp_path),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(make_resource_dir(tmp_path / "r")),
@@ -191,7 +193,7 @@ async def test_a_directory_named_as_the_sampler_is_not_a_program(tmp_path: Path)
 async def test_a_file_named_as_the_resources_is_not_a_directory(tmp_path: Path) -> None:
     not_a_directory = tmp_path / "hostname"
     not_a_directory.write_text("box\n")
-    settings = Settings.from_environ(
+    settings = read_settings(
         {
             "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(_executable(tmp_path / "sampler")),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(not_a_directory),
@@ -208,7 +210,7 @@ async def test_a_file_named_as_the_resources_is_not_a_directory(tmp_path: Path) 
 async def test_missing_resources_are_each_listed(tmp_path: Path) -> None:
     sampler = _executable(tmp_path / "sampler")
     resources = make_resource_dir(tmp_path / "res", omit=["Unet.mlmodelc", "merges.txt"])
-    settings = Settings.from_environ(
+    settings = read_settings(
         {
             "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(sampler),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(resources),
@@ -226,7 +228,7 @@ async def test_split_unet_chunks_count_as_the_unet(tmp_path: Path) -> None:
     resources = make_resource_dir(tmp_path / "res", omit=["Unet.mlmodelc"])
     for chunk in ("UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc"):
         (resources / chunk).mkdir()
-    settings = Settings.from_environ(
+    settings = read_settings(
         {
             "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(sampler),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH": str(resources),
@@ -236,11 +238,11 @@ async def test_split_unet_chunks_count_as_the_unet(tmp_path: Path) -> None:
 
 
 async def test_installing_is_seen_by_the_next_call_without_a_restart(tmp_path: Path) -> None:
-    settings = Settings.from_environ({}, home=tmp_path)
+    settings = read_settings({}, home=tmp_path)
     async with in_process_worker(settings, MACOS) as worker:
         before = (await worker.call("capabilities", id_=1))["result"]["backend"]
-        _executable(settings.default_sample_bin)
-        make_resource_dir(settings.resource_path)
+        _executable(settings.section(CoreMLSettings).default_sample_bin)
+        make_resource_dir(settings.section(CoreMLSettings).resource_path)
         after = (await worker.call("capabilities", id_=2))["result"]["backend"]
     assert before["available"] is False and after["available"] is True
 
@@ -249,15 +251,15 @@ async def test_sampler_on_path_is_found(tmp_path: Path, monkeypatch: Any) -> Non
     bin_dir = tmp_path / "bin"
     _executable(bin_dir / "stable-diffusion-sample")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    settings = Settings.from_environ({}, home=tmp_path)
-    make_resource_dir(settings.resource_path)
+    settings = read_settings({}, home=tmp_path)
+    make_resource_dir(settings.section(CoreMLSettings).resource_path)
     backend = (await _capabilities(settings, MACOS))["backend"]
     assert backend["available"] is True
     assert backend["sampleBinary"] == str(bin_dir / "stable-diffusion-sample")
 
 
 async def test_mock_backend_is_available_and_marked_test_only() -> None:
-    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"})
+    settings = read_settings({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"})
     backend = (await _capabilities(settings))["backend"]
     assert backend["id"] == "mock" and backend["available"] is True
     assert backend["testOnly"] is True
@@ -266,7 +268,7 @@ async def test_mock_backend_is_available_and_marked_test_only() -> None:
 
 
 async def test_unknown_backend_and_config_errors_are_reported() -> None:
-    settings = Settings.from_environ(
+    settings = read_settings(
         {
             "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "dalle",
             "SYSTEMSCULPT_LOCAL_DIFFUSION_GUIDANCE_SCALE": "lots",
@@ -285,19 +287,22 @@ async def test_unknown_backend_and_config_errors_are_reported() -> None:
 
 def test_start_and_capabilities_leave_the_generate_path_unloaded() -> None:
     """What a worker imports to start and answer `capabilities`, with either backend:
-    never the generate path, the backends, Pillow, or torch (its cold start stays short)."""
+    never the generate path, what a backend renders with, Pillow, or torch (its cold start
+    stays short). The plug-ins' faces are all it needs."""
     code = (
         "import sys\n"
         "from worker.app import build_server\n"
+        "from worker.backends.registry import read_settings\n"
         "from worker.capabilities import describe_capabilities\n"
         "from worker.host import HostPlatform\n"
-        "from worker.settings import Settings\n"
         "for backend in ('coreml', 'diffusers', 'mock'):\n"
-        "    settings = Settings.from_environ({'SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND': backend})\n"
+        "    settings = read_settings({'SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND': backend})\n"
         "    build_server(settings, HostPlatform.current())\n"
         "    describe_capabilities(settings, HostPlatform.current())\n"
-        "heavy = ('worker.generation', 'worker.backends.base', 'worker.backends.diffusers',\n"
-        "         'worker.backends.coreml', 'worker.parameters', 'PIL', 'torch')\n"
+        "heavy = ('worker.generation', 'worker.parameters', 'worker.images',\n"
+        "         'worker.backends.coreml.backend', 'worker.backends.coreml.sampler.process',\n"
+        "         'worker.backends.diffusers.backend', 'worker.backends.diffusers.supervisor',\n"
+        "         'worker.backends.diffusers.host_process', 'PIL', 'torch')\n"
         "loaded = [m for m in heavy if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )

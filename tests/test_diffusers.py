@@ -30,8 +30,8 @@ from tests.worker_clients import (
     request,
     start_worker_process,
 )
-from worker.backends.model_host_process import trim_file
-from worker.settings import Settings
+from worker.backends.diffusers.host_process import trim_file
+from worker.backends.registry import read_settings
 
 pytestmark = pytest.mark.diffusers
 REFERENCE = REPO_ROOT / "fixtures" / "reference-photo.jpg"
@@ -491,7 +491,7 @@ def test_without_the_extra_the_backend_says_how_to_install_it(
 
 
 def test_an_unusable_device_setting_is_a_configuration_error(tiny_model: Path) -> None:
-    settings = Settings.from_environ(
+    settings = read_settings(
         {
             "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
             "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL": str(tiny_model),
@@ -528,7 +528,7 @@ async def test_in_process_worker_renders_without_importing_torch(
     for name, value in setup.env.items():
         monkeypatch.setenv(name, value)  # the host inherits the marker and the temp dir
     monkeypatch.setattr(tempfile, "tempdir", str(setup.tmp))
-    async with in_process_worker(Settings.from_environ(setup.env), LINUX) as worker:
+    async with in_process_worker(read_settings(setup.env), LINUX) as worker:
         await worker.send(request("generate", {"prompt": "in process", "stepCount": 3}, "i"))
         while "method" in (response := await worker.receive(LONG_WAIT)):
             pass

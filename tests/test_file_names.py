@@ -20,8 +20,9 @@ from fixtures.resources import make_resource_dir
 from fixtures.standin import STANDIN_SCRIPT
 from protocol.models import Scheduler
 from tests.standin import StandIn, generate_once
-from worker.sampler.naming import characters, final_name, name_prefix, output_layout
-from worker.sampler.schedule import schedule_problems, timestep_count
+from worker.backends.coreml.sampler.output_layout import output_layout
+from worker.backends.coreml.sampler.schedule import schedule_problems, timestep_count
+from worker.file_names import characters, final_name, name_prefix
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
 FLAG_FR = "\U0001f1eb\U0001f1f7"

@@ -20,12 +20,12 @@ from tests.standin import StandIn, call_collecting, generate_once
 from tests.worker_clients import LINUX, in_process_worker, request
 from worker.backends.base import Rendered
 from worker.backends.mock import procedural_png
+from worker.backends.registry import read_settings
 from worker.errors import WorkerError
 from worker.generation import deliver
 from worker.images import RenderedImage, write_without_clobbering
 from worker.parameters import resolve_parameters
 from worker.seed import derive_seed
-from worker.settings import Settings
 
 
 def _decode(image: dict[str, Any]) -> Image.Image:
@@ -172,7 +172,7 @@ async def test_an_output_dir_removed_during_the_job_is_output_not_written(
     out = tmp_path / "going"
     out.mkdir()
     params = {"prompt": "fox", "count": 2, "output": "path", "outputDir": str(out)}
-    settings = Settings.from_environ(standin.env)
+    settings = read_settings(standin.env)
     with mock.patch.dict(os.environ, {"STANDIN_SD_SECONDS_PER_STEP": "0.05"}):
         async with in_process_worker(settings, LINUX) as worker:
             await worker.send(request("generate", params, "g"))
@@ -215,7 +215,7 @@ def test_a_failed_write_leaves_no_image_of_the_request(tmp_path: Path) -> None:
         height=512,
     )
     params = GenerateParams(prompt="fox", count=2, output="path", output_dir=str(out))
-    job = resolve_parameters(params, Settings.from_environ({}))
+    job = resolve_parameters(params, read_settings({}))
     with (
         mock.patch("worker.generation.write_without_clobbering", full_disk_on_second),
         pytest.raises(WorkerError) as raised,
@@ -306,7 +306,7 @@ async def test_missing_resources_are_backend_unavailable(standin: StandIn) -> No
 
 
 async def test_no_sampler_on_linux_is_backend_unavailable(tmp_path: Path) -> None:
-    settings = Settings.from_environ({}, home=tmp_path)
+    settings = read_settings({}, home=tmp_path)
     async with in_process_worker(settings, LINUX) as worker:
         response = await worker.call("generate", {"prompt": "fox"})
     assert response["error"]["code"] == -32002
@@ -365,7 +365,7 @@ async def test_a_crashing_sampler_is_sampler_failed_with_the_signal(standin: Sta
 async def test_a_sampler_killed_from_outside_is_explained_by_the_signal(
     standin: StandIn,
 ) -> None:
-    settings = Settings.from_environ(standin.env)
+    settings = read_settings(standin.env)
     with mock.patch.dict(os.environ, {"STANDIN_SD_SECONDS_PER_STEP": "0.1"}):
         async with in_process_worker(settings, LINUX) as worker:
             await worker.send(request("generate", {"prompt": "fox", "stepCount": 40}, "g"))
@@ -499,7 +499,7 @@ async def test_unusual_prompts_reach_the_sampler_intact(standin: StandIn, prompt
 
 
 async def test_mock_backend_is_deterministic_and_shaped_like_core_ml() -> None:
-    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"})
+    settings = read_settings({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"})
     async with in_process_worker(settings, LINUX) as worker:
         first, progress = await call_collecting(worker, {"prompt": "fox", "runId": "r", "count": 2})
         again, _ = await call_collecting(worker, {"prompt": "fox", "runId": "r", "count": 2})

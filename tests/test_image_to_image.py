@@ -17,7 +17,8 @@ from PIL import Image, ImageStat
 from fixtures.resources import make_resource_dir
 from tests.standin import StandIn, generate_once
 from tests.worker_clients import WorkerProcess
-from worker.sampler.schedule import timestep_count
+from worker.backends.coreml.sampler.schedule import timestep_count
+from worker.backends.registry import read_settings
 
 StartWorker = Callable[..., WorkerProcess]
 EXIF_ORIENTATION = 0x0112
@@ -259,11 +260,10 @@ async def test_strengths_the_sampler_traps_on_are_refused(standin: StandIn, tmp_
 
 async def test_the_mock_backend_blends_the_reference(tmp_path: Path) -> None:
     from tests.worker_clients import in_process_worker
-    from worker.settings import Settings
 
     png = tmp_path / "white.png"
     Image.new("RGB", (512, 512), (255, 255, 255)).save(png)
-    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"})
+    settings = read_settings({"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock"})
     images = {}
     async with in_process_worker(settings) as worker:
         for strength in (0.1, 1.0):
@@ -287,7 +287,6 @@ async def test_a_cancel_while_the_reference_is_prepared_answers_at_once(
 
     from tests.worker_clients import in_process_worker, request
     from worker import reference as reference_module
-    from worker.settings import Settings
 
     png = tmp_path / "ref.png"
     png.write_bytes(_png_bytes())
@@ -301,7 +300,7 @@ async def test_a_cancel_while_the_reference_is_prepared_answers_at_once(
 
     params = {"prompt": "fox", "inputImages": [{"mimeType": "image/png", "path": str(png)}]}
     with mock.patch("worker.generation.prepare_reference", slow):
-        async with in_process_worker(Settings.from_environ(standin.env)) as worker:
+        async with in_process_worker(read_settings(standin.env)) as worker:
             await worker.send(request("generate", params, "g"))
             await anyio.sleep(0.2)
             await worker.send(request("cancel", {"requestId": "g"}, "c"))

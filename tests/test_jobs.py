@@ -13,7 +13,7 @@ import pytest
 
 from tests.standin import StandIn
 from tests.worker_clients import LINUX, InProcessWorker, in_process_worker, request
-from worker.settings import Settings
+from worker.backends.registry import read_settings
 
 SLOW = {"STANDIN_SD_SECONDS_PER_STEP": "0.05"}
 
@@ -55,7 +55,7 @@ class Inbox:
 async def _with_worker(
     standin: StandIn, env: dict[str, str], body: Any, steering: dict[str, str] | None = None
 ) -> None:
-    settings = Settings.from_environ({**standin.env, **env})
+    settings = read_settings({**standin.env, **env})
     with mock.patch.dict(os.environ, {**SLOW, **(steering or {})}):
         async with in_process_worker(settings, LINUX) as worker, anyio.create_task_group() as tg:
             inbox = Inbox(worker)

@@ -10,10 +10,10 @@ import pytest
 from protocol.base import WireModel
 from protocol.models import CapabilitiesParams, CapabilitiesResult
 from tests.worker_clients import in_process_worker, request
+from worker.backends.registry import read_settings
 from worker.context import RequestContext
 from worker.dispatch import Dispatcher, Method
 from worker.server import Server
-from worker.settings import Settings
 
 
 async def test_capabilities_round_trip() -> None:
@@ -178,7 +178,7 @@ async def test_batch_of_notifications_gets_nothing_and_empty_batch_is_invalid() 
 
 
 async def test_oversized_line_is_invalid_request_and_serving_goes_on() -> None:
-    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_IMAGEGEN_MAX_REQUEST_BYTES": "2048"})
+    settings = read_settings({"SYSTEMSCULPT_LOCAL_IMAGEGEN_MAX_REQUEST_BYTES": "2048"})
     async with in_process_worker(settings) as worker:
         await worker.send_raw(b'{"jsonrpc":"2.0","method":"capabilities","id":"' + b"x" * 4000)
         await worker.send_raw(b'"}\n')

@@ -20,13 +20,13 @@ import pytest
 from fixtures.resources import make_resource_dir
 from fixtures.standin import StandInInstall, install_standin
 from tests.worker_clients import worker_environment
-from worker.provision.install import (
+from worker.backends.coreml.install import (
     MODEL_ARCHIVE_SHA256,
     MODEL_ARCHIVE_SIZE,
     MODEL_ARCHIVE_URL,
     MODEL_REVISION,
 )
-from worker.settings import BUNDLE_NAME
+from worker.backends.coreml.settings import BUNDLE_NAME
 
 MACOS = "macos:14.5:arm64"
 
@@ -415,7 +415,7 @@ def test_doctor_json_and_an_intel_mac_warning(machine: Machine, tmp_path: Path) 
 def test_doctor_reports_image_to_image_and_the_manifests_bundles(
     machine: Machine, tmp_path: Path
 ) -> None:
-    from worker.manifest import MANIFEST_SCHEMA
+    from worker.backends.coreml.bundles import MANIFEST_SCHEMA
 
     no_encoder = make_resource_dir(tmp_path / "square", omit=["VAEEncoder.mlmodelc"])
     manifest = tmp_path / "manifest.json"

@@ -10,8 +10,8 @@ import pytest
 from protocol.models import QUALITY_PRESETS, GenerateParams
 from tests.standin import StandIn
 from tests.worker_clients import WorkerProcess
+from worker.backends.registry import read_settings
 from worker.parameters import resolve_parameters
-from worker.settings import Settings
 
 StartWorker = Callable[..., WorkerProcess]
 PINNED_STEPS = {"SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "25"}
@@ -33,7 +33,7 @@ def test_an_unknown_preset_names_the_valid_ones() -> None:
 def test_precedence_request_then_environment_then_preset_then_default() -> None:
     def resolve(env: dict[str, str], **request: Any) -> tuple[int, float, dict[str, str]]:
         parameters = resolve_parameters(
-            GenerateParams.model_validate({"prompt": "x", **request}), Settings.from_environ(env)
+            GenerateParams.model_validate({"prompt": "x", **request}), read_settings(env)
         )
         sources = {k: str(parameters.sources[k]) for k in ("stepCount", "guidanceScale")}
         return parameters.sampling.step_count, parameters.sampling.guidance_scale, sources

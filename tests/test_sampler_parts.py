@@ -11,17 +11,10 @@ from PIL import Image
 
 from protocol.errors import ErrorCode
 from protocol.models import GenerateParams
-from worker.errors import WorkerError
-from worker.images import (
-    check_png,
-    safe_file_name,
-    select_outputs,
-    with_text_chunks,
-    write_without_clobbering,
-)
-from worker.parameters import resolve_parameters
-from worker.sampler.command import SamplerCommand
-from worker.sampler.output_parser import (
+from tests.worker_clients import LINUX
+from worker.backends.coreml.backend import CoreMLBackend
+from worker.backends.coreml.sampler.command import SamplerCommand
+from worker.backends.coreml.sampler.output_parser import (
     MAX_LINE_CHARS,
     ImageSaved,
     ImageWithheld,
@@ -31,7 +24,16 @@ from worker.sampler.output_parser import (
     SamplingStarted,
     StepCompleted,
 )
-from worker.settings import Settings
+from worker.backends.registry import read_settings
+from worker.errors import WorkerError
+from worker.images import (
+    check_png,
+    safe_file_name,
+    select_outputs,
+    with_text_chunks,
+    write_without_clobbering,
+)
+from worker.parameters import resolve_parameters
 
 
 def _command(env: dict[str, str] | None = None, **request: Any) -> SamplerCommand:
@@ -49,7 +51,7 @@ def _command(env: dict[str, str] | None = None, **request: Any) -> SamplerComman
         resource_path=Path("/models/sd"),
         output_path=Path("/tmp/job/out"),
         parameters=resolve_parameters(
-            GenerateParams.model_validate(params), Settings.from_environ(env or {})
+            GenerateParams.model_validate(params), read_settings(env or {})
         ),
     )
 
@@ -84,14 +86,15 @@ def test_argv_flags_follow_the_settings() -> None:
 
 
 def test_expected_total_steps_per_scheduler() -> None:
-    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "20"})
+    settings = read_settings({"SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "20"})
     pndm = resolve_parameters(GenerateParams(prompt="x", scheduler="pndm"), settings)
     dpmpp = resolve_parameters(GenerateParams(prompt="x", scheduler="dpmpp"), settings)
-    assert (pndm.total_steps, dpmpp.total_steps) == (21, 20)
+    backend = CoreMLBackend(settings, LINUX)
+    assert (backend.check(pndm).total_steps, backend.check(dpmpp).total_steps) == (21, 20)
 
 
 def test_each_effective_value_says_where_it_came_from() -> None:
-    settings = Settings.from_environ({"SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "14"})
+    settings = read_settings({"SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "14"})
     derived = resolve_parameters(GenerateParams(prompt="x", guidance_scale=3), settings)
     assert derived.sampling.step_count == 14 and derived.sampling.guidance_scale == 3.0
     assert derived.sources == {

@@ -4,9 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import (
+from worker.backends.coreml.settings import (
     DEFAULT_RESOURCE_PATH,
     DEFAULT_SAMPLE_BIN,
+    CoreMLSettings,
+)
+from worker.backends.registry import read_settings
+from worker.settings import (
     ENV_BACKEND,
     ENV_LOG_LEVEL,
     ENV_STEP_COUNT,
@@ -17,7 +21,7 @@ HOME = Path("/home/someone")
 
 
 def settings(**env: str) -> Settings:
-    return Settings.from_environ(env, home=HOME)
+    return read_settings(env, home=HOME)
 
 
 def test_defaults_are_the_original_providers() -> None:
@@ -34,9 +38,9 @@ def test_defaults_are_the_original_providers() -> None:
         False,
         480_000,
     )
-    assert s.sample_bin is None
-    assert s.default_sample_bin == HOME / DEFAULT_SAMPLE_BIN
-    assert s.resource_path == HOME / DEFAULT_RESOURCE_PATH
+    assert s.section(CoreMLSettings).sample_bin is None
+    assert s.section(CoreMLSettings).default_sample_bin == HOME / DEFAULT_SAMPLE_BIN
+    assert s.section(CoreMLSettings).resource_path == HOME / DEFAULT_RESOURCE_PATH
     assert s.problems == ()
 
 
@@ -142,8 +146,8 @@ def test_paths_expand_the_home_directory() -> None:
         SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN="~/bin/sampler",
         SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH="/models/sd",
     )
-    assert s.sample_bin == Path("~/bin/sampler").expanduser()
-    assert s.resource_path == Path("/models/sd")
+    assert s.section(CoreMLSettings).sample_bin == Path("~/bin/sampler").expanduser()
+    assert s.section(CoreMLSettings).resource_path == Path("/models/sd")
 
 
 def test_a_bad_log_level_keeps_the_default_and_is_a_problem() -> None:

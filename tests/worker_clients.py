@@ -20,6 +20,7 @@ from client.process import WorkerProcess as AsyncWorkerProcess
 from client.process import open_worker
 from client.session import SessionClosed, WorkerSession
 from worker.app import build_server
+from worker.backends.registry import read_settings
 from worker.host import HostPlatform
 from worker.server import Server
 from worker.settings import Settings
@@ -98,7 +99,7 @@ async def in_process_worker(
     host: HostPlatform = LINUX,
     server: Server | None = None,
 ) -> AsyncIterator[InProcessWorker]:
-    settings = settings if settings is not None else Settings.from_environ({})
+    settings = settings if settings is not None else read_settings({})
     methods = None
     if server is None:
         server, methods = build_server(settings, host)

@@ -31,10 +31,10 @@ from protocol.models import (
 )
 from protocol.version import PROTOCOL_VERSION
 from worker import __version__
-from worker.backends.registry import BACKENDS, describe_backend, describe_image_to_image
+from worker.backends.registry import describe_backend, plugin_for
 from worker.host import HostPlatform
-from worker.manifest import STANDARD_SIZES, Bundle, ModelManifest, bundles_for
-from worker.settings import Settings
+from worker.settings import ENV_BACKEND, Settings
+from worker.sizes import STANDARD_SIZES, SizeOption, SizeTable
 
 if TYPE_CHECKING:  # the backends load with the first generate; capabilities stays light
     from worker.backends.base import Backend
@@ -46,10 +46,14 @@ def describe_capabilities(
     settings: Settings, host: HostPlatform, running: Backend | None = None
 ) -> CapabilitiesResult:
     """`running`: the backend `generate` uses, once one has run (its live state)."""
-    entry = BACKENDS[settings.backend] if settings.backend else None
-    custom_sizes = entry.custom_sizes if entry else False
-    image_to_image_reason = describe_image_to_image(settings)
-    manifest = bundles_for(settings)
+    plugin = plugin_for(settings)
+    if plugin is None:
+        sizes, image_to_image_reason = SizeTable({}), f"{ENV_BACKEND} names no backend."
+    else:
+        sizes, image_to_image_reason = (
+            plugin.sizes(settings),
+            plugin.image_to_image_problem(settings),
+        )
     return CapabilitiesResult(
         protocol_version=PROTOCOL_VERSION,
         worker=WorkerInfo(name=WORKER_NAME, version=__version__),
@@ -72,8 +76,8 @@ def describe_capabilities(
                 min=0.0, max=1.0, default=REFERENCE_INFLUENCE_STRENGTHS["balanced"]
             ),
             preview_every=IntRange(min=0, max=STEP_COUNT_MAX, default=0),
-            width=_side_range(manifest, custom_sizes, lambda bundle: bundle.width),
-            height=_side_range(manifest, custom_sizes, lambda bundle: bundle.height),
+            width=_side_range(sizes, lambda option: option.width),
+            height=_side_range(sizes, lambda option: option.height),
             max_queue=settings.max_queue,
             max_concurrency=settings.max_concurrency,
         ),
@@ -82,22 +86,22 @@ def describe_capabilities(
             image_to_image=not image_to_image_reason,
             image_to_image_reason=image_to_image_reason,
             reference_influences=dict(REFERENCE_INFLUENCE_STRENGTHS),
-            aspect_ratios=manifest.usable_ratios,
-            custom_sizes=custom_sizes,
+            aspect_ratios=sizes.usable_ratios,
+            custom_sizes=sizes.custom_sizes,
             aspect_ratio_bundles=[
                 AspectRatioBundle(
-                    ratio=bundle.ratio,
-                    width=bundle.width,
-                    height=bundle.height,
-                    resource_path=str(bundle.resource_path),
-                    present=bundle.present,
-                    problem=bundle.problem,
+                    ratio=option.ratio,
+                    width=option.width,
+                    height=option.height,
+                    resource_path=str(option.resource_path),
+                    present=option.present,
+                    problem=option.problem,
                 )
-                for bundle in manifest.bundles.values()
+                for option in sizes.options.values()
             ],
             negative_prompt=True,
-            schedulers=list(entry.schedulers if entry else ()),
-            compute_units=list(entry.compute_units if entry else COMPUTE_UNITS),
+            schedulers=list(plugin.schedulers if plugin else ()),
+            compute_units=list(plugin.compute_units if plugin else COMPUTE_UNITS),
             progress=True,
             cancel=True,
             previews=True,
@@ -105,15 +109,15 @@ def describe_capabilities(
             quality_presets=list(QUALITY_PRESETS.values()),
         ),
         defaults=settings.sampling_defaults(),
-        config_errors=[*settings.problems, *manifest.problems],
+        config_errors=[*settings.problems, *sizes.problems],
     )
 
 
-def _side_range(manifest: ModelManifest, custom: bool, side: Callable[[Bundle], int]) -> IntRange:
-    """Any side in the protocol's range where sizes are free; else those of the bundles."""
-    square = manifest.bundles.get("1:1")
+def _side_range(sizes: SizeTable, side: Callable[[SizeOption], int]) -> IntRange:
+    """Any side in the protocol's range where sizes are free; else those of the options."""
+    square = sizes.options.get("1:1")
     default = side(square) if square is not None else STANDARD_SIZES["1:1"][0]
-    if custom:
+    if sizes.custom_sizes:
         return IntRange(min=IMAGE_SIDE_MIN, max=IMAGE_SIDE_MAX, default=default)
-    sides = [side(bundle) for bundle in manifest.bundles.values()] or [default]
+    sides = [side(option) for option in sizes.options.values()] or [default]
     return IntRange(min=min(sides), max=max(sides), default=default)

@@ -13,6 +13,7 @@ import anyio
 
 from worker import __version__
 from worker.app import build_server
+from worker.backends.registry import read_settings
 from worker.host import HostPlatform
 from worker.live import LiveSamplers
 from worker.methods import WorkerMethods
@@ -90,7 +91,7 @@ READY_BANNER = (
 
 
 def serve(finish_on_eof: bool = False) -> int:
-    settings = Settings.from_environ(os.environ)
+    settings = read_settings(os.environ)
     configure_logging(settings.log_level)
     report_settings(settings)
     interactive = os.isatty(0)

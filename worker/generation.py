@@ -21,7 +21,6 @@ from protocol.errors import (
     FieldError,
     InvalidParamsData,
     OutputNotWrittenData,
-    UnsupportedFeatureData,
 )
 from protocol.models import (
     GeneratedImage,
@@ -32,9 +31,9 @@ from protocol.models import (
 )
 from worker import __version__
 from worker.backends.base import Backend, Rendered
-from worker.backends.registry import BACKENDS
+from worker.backends.registry import plugin_for
 from worker.context import RequestContext
-from worker.errors import ConfigInvalid, InvalidParams, OutputNotWritten, UnsupportedFeature
+from worker.errors import ConfigInvalid, InvalidParams, OutputNotWritten
 from worker.host import HostPlatform
 from worker.images import (
     safe_file_name,
@@ -44,11 +43,11 @@ from worker.images import (
 )
 from worker.jobs import Job, JobQueue
 from worker.live import LiveSamplers
-from worker.manifest import Bundle, ModelManifest, bundles_for, ratio_of
 from worker.parameters import JobParameters, requested_ratio, resolve_parameters
 from worker.progress import ProgressReporter
 from worker.reference import prepare_reference
-from worker.settings import ENV_MODEL_MANIFEST, Settings
+from worker.settings import Settings
+from worker.sizes import SizeOption, SizeTable, choose_ratio, choose_size, ratio_of
 
 A1111_SAMPLER_NAMES: dict[Scheduler, str] = {
     "pndm": "PNDM",
@@ -66,9 +65,8 @@ class Generator:
 
     def __init__(self, settings: Settings, host: HostPlatform, live: LiveSamplers) -> None:
         self._settings = settings
-        entry = BACKENDS[settings.backend] if settings.backend else None
-        self._backend: Backend | None = entry.load(settings, host, live) if entry else None
-        self._custom_sizes = entry.custom_sizes if entry else False
+        self._plugin = plugin_for(settings)
+        self._backend = self._plugin.load(settings, host, live) if self._plugin else None
 
     @property
     def backend(self) -> Backend | None:
@@ -82,23 +80,22 @@ class Generator:
         self, context: RequestContext, params: GenerateParams, queue: JobQueue
     ) -> GenerateResult:
         check_request(params, self._settings)  # an unknown backend is a -32007 here
-        assert self._backend is not None
-        manifest = bundles_for(self._settings)
-        if params.width is not None and params.height is not None:
-            bundle = choose_size(manifest, params.width, params.height, self._custom_sizes)
-        else:
-            bundle = choose_bundle(manifest, requested_ratio(params))
+        assert self._plugin is not None and self._backend is not None
+        sizes = self._plugin.sizes(self._settings)
+        size = _choose(sizes, params)
         progress = ProgressReporter(context, params.run_id, expected_total_steps=0)
         job = Job(request_id=context.request_id, run_id=params.run_id, progress=progress)
         reference = None
         with queue.preparing(job):  # a cancel may come while a large photo is decoded
             if params.input_images:
                 reference = await anyio.to_thread.run_sync(
-                    prepare_reference, params.input_images[0], 0, (bundle.width, bundle.height)
+                    prepare_reference, params.input_images[0], 0, (size.width, size.height)
                 )
-        parameters = resolve_parameters(params, self._settings, reference, bundle, manifest.path)
-        self._backend.check(parameters)
-        progress.expect(parameters.total_steps)
+        parameters = resolve_parameters(
+            params, self._settings, reference, size, sizes.manifest_path
+        )
+        plan = self._backend.check(parameters)
+        progress.expect(plan.total_steps)
         backend = self._backend
         rendered, started = await queue.run(
             job, lambda: render_timed(backend, parameters, progress)
@@ -136,56 +133,10 @@ def _check_output_dir(output_dir: str | None) -> None:
         )
 
 
-def choose_bundle(manifest: ModelManifest, ratio: str) -> Bundle:
-    """The bundle that makes `ratio`: -32001 listing the ratios that can be made when none
-    can make it, -32007 when its manifest entry disagrees with the bundle."""
-    bundle = manifest.bundles.get(ratio)
-    if bundle is not None and bundle.problem:
-        raise ConfigInvalid(
-            f"Configuration invalid: {bundle.problem}. Fix the model manifest "
-            f"({ENV_MODEL_MANIFEST}) or the bundle, and restart the worker.",
-            ConfigInvalidData(
-                variable=ENV_MODEL_MANIFEST,
-                value=str(manifest.path or bundle.resource_path),
-                reason=bundle.problem,
-            ),
-        )
-    if bundle is not None and not bundle.present and ratio == "1:1":
-        return bundle  # the backend says what to install (-32002), as `install` provides it
-    if bundle is None or not bundle.present:
-        usable = manifest.usable_ratios
-        why = (
-            f"its bundle is not installed ({bundle.resource_path})"
-            if bundle is not None
-            else "no bundle for it is configured"
-        )
-        raise UnsupportedFeature(
-            f"Unsupported feature: aspectRatio {ratio!r}: {why}. The installed bundles make "
-            f"{', '.join(usable) or 'no ratio'}; the model manifest ({ENV_MODEL_MANIFEST}) "
-            "maps each ratio to a bundle converted for its size.",
-            UnsupportedFeatureData(feature="aspectRatio", supported=usable),
-        )
-    return bundle
-
-
-def choose_size(manifest: ModelManifest, width: int, height: int, custom: bool) -> Bundle:
-    """What makes `width` x `height`: the 1:1 model at that size where sizes are free
-    (diffusers), else the bundle converted for that size; -32001 listing the sizes that
-    can be made when none is."""
-    ratio = ratio_of(width, height)
-    square = manifest.bundles.get("1:1")
-    if custom and square is not None:
-        return Bundle(ratio, width, height, square.resource_path, square.source, True)
-    for bundle in manifest.bundles.values():
-        if (bundle.width, bundle.height) == (width, height) and bundle.usable:
-            return bundle
-    sizes = [f"{b.width}x{b.height}" for b in manifest.bundles.values() if b.usable]
-    raise UnsupportedFeature(
-        f"Unsupported feature: size {width}x{height}: Core ML bundles make the size they were "
-        f"converted for, and the installed ones make {', '.join(sizes) or 'none'}. Ask for "
-        "one of them (or its aspectRatio), or use the diffusers backend, which makes any size.",
-        UnsupportedFeatureData(feature="size", supported=sizes),
-    )
+def _choose(sizes: SizeTable, params: GenerateParams) -> SizeOption:
+    if params.width is not None and params.height is not None:
+        return choose_size(sizes, params.width, params.height)
+    return choose_ratio(sizes, requested_ratio(params))
 
 
 def _unwritable(directory: Path) -> str | None:

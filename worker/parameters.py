@@ -1,9 +1,10 @@
 """The one record of what a job will do, resolved once from the request and the settings.
 
-Everything downstream reads this record: the backend and the sampler's command line, the
-result's metadata, the PNG's text chunks, the benchmarks. A new sampling parameter is a
-field of `SamplingParameters` (and its variable in `SAMPLING_VARIABLES`); nothing here
-copies fields one by one.
+Everything downstream reads this record: the backend (the sampler's command line, the
+model host's job), the result's metadata, the PNG's text chunks, the benchmarks. A new
+sampling parameter is a field of `SamplingParameters` (and its variable in
+`SAMPLING_VARIABLES`); nothing here copies fields one by one. How many steps a job runs
+is the backend's to say (`Backend.check`), not this record's.
 """
 
 from __future__ import annotations
@@ -22,16 +23,13 @@ from protocol.models import (
     ReferenceInfluence,
     SamplingParameters,
 )
-from worker.sampler.schedule import timestep_count
 from worker.seed import derive_seed
 from worker.settings import Settings
+from worker.sizes import STANDARD_SIZES, SizeOption, ratio_of
 
 if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
-    from worker.manifest import Bundle
     from worker.reference import Reference
 
-NATIVE_SIZE = (512, 512)
-"""What the installed SD 2.1 base model makes."""
 DEFAULT_REFERENCE_INFLUENCE: ReferenceInfluence = "balanced"
 
 
@@ -52,9 +50,10 @@ class JobParameters:
     requested_aspect_ratio: str
     width: int
     height: int
-    """The size the bundle makes, and a reference is prepared to."""
-    resource_path: Path
-    """The bundle that makes that size (Core ML's resources)."""
+    """The size the job makes, and a reference is prepared to."""
+    resource_path: Path | None
+    """The model files that make that size (Core ML's bundle for the ratio); None: the
+    backend's own."""
     resource_path_source: str
     manifest_path: Path | None
     kill_grace_ms: int
@@ -66,11 +65,6 @@ class JobParameters:
     """The prepared reference image (image-to-image), checked before the job is queued."""
     strength: float | None = None
     """How far the result may move from the reference; set exactly when there is one."""
-
-    @property
-    def total_steps(self) -> int:
-        """The step total the sampler will report, known before it starts."""
-        return timestep_count(self.sampling.step_count, self.sampling.scheduler, self.strength)
 
     def to_record(self) -> dict[str, Any]:
         """The effective parameters as JSON, for the PNG's `studio-imagegen` chunk."""
@@ -92,7 +86,7 @@ def resolve_parameters(
     params: GenerateParams,
     settings: Settings,
     reference: Reference | None = None,
-    bundle: Bundle | None = None,
+    size: SizeOption | None = None,
     manifest_path: Path | None = None,
 ) -> JobParameters:
     """Each value from the first that sets it: the request's own field, a pinned variable,
@@ -152,10 +146,10 @@ def resolve_parameters(
         sampling=sampling,
         sources=sources,
         requested_aspect_ratio=requested_ratio(params),
-        width=bundle.width if bundle else NATIVE_SIZE[0],
-        height=bundle.height if bundle else NATIVE_SIZE[1],
-        resource_path=bundle.resource_path if bundle else settings.resource_path,
-        resource_path_source=bundle.source if bundle else "environment",
+        width=size.width if size else STANDARD_SIZES["1:1"][0],
+        height=size.height if size else STANDARD_SIZES["1:1"][1],
+        resource_path=size.resource_path if size else None,
+        resource_path_source=size.source if size else "environment",
         manifest_path=manifest_path,
         kill_grace_ms=settings.kill_grace_ms,
         preview_every=params.preview_every,
@@ -170,8 +164,6 @@ def resolve_parameters(
 def requested_ratio(params: GenerateParams) -> str:
     """The ratio asked for: `aspectRatio`, or that of `width` and `height`."""
     if params.width is not None and params.height is not None:
-        from worker.manifest import ratio_of
-
         return ratio_of(params.width, params.height)
     return params.aspect_ratio.strip() or "1:1"
 

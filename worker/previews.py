@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -16,36 +15,34 @@ from PIL import Image
 
 from protocol.models import PREVIEW_MAX_SIDE
 from worker.images import safe_file_name, write_without_clobbering
-from worker.parameters import JobParameters
-from worker.progress import ProgressReporter
+from worker.progress import ProgressReporter, Thumbnail
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Thumbnail:
-    width: int
-    height: int
-    base64: str | None = None
-    path: str | None = None
-
-
 async def publish_preview(
-    source: Path, parameters: JobParameters, progress: ProgressReporter, step: int, index: int
+    source: Path,
+    name: str,
+    directory: Path | None,
+    progress: ProgressReporter,
+    step: int,
+    index: int,
 ) -> None:
-    """Send the preview of the intermediate image at `source` (as the sampler wrote it)."""
-    thumbnail = await anyio.to_thread.run_sync(_thumbnail_of_file, source, parameters.preview_dir)
+    """Send the preview of the intermediate image a backend wrote at `source`, as a
+    thumbnail inline (`directory` None) or written into `directory` under `name` (off the
+    event loop: a PNG to read and shrink)."""
+    thumbnail = await anyio.to_thread.run_sync(_thumbnail_of_file, source, directory, name)
     if thumbnail is not None:
-        progress.preview(step, parameters.total_steps, index, thumbnail)
+        progress.preview(step, index, thumbnail)
 
 
-def _thumbnail_of_file(source: Path, directory: Path | None) -> Thumbnail | None:
+def _thumbnail_of_file(source: Path, directory: Path | None, name: str) -> Thumbnail | None:
     try:
         png = source.read_bytes()
     except OSError as exc:
         logger.warning("a preview was skipped: %s cannot be read (%s)", source.name, exc)
         return None
-    return make_thumbnail(png, directory, source.name.removesuffix(".png") + ".preview.png")
+    return make_thumbnail(png, directory, name)
 
 
 def make_thumbnail(png: bytes, directory: Path | None, name: str) -> Thumbnail | None:

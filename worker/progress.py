@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from protocol.models import PreviewParams, ProgressParams, ProgressPhase
 from worker.context import RequestContext
 
-if TYPE_CHECKING:
-    from worker.previews import Thumbnail
-from worker.sampler.output_parser import (
-    ImageSaved,
-    ImageWithheld,
-    Loading,
-    SamplerEvent,
-    SamplingStarted,
-    StepCompleted,
-)
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """A preview image, inline (`base64`) or written beside the outputs (`path`)."""
+
+    width: int
+    height: int
+    base64: str | None = None
+    path: str | None = None
 
 
 class ProgressReporter:
@@ -27,10 +26,13 @@ class ProgressReporter:
         self._run_id = run_id
         self._total = expected_total_steps
         self._completed = 0
-        self.withheld: list[int] = []
+
+    @property
+    def total_steps(self) -> int:
+        return self._total
 
     def expect(self, total_steps: int) -> None:
-        """The step total, once the job's parameters are resolved."""
+        """The step total, once the backend has planned the job."""
         self._total = total_steps
 
     def queued(self, position: int) -> None:
@@ -55,14 +57,14 @@ class ProgressReporter:
             eta_ms=eta_ms,
         )
 
-    def preview(self, step: int, total: int, index: int, thumbnail: Thumbnail) -> None:
+    def preview(self, step: int, index: int, thumbnail: Thumbnail) -> None:
         """A thumbnail of image `index` after `step` steps; quiet once answered."""
         self._context.preview(
             PreviewParams(
                 request_id=self._context.request_id,
                 run_id=self._run_id,
                 step=step,
-                total_steps=total,
+                total_steps=self._total,
                 index=index,
                 width=thumbnail.width,
                 height=thumbnail.height,
@@ -74,21 +76,6 @@ class ProgressReporter:
     def saving(self, message: str) -> None:
         self._completed = self._total
         self._send("saving", message)
-
-    def on_sampler_event(self, event: SamplerEvent) -> None:
-        match event:
-            case Loading(message=message):
-                self.loading(message)
-            case SamplingStarted():
-                self.sampling(0, self._total, None)
-            case StepCompleted(completed=completed, total=total, steps_per_second=rate):
-                self.sampling(completed, total, rate)
-            case ImageSaved(file_name=name):
-                self.saving(f"Saved {name}")
-            case ImageWithheld(index=index):
-                self.withheld.append(index)
-            case _:
-                pass
 
     def _send(
         self,

@@ -5,6 +5,11 @@ is recorded, so the worker can report it at start, in `capabilities`, and in `ge
 (which refuses to run, -32007, while any problem stands). `EnvironmentReader` is the one
 reader of environment variables, for the installer's too, so every bad value is
 reported the same way.
+
+What every backend shares is read here: the sampling defaults a request may override,
+the queue, the limits of the transport. Each backend reads its own variables into a
+section of its own (`Settings.section`); `worker.backends.registry.read_settings` puts
+the two together, so this module names no backend.
 """
 
 from __future__ import annotations
@@ -13,8 +18,7 @@ import math
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from protocol.errors import ConfigInvalidData
@@ -22,7 +26,6 @@ from protocol.models import (
     COMPUTE_UNITS,
     GUIDANCE_SCALE_MAX,
     GUIDANCE_SCALE_MIN,
-    SCHEDULERS,
     STEP_COUNT_MAX,
     STEP_COUNT_MIN,
     TIMEOUT_MS_MAX,
@@ -30,23 +33,10 @@ from protocol.models import (
     Defaults,
     Scheduler,
 )
-from worker.backends import (
-    BACKEND_NAMES,
-    BACKEND_SCHEDULERS,
-    COREML_BACKEND_ID,
-    DIFFUSERS_BACKEND_ID,
-    MOCK_BACKEND_ID,
-    BackendId,
-)
 
 ENV_BACKEND = "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND"
 ENV_LOG_LEVEL = "SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL"
 ENV_MAX_REQUEST_BYTES = "SYSTEMSCULPT_LOCAL_IMAGEGEN_MAX_REQUEST_BYTES"
-ENV_SAMPLE_BIN = "SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN"
-ENV_RESOURCE_PATH = "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH"
-ENV_MODEL_MANIFEST = "SYSTEMSCULPT_LOCAL_DIFFUSION_MODEL_MANIFEST"
-ENV_LEGACY_MANIFEST = "SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH"
-"""What Studio's later provider read; installs it made may still set it."""
 ENV_COMPUTE_UNITS = "SYSTEMSCULPT_LOCAL_DIFFUSION_COMPUTE_UNITS"
 ENV_STEP_COUNT = "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT"
 ENV_GUIDANCE_SCALE = "SYSTEMSCULPT_LOCAL_DIFFUSION_GUIDANCE_SCALE"
@@ -57,10 +47,6 @@ ENV_TIMEOUT_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_TIMEOUT_MS"
 ENV_MAX_CONCURRENCY = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_CONCURRENCY"
 ENV_MAX_QUEUE = "SYSTEMSCULPT_LOCAL_DIFFUSION_MAX_QUEUE"
 ENV_KILL_GRACE_MS = "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS"
-ENV_DIFFUSERS_MODEL = "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL"
-ENV_DIFFUSERS_DEVICE = "SYSTEMSCULPT_LOCAL_DIFFUSERS_DEVICE"
-ENV_DIFFUSERS_DTYPE = "SYSTEMSCULPT_LOCAL_DIFFUSERS_DTYPE"
-ENV_DIFFUSERS_IDLE_MS = "SYSTEMSCULPT_LOCAL_DIFFUSERS_IDLE_MS"
 
 SAMPLING_VARIABLES = {
     "step_count": ENV_STEP_COUNT,
@@ -72,24 +58,6 @@ SAMPLING_VARIABLES = {
     "timeout_ms": ENV_TIMEOUT_MS,
 }
 """Each sampling parameter (a field of `SamplingParameters`) and the variable that sets it."""
-
-DEFAULT_CHECKOUT = "gits/apps/ml-stable-diffusion"
-"""Relative to the home directory, where the original installer cloned the sampler."""
-DEFAULT_SAMPLE_BIN = f"{DEFAULT_CHECKOUT}/.build/release/StableDiffusionSample"
-DEFAULT_MODELS_DIR = ".systemsculpt/local-image-models"
-SAMPLE_BIN_ON_PATH = "stable-diffusion-sample"
-BUNDLE_NAME = "coreml-stable-diffusion-2-1-base-palettized_split_einsum_v2_compiled"
-DEFAULT_RESOURCE_PATH = f"{DEFAULT_MODELS_DIR}/{BUNDLE_NAME}/{BUNDLE_NAME}"
-DEFAULT_MODEL_MANIFEST = f"{DEFAULT_MODELS_DIR}/model-manifest.json"
-"""Relative to the home directory: beside the bundles."""
-"""Relative to the home directory, where the original installer unpacked the bundle."""
-
-DEFAULT_DIFFUSERS_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-"""A hub repository id, looked up in the local Hugging Face cache (`install` puts it there)."""
-DIFFUSERS_DTYPES = ("auto", "float16", "bfloat16", "float32")
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-DEFAULT_DIFFUSERS_IDLE_MS = 600_000
-MAX_DIFFUSERS_IDLE_MS = 7 * 24 * 3_600_000
 
 DEFAULT_STEP_COUNT = 20
 DEFAULT_GUIDANCE_SCALE = 7.5
@@ -107,6 +75,7 @@ _TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 T = TypeVar("T")
+Section = TypeVar("Section")
 Number = TypeVar("Number", int, float)
 
 
@@ -114,17 +83,9 @@ Number = TypeVar("Number", int, float)
 class Settings:
     """Everything the worker takes from its environment, already checked."""
 
-    backend: BackendId | None
-    """None when the configured backend name is not one the worker knows."""
+    backend: str | None
+    """The configured backend's id; None when the name is not one the worker knows."""
     backend_name: str
-    sample_bin: Path | None
-    """The explicitly configured sampler; None means: look in the default places."""
-    default_sample_bin: Path
-    resource_path: Path
-    resource_path_explicit: bool = False
-    """True when SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH names it (the 1:1 bundle)."""
-    model_manifest: Path = Path(DEFAULT_MODEL_MANIFEST)
-    model_manifest_explicit: bool = False
     compute_units: ComputeUnits = DEFAULT_COMPUTE_UNITS
     step_count: int = DEFAULT_STEP_COUNT
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
@@ -137,15 +98,8 @@ class Settings:
     kill_grace_ms: int = DEFAULT_KILL_GRACE_MS
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     log_level: str = "info"
-    diffusers_model: str = DEFAULT_DIFFUSERS_MODEL
-    """A diffusers directory, a single-file checkpoint, or a hub repository id."""
-    diffusers_model_explicit: bool = False
-    diffusers_device: str = "auto"
-    """auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N."""
-    diffusers_dtype: str = "auto"
-    """auto: float16 on cuda and mps, float32 on cpu."""
-    diffusers_idle_ms: int = DEFAULT_DIFFUSERS_IDLE_MS
-    """The model host exits after this long without a job (0: never)."""
+    sections: tuple[object, ...] = ()
+    """Each backend's own settings (the variables only it reads), one object a backend."""
     pinned: frozenset[str] = frozenset()
     """The sampling parameters (by field name) that the environment set."""
     problems: tuple[ConfigInvalidData, ...] = ()
@@ -160,34 +114,34 @@ class Settings:
             {name: getattr(self, name) for name in SAMPLING_VARIABLES}, by_name=True
         )
 
+    def section(self, kind: type[Section]) -> Section:
+        """The section of type `kind`: a backend's own settings."""
+        for section in self.sections:
+            if isinstance(section, kind):
+                return section
+        raise LookupError(f"no {kind.__name__} in these settings")
+
+    def with_section(self, section: object) -> Settings:
+        """These settings with `section` in place of the one of its type."""
+        others = tuple(s for s in self.sections if type(s) is not type(section))
+        return replace(self, sections=(*others, section))
+
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str], home: Path | None = None) -> Settings:
-        reader = EnvironmentReader(environ)
-        home = home if home is not None else Path.home()
-        backend_name = reader.raw(ENV_BACKEND).lower()
-        backend = BACKEND_NAMES.get(backend_name)
-        if backend is None:
-            reader.problem(
-                ENV_BACKEND,
-                f"is not a backend; set it to {COREML_BACKEND_ID} (default), "
-                f"{DIFFUSERS_BACKEND_ID} or {MOCK_BACKEND_ID} (tests only)",
-            )
-        sample_bin_text = reader.raw(ENV_SAMPLE_BIN)
-        resource_text = reader.raw(ENV_RESOURCE_PATH)
-        manifest_text = reader.raw(ENV_MODEL_MANIFEST) or reader.raw(ENV_LEGACY_MANIFEST)
+    def read(
+        cls,
+        reader: EnvironmentReader,
+        *,
+        backend: str | None,
+        backend_name: str,
+        schedulers: tuple[Scheduler, ...],
+        read_sections: Callable[[EnvironmentReader], tuple[object, ...]] = lambda _: (),
+    ) -> Settings:
+        """The shared variables, then the backends' sections, from the same reader (so
+        their problems are reported in that order). The environment may pin only a
+        scheduler of `schedulers`, the configured backend's."""
         return cls(
             backend=backend,
-            backend_name=backend_name or COREML_BACKEND_ID,
-            sample_bin=Path(sample_bin_text).expanduser() if sample_bin_text else None,
-            default_sample_bin=home / DEFAULT_SAMPLE_BIN,
-            resource_path_explicit=bool(resource_text),
-            model_manifest=(
-                Path(manifest_text).expanduser() if manifest_text else home / DEFAULT_MODEL_MANIFEST
-            ),
-            model_manifest_explicit=bool(manifest_text),
-            resource_path=(
-                Path(resource_text).expanduser() if resource_text else home / DEFAULT_RESOURCE_PATH
-            ),
+            backend_name=backend_name,
             compute_units=reader.choice(ENV_COMPUTE_UNITS, COMPUTE_UNITS, DEFAULT_COMPUTE_UNITS),
             step_count=reader.number(
                 ENV_STEP_COUNT, int, STEP_COUNT_MIN, STEP_COUNT_MAX, DEFAULT_STEP_COUNT
@@ -199,11 +153,7 @@ class Settings:
                 GUIDANCE_SCALE_MAX,
                 DEFAULT_GUIDANCE_SCALE,
             ),
-            scheduler=reader.choice(
-                ENV_SCHEDULER,
-                BACKEND_SCHEDULERS[backend] if backend else SCHEDULERS,
-                DEFAULT_SCHEDULER,
-            ),
+            scheduler=reader.choice(ENV_SCHEDULER, schedulers, DEFAULT_SCHEDULER),
             disable_safety=reader.boolean(ENV_DISABLE_SAFETY, True),
             reduce_memory=reader.boolean(ENV_REDUCE_MEMORY, False),
             timeout_ms=reader.number(
@@ -216,15 +166,9 @@ class Settings:
                 ENV_MAX_REQUEST_BYTES, int, 1024, 1024**3, DEFAULT_MAX_REQUEST_BYTES
             ),
             log_level=reader.choice(ENV_LOG_LEVEL, LOG_LEVELS, "info"),
-            diffusers_model=reader.text(ENV_DIFFUSERS_MODEL, DEFAULT_DIFFUSERS_MODEL),
-            diffusers_model_explicit=bool(reader.raw(ENV_DIFFUSERS_MODEL)),
-            diffusers_device=reader.pattern(
-                ENV_DIFFUSERS_DEVICE, DEVICE_PATTERN, "auto", "auto, cpu, mps, cuda or cuda:N"
-            ).lower(),
-            diffusers_dtype=reader.choice(ENV_DIFFUSERS_DTYPE, DIFFUSERS_DTYPES, "auto"),
-            diffusers_idle_ms=reader.number(
-                ENV_DIFFUSERS_IDLE_MS, int, 0, MAX_DIFFUSERS_IDLE_MS, DEFAULT_DIFFUSERS_IDLE_MS
-            ),
+            # Read after the shared variables (keyword arguments are evaluated in order),
+            # so that problems are reported in the order a person reads the settings.
+            sections=read_sections(reader),
             pinned=frozenset(
                 name
                 for name, variable in SAMPLING_VARIABLES.items()

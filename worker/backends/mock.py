@@ -1,7 +1,8 @@
-"""The test-only procedural backend: deterministic 512x512 PNGs, no diffusion.
+"""The test-only procedural backend: deterministic PNGs, no diffusion.
 
 Same result shape and progress phases as Core ML, so hosts and people can try the whole
-protocol on any machine. Never a fallback: it runs only when configured.
+protocol on any machine. Never a fallback: it runs only when configured. Its plug-in
+face and its backend share this file; Pillow loads only when a job is rendered.
 """
 
 from __future__ import annotations
@@ -9,35 +10,136 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
 
-from worker.backends import MOCK_BACKEND_ID as BACKEND_ID
-from worker.backends import MOCK_MODEL_ID as MODEL_ID
-from worker.backends.base import Rendered
-from worker.images import RenderedImage
-from worker.parameters import JobParameters
-from worker.previews import make_thumbnail
-from worker.progress import ProgressReporter
+from protocol.errors import TimedOutData
+from protocol.models import COMPUTE_UNITS, SCHEDULERS, BackendStatus, ComputeUnits
+from worker.backends.base import JobPlan, Rendered
+from worker.checks import Check
+from worker.errors import TimedOut
+from worker.settings import EnvironmentReader, Settings
+from worker.sizes import STANDARD_SIZES, SizeOption, SizeTable
 
+if TYPE_CHECKING:
+    from worker.backends.base import Backend
+    from worker.host import HostPlatform
+    from worker.images import RenderedImage
+    from worker.live import LiveSamplers
+    from worker.parameters import JobParameters
+    from worker.progress import ProgressReporter
+
+BACKEND_ID = "mock"
+MODEL_ID = "local/macos-procedural-v1"
 IMAGE_SIZE = 512
-STEP_SECONDS = 0.002
+ENV_STEP_MS = "SYSTEMSCULPT_LOCAL_MOCK_STEP_MS"
+DEFAULT_STEP_MS = 2
+"""How long each of its steps takes: a few milliseconds, so tests and demos are quick."""
+READY = "Test-only procedural backend: deterministic patterns, not diffusion."
+
+
+@dataclass(frozen=True)
+class MockSettings:
+    step_ms: int = DEFAULT_STEP_MS
+    """A slower pace shows a host's progress, cancel and timeout handling."""
+
+    @classmethod
+    def read(cls, reader: EnvironmentReader, home: Path) -> MockSettings:
+        return cls(step_ms=reader.number(ENV_STEP_MS, int, 0, 60_000, DEFAULT_STEP_MS))
+
+
+class MockPlugin:
+    id = BACKEND_ID
+    names = ("mock", "procedural")
+    schedulers = SCHEDULERS
+    compute_units: tuple[ComputeUnits, ...] = COMPUTE_UNITS
+    test_only = True
+    installer = None
+
+    def read_settings(self, reader: EnvironmentReader, home: Path) -> MockSettings:
+        return MockSettings.read(reader, home)
+
+    def describe(
+        self, settings: Settings, host: HostPlatform, running: Backend | None
+    ) -> BackendStatus:
+        return BackendStatus(
+            id=BACKEND_ID,
+            available=True,
+            reason=READY,
+            missing=[],
+            install_hint="",
+            model_id=MODEL_ID,
+            sample_binary=None,
+            resource_path=None,
+            test_only=True,
+        )
+
+    def sizes(self, settings: Settings) -> SizeTable:
+        """Every standard size, and any other: it draws whatever it is asked for."""
+        return SizeTable(
+            {
+                ratio: SizeOption(ratio, width, height, Path(), "default", True)
+                for ratio, (width, height) in STANDARD_SIZES.items()
+            },
+            custom_sizes=True,
+        )
+
+    def image_to_image_problem(self, settings: Settings) -> str:
+        return ""  # it blends any reference into its pattern
+
+    def doctor_checks(self, settings: Settings, host: HostPlatform, load: bool) -> list[Check]:
+        return [Check("backend", "ok", f"{READY} Nothing to install.")]
+
+    def settings_summary(self, settings: Settings) -> str:
+        return f"{settings.section(MockSettings).step_ms} ms a step"
+
+    def load(self, settings: Settings, host: HostPlatform, live: LiveSamplers) -> Backend:
+        return MockBackend(settings.section(MockSettings))
+
+
+PLUGIN = MockPlugin()
 
 
 class MockBackend:
     """Procedural images with Core ML's progress phases, for tests and trying the protocol."""
 
+    def __init__(self, settings: MockSettings | None = None) -> None:
+        self._step_seconds = (settings or MockSettings()).step_ms / 1000
+
     async def aclose(self) -> None:
         """Nothing is kept between jobs."""
 
-    def check(self, parameters: JobParameters) -> None:
-        """The procedural patterns can render any job that passed validation."""
+    def check(self, parameters: JobParameters) -> JobPlan:
+        """The procedural patterns can render any job that passed validation; it counts
+        its steps as Core ML's sampler does (PNDM runs one more, a reference cuts them)."""
+        sampling = parameters.sampling
+        steps = sampling.step_count + (1 if sampling.scheduler == "pndm" else 0)
+        if parameters.strength is not None and parameters.strength < 1:
+            steps -= max(sampling.step_count - int(sampling.step_count * parameters.strength), 0)
+        return JobPlan(total_steps=steps)
 
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
+        timeout_ms = parameters.sampling.timeout_ms
+        with anyio.move_on_after(timeout_ms / 1000) as deadline:
+            rendered = await self._render(parameters, progress)
+        if deadline.cancelled_caught:
+            raise TimedOut(
+                f"The procedural backend did not finish within {timeout_ms} ms and was "
+                "stopped. Lower stepCount or count, or raise timeoutMs.",
+                TimedOutData(timeout_ms=timeout_ms),
+            )
+        return rendered
+
+    async def _render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
+        from worker.images import RenderedImage
+
         started = time.monotonic()
         progress.loading("Preparing the procedural test backend")
-        total = parameters.total_steps
+        total = progress.total_steps
         size = (parameters.width, parameters.height)
         patterns: dict[int, bytes] = {}
 
@@ -48,12 +150,12 @@ class MockBackend:
             return patterns[index]
 
         for step in range(1, total + 1):
-            await anyio.sleep(STEP_SECONDS)  # a checkpoint: cancel lands here
-            progress.sampling(step, total, 1 / STEP_SECONDS)
+            await anyio.sleep(self._step_seconds)  # a checkpoint: cancel lands here
+            progress.sampling(step, total, 1 / self._step_seconds if self._step_seconds else None)
             if parameters.preview_every and (step - 1) % parameters.preview_every == 0:
                 for index in range(parameters.count):
-                    await self._preview(parameters, progress, step, index, pattern(index))
-        images = []
+                    await _preview(parameters, progress, step, index, pattern(index))
+        images: list[RenderedImage] = []
         for index in range(parameters.count):
             png = pattern(index)
             if parameters.reference is not None and parameters.strength is not None:
@@ -74,21 +176,17 @@ class MockBackend:
             height=size[1],
         )
 
-    async def _preview(
-        self,
-        parameters: JobParameters,
-        progress: ProgressReporter,
-        step: int,
-        index: int,
-        png: bytes,
-    ) -> None:
-        """The pattern at `step`, as a thumbnail: the preview Core ML would send."""
-        name = f"procedural.{index}.{parameters.seed}.{step - 1}.preview.png"
-        thumbnail = await anyio.to_thread.run_sync(
-            make_thumbnail, png, parameters.preview_dir, name
-        )
-        if thumbnail is not None:
-            progress.preview(step, parameters.total_steps, index, thumbnail)
+
+async def _preview(
+    parameters: JobParameters, progress: ProgressReporter, step: int, index: int, png: bytes
+) -> None:
+    """The pattern at `step`, as a thumbnail: the preview Core ML would send."""
+    from worker.previews import make_thumbnail
+
+    name = f"procedural.{index}.{parameters.seed}.{step - 1}.preview.png"
+    thumbnail = await anyio.to_thread.run_sync(make_thumbnail, png, parameters.preview_dir, name)
+    if thumbnail is not None:
+        progress.preview(step, index, thumbnail)
 
 
 def blend_with_reference(png: bytes, reference: bytes, strength: float) -> bytes:

@@ -1,173 +1,83 @@
-"""The one place that maps the configured backend to what describes it and what runs it.
+"""The table of backends: each id and the plug-in that answers for it.
 
-`capabilities` asks for the description (cheap: reads the disk), `generate` for the
-backend itself (loaded on first use, with whatever it needs).
+The only place that lists the backends. The core asks it which plug-in serves the
+configured backend and never names one itself; the plug-ins' faces are light, and each
+loads what rendering needs only when its `load` runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from protocol.models import COMPUTE_UNITS, BackendStatus, ComputeUnits, Scheduler
-from worker.backends import (
-    BACKEND_SCHEDULERS,
-    COREML_BACKEND_ID,
-    DIFFUSERS_BACKEND_ID,
-    MOCK_BACKEND_ID,
-    MOCK_MODEL_ID,
-    BackendId,
-    coreml_checks,
-    diffusers_checks,
-)
-from worker.host import HostPlatform
-from worker.live import LiveSamplers
-from worker.settings import ENV_BACKEND, Settings
+from protocol.models import SCHEDULERS, BackendStatus
+from worker.backends.coreml.plugin import PLUGIN as COREML
+from worker.backends.diffusers.plugin import PLUGIN as DIFFUSERS
+from worker.backends.mock import PLUGIN as MOCK
+from worker.settings import ENV_BACKEND, EnvironmentReader, Settings
 
 if TYPE_CHECKING:
-    from worker.backends.base import Backend
+    from worker.backends.base import Backend, BackendPlugin, Installer
+    from worker.host import HostPlatform
 
-
-@dataclass(frozen=True)
-class BackendEntry:
-    id: BackendId
-    describe: Callable[[Settings, HostPlatform, Backend | None], BackendStatus]
-    """From the settings and the disk, and the running backend if a job has loaded it."""
-    load: Callable[[Settings, HostPlatform, LiveSamplers], Backend]
-    schedulers: tuple[Scheduler, ...]
-    compute_units: tuple[ComputeUnits, ...]
-    """Core ML's; the diffusers backend runs on its configured device instead."""
-    custom_sizes: bool
-    """Any width and height (multiples of 8) within the protocol's range; False: only the
-    sizes the bundles make."""
-
-
-def _describe_mock(
-    settings: Settings, host: HostPlatform, running: Backend | None
-) -> BackendStatus:
-    return BackendStatus(
-        id=MOCK_BACKEND_ID,
-        available=True,
-        reason="Test-only procedural backend: deterministic patterns, not diffusion.",
-        missing=[],
-        install_hint="",
-        model_id=MOCK_MODEL_ID,
-        sample_binary=None,
-        resource_path=None,
-        test_only=True,
-    )
-
-
-def _load_mock(settings: Settings, host: HostPlatform, live: LiveSamplers) -> Backend:
-    from worker.backends.mock import MockBackend
-
-    return MockBackend()
-
-
-def _describe_coreml(
-    settings: Settings, host: HostPlatform, running: Backend | None
-) -> BackendStatus:
-    installation = coreml_checks.locate_installation(settings, host)
-    return BackendStatus(
-        id=COREML_BACKEND_ID,
-        available=installation.available,
-        reason=installation.reason,
-        missing=list(installation.missing),
-        install_hint=installation.install_hint,
-        model_id=coreml_checks.model_id(settings.compute_units),
-        sample_binary=str(installation.sample_binary) if installation.sample_binary else None,
-        resource_path=str(installation.resource_path),
-        test_only=False,
-    )
-
-
-def _load_coreml(settings: Settings, host: HostPlatform, live: LiveSamplers) -> Backend:
-    from worker.backends.coreml import CoreMLBackend
-
-    return CoreMLBackend(settings, host, live)
-
-
-def _describe_diffusers(
-    settings: Settings, host: HostPlatform, running: Backend | None
-) -> BackendStatus:
-    missing = diffusers_checks.missing_modules()
-    location = diffusers_checks.locate_model(settings)
-    loaded = None
-    if running is not None:  # loaded by a generate already: no import is added here
-        from worker.backends.diffusers import DiffusersBackend
-
-        loaded = running if isinstance(running, DiffusersBackend) else None
-    host_status = loaded.status() if loaded is not None else None
-    if missing:
-        reason = f"The diffusers extra is not installed (missing: {', '.join(missing)})."
-        hint = diffusers_checks.INSTALL_EXTRA
-    elif not location.usable:
-        reason, hint = f"{location.problem}.", location.fix
-    elif loaded is not None and host_status is not None and host_status.last_load_error:
-        reason = f"The last load failed: {host_status.last_load_error}. The next job tries again."
-        hint = loaded.load_fix
-    else:
-        reason = f"Ready: {location.label} ({location.kind}), loaded by the model host on demand."
-        hint = ""
-    if host_status is None:
-        host_status = diffusers_checks.not_loaded(settings)
-    return BackendStatus(
-        id=DIFFUSERS_BACKEND_ID,
-        available=not missing and location.usable and not host_status.last_load_error,
-        reason=reason,
-        missing=missing or ([] if location.usable else [location.text]),
-        install_hint=hint,
-        model_id=diffusers_checks.model_id(location, host_status.device),
-        sample_binary=None,
-        resource_path=str(location.path) if location.path else None,
-        test_only=False,
-        model_host=host_status,
-    )
-
-
-def _load_diffusers(settings: Settings, host: HostPlatform, live: LiveSamplers) -> Backend:
-    from worker.backends.diffusers import DiffusersBackend
-
-    return DiffusersBackend(settings, live)
-
-
-BACKENDS: dict[BackendId, BackendEntry] = {
-    COREML_BACKEND_ID: BackendEntry(
-        COREML_BACKEND_ID,
-        _describe_coreml,
-        _load_coreml,
-        BACKEND_SCHEDULERS[COREML_BACKEND_ID],
-        COMPUTE_UNITS,
-        custom_sizes=False,
-    ),
-    DIFFUSERS_BACKEND_ID: BackendEntry(
-        DIFFUSERS_BACKEND_ID,
-        _describe_diffusers,
-        _load_diffusers,
-        BACKEND_SCHEDULERS[DIFFUSERS_BACKEND_ID],
-        (),
-        custom_sizes=True,
-    ),
-    MOCK_BACKEND_ID: BackendEntry(
-        MOCK_BACKEND_ID,
-        _describe_mock,
-        _load_mock,
-        BACKEND_SCHEDULERS[MOCK_BACKEND_ID],
-        COMPUTE_UNITS,
-        custom_sizes=True,
-    ),
+PLUGINS: tuple[BackendPlugin, ...] = (COREML, DIFFUSERS, MOCK)
+DEFAULT: BackendPlugin = COREML
+"""What an unset SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND means, as with the original provider."""
+BY_NAME: dict[str, BackendPlugin] = {
+    "": DEFAULT,
+    **{name: plugin for plugin in PLUGINS for name in (plugin.id, *plugin.names)},
 }
+"""What SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND may say (lower-cased)."""
+BY_ID: dict[str, BackendPlugin] = {plugin.id: plugin for plugin in PLUGINS}
 
 
-def describe_image_to_image(settings: Settings) -> str:
-    """Why image-to-image cannot run with the configured backend; empty when it can."""
-    if settings.backend in (MOCK_BACKEND_ID, DIFFUSERS_BACKEND_ID):
-        return ""  # both make any image from a reference, whenever they run at all
-    if settings.backend is None:
-        return f"{ENV_BACKEND} names no backend."
-    encoder = coreml_checks.check_image_encoder(settings.resource_path)
-    return "" if encoder.status == "ok" else f"{encoder.detail} To fix: {encoder.fix_text}."
+def read_settings(environ: Mapping[str, str], home: Path | None = None) -> Settings:
+    """The worker's settings: which backend, the shared variables, and every backend's
+    own section (so that a bad value of any of them is reported, whichever runs)."""
+    reader = EnvironmentReader(environ)
+    home = home if home is not None else Path.home()
+    name = reader.raw(ENV_BACKEND).lower()
+    plugin = BY_NAME.get(name)
+    if plugin is None:
+        reader.problem(ENV_BACKEND, f"is not a backend; set it to {_spelled_out()}")
+    return Settings.read(
+        reader,
+        backend=plugin.id if plugin else None,
+        backend_name=name or DEFAULT.id,
+        schedulers=plugin.schedulers if plugin else SCHEDULERS,
+        read_sections=lambda reader: tuple(p.read_settings(reader, home) for p in PLUGINS),
+    )
+
+
+def _spelled_out() -> str:
+    names = [
+        plugin.id
+        + (" (default)" if plugin is DEFAULT else "")
+        + (" (tests only)" if plugin.test_only else "")
+        for plugin in PLUGINS
+    ]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def plugin_for(settings: Settings) -> BackendPlugin | None:
+    """The configured backend's plug-in; None when the configured name is unknown."""
+    return BY_ID[settings.backend] if settings.backend is not None else None
+
+
+def installers() -> dict[str, Installer]:
+    """The backends `install` can set up, by the name `--backend` takes."""
+    return {p.installer.name: p.installer for p in PLUGINS if p.installer is not None}
+
+
+def default_installer(settings: Settings | None) -> Installer:
+    """`install` without `--backend`: the configured backend's, else the default's."""
+    plugin = plugin_for(settings) if settings is not None else None
+    installer = plugin.installer if plugin is not None else None
+    if installer is None:
+        installer = DEFAULT.installer
+    assert installer is not None
+    return installer
 
 
 def describe_backend(
@@ -175,17 +85,18 @@ def describe_backend(
 ) -> BackendStatus:
     """The configured backend's state, read from the disk now, and from `running`, the
     backend that serves `generate` once one has run."""
-    if settings.backend is None:
-        reason = next(p.reason for p in settings.problems if p.variable == ENV_BACKEND)
-        return BackendStatus(
-            id=settings.backend_name,
-            available=False,
-            reason=f"{ENV_BACKEND}={settings.backend_name!r} {reason}.",
-            missing=[],
-            install_hint=f"export {ENV_BACKEND}={COREML_BACKEND_ID}",
-            model_id="",
-            sample_binary=None,
-            resource_path=None,
-            test_only=False,
-        )
-    return BACKENDS[settings.backend].describe(settings, host, running)
+    plugin = plugin_for(settings)
+    if plugin is not None:
+        return plugin.describe(settings, host, running)
+    reason = next(p.reason for p in settings.problems if p.variable == ENV_BACKEND)
+    return BackendStatus(
+        id=settings.backend_name,
+        available=False,
+        reason=f"{ENV_BACKEND}={settings.backend_name!r} {reason}.",
+        missing=[],
+        install_hint=f"export {ENV_BACKEND}={DEFAULT.id}",
+        model_id="",
+        sample_binary=None,
+        resource_path=None,
+        test_only=False,
+    )

@@ -1,6 +1,7 @@
 """The `doctor` and `install` subcommands of `studio-imagegen-worker`.
 
-Their modules load only when one of them runs; serving never imports them.
+Both ask the configured backend's plug-in (install: the one `--backend` names); what
+they run loads only when one of them runs, and serving never imports it.
 """
 
 from __future__ import annotations
@@ -9,15 +10,13 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
-from pathlib import Path
 
-from worker.backends import DIFFUSERS_BACKEND_ID
+from worker.backends.registry import default_installer, installers, read_settings
+from worker.checks import EXIT_INSTALL_FAILED, EXIT_NOT_READY
 from worker.host import HostPlatform
-from worker.settings import DEFAULT_DIFFUSERS_MODEL, Settings
 
-EXIT_NOT_READY = 1
-EXIT_INSTALL_FAILED = 2
+INSTALL_OPTIONS = "install_options"
+"""Where the parser keeps which installer each install option belongs to."""
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,36 +32,25 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _add_platform_option(doctor)
 
+    available = installers()
     install = commands.add_parser(
         "install",
         help="clone and build the sampler, download the model, verify (each step idempotent)",
-        description="Core ML: every step is skipped when already done. Commands and addresses "
-        "can also be set with SYSTEMSCULPT_LOCAL_INSTALL_{PREFIX,MODELS_DIR,GIT,SWIFT,"
-        "REPOSITORY_URL,MODEL_URL,MODEL_SIZE,MODEL_SHA256}. diffusers: downloads the model into "
-        "the Hugging Face cache (resumable; HF_ENDPOINT and HF_HOME apply), then loads it once.",
+        description=" ".join(installer.description for installer in available.values()),
     )
     install.add_argument(
         "--backend",
-        choices=("coreml", "diffusers"),
-        help="what to install for (default: the configured backend, else coreml)",
-    )
-    install.add_argument(
-        "--model",
-        metavar="REPO_ID",
-        help=f"diffusers: the hub repository to download (default: {DEFAULT_DIFFUSERS_MODEL} at "
-        "a pinned revision)",
+        choices=tuple(available),
+        help="what to install for (default: the configured backend's, else "
+        f"{default_installer(None).name})",
     )
     install.add_argument("--verify", action="store_true", help="only check; change nothing")
-    install.add_argument("--prefix", type=Path, help="where to clone apple/ml-stable-diffusion")
-    install.add_argument("--models-dir", type=Path, help="where to unpack the model bundle")
-    install.add_argument("--git", help="the git command (default: git)")
-    install.add_argument("--swift", help="the swift command (default: swift)")
-    install.add_argument("--repository-url", help="where to clone the sampler from")
-    install.add_argument("--model-url", help="where to download the bundle zip from")
-    install.add_argument(
-        "--model-size", type=int, help="override the pinned size of the bundle zip, in bytes"
-    )
-    install.add_argument("--model-sha256", help="override the pinned SHA-256 of the bundle zip")
+    owners = {
+        dest: name
+        for name, installer in available.items()
+        for dest in installer.add_arguments(install)
+    }
+    install.set_defaults(**{INSTALL_OPTIONS: owners})
     _add_platform_option(install)
 
 
@@ -92,7 +80,7 @@ def _host(spec: str | None) -> HostPlatform:
 def run_doctor(args: argparse.Namespace) -> int:
     from worker.provision.doctor import examine
 
-    report = examine(Settings.from_environ(os.environ), _host(args.platform), load=args.load)
+    report = examine(read_settings(os.environ), _host(args.platform), load=args.load)
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -101,81 +89,14 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    settings = Settings.from_environ(os.environ)
-    backend = args.backend or (
-        "diffusers" if settings.backend == DIFFUSERS_BACKEND_ID else "coreml"
-    )
-    if backend == "diffusers":
-        return _install_diffusers(settings, args)
-    if args.model:
-        print("install: --model is for --backend diffusers", file=sys.stderr)
-        return EXIT_INSTALL_FAILED
-    from worker.provision.install import Installer, InstallError, InstallPlan
-
-    home = Path.home()
-    try:
-        plan = InstallPlan.defaults(home, os.environ)
-    except InstallError as exc:
-        print(f"install: {exc}", file=sys.stderr)
-        return EXIT_INSTALL_FAILED
-    overrides = {
-        "checkout": args.prefix and args.prefix.expanduser().resolve(),
-        "models_dir": args.models_dir and args.models_dir.expanduser().resolve(),
-        "git": args.git and tuple(args.git.split()),
-        "swift": args.swift and tuple(args.swift.split()),
-        "repository_url": args.repository_url,
-        "archive_url": args.model_url,
-        "archive_size": args.model_size,
-        "archive_sha256": args.model_sha256,
-    }
-    plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
-    installer = Installer(plan, settings, _host(args.platform), home)
-    try:
-        report = installer.run(verify_only=args.verify)
-    except InstallError as exc:
-        print(f"install: {exc}", file=sys.stderr)
-        return EXIT_INSTALL_FAILED
-    except KeyboardInterrupt:
-        print("\ninstall: interrupted; run it again to continue where it stopped", file=sys.stderr)
-        return 130
-    return 0 if report.ready else EXIT_NOT_READY
-
-
-def _install_diffusers(settings: Settings, args: argparse.Namespace) -> int:
-    """Download the model (unless --verify), load it once, report as doctor does."""
-    from worker.provision.diffusers_model import (
-        DownloadError,
-        default_revision,
-        download,
-        model_variable_hint,
-    )
-    from worker.provision.doctor import examine
-
-    repo_id = args.model or (
-        settings.diffusers_model if settings.diffusers_model_explicit else DEFAULT_DIFFUSERS_MODEL
-    )
-    if not args.verify:
-        try:
-            download(repo_id, default_revision(repo_id))
-        except DownloadError as exc:
-            print(f"install: {exc}", file=sys.stderr)
+    """The installer `--backend` names, else the configured backend's; an option of
+    another backend's installer is a usage error."""
+    settings = read_settings(os.environ)
+    chosen = installers()[args.backend] if args.backend else default_installer(settings)
+    owners: dict[str, str] = getattr(args, INSTALL_OPTIONS)
+    for dest, owner in owners.items():
+        if owner != chosen.name and getattr(args, dest, None) is not None:
+            flag = "--" + dest.replace("_", "-")
+            print(f"install: {flag} is for --backend {owner}", file=sys.stderr)
             return EXIT_INSTALL_FAILED
-        except KeyboardInterrupt:
-            print("\ninstall: interrupted; run it again to resume the download", file=sys.stderr)
-            return 130
-    print(f"==> loading {repo_id} once to verify it", file=sys.stderr, flush=True)
-    target = replace(
-        settings,
-        backend=DIFFUSERS_BACKEND_ID,
-        diffusers_model=repo_id,
-        diffusers_model_explicit=True,
-    )
-    report = examine(target, _host(args.platform), load=True)
-    print(report.render())
-    hint = model_variable_hint(repo_id)
-    if report.ready:
-        print(
-            "to use it: export SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=diffusers"
-            + (f" and {hint}" if hint else "")
-        )
-    return 0 if report.ready else EXIT_NOT_READY
+    return chosen.run(args, settings, _host(args.platform))

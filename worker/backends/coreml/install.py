@@ -8,6 +8,7 @@ SD 2.1 bundle, verify with doctor's checks. Every command and address can be rep
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
@@ -22,20 +23,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
-from worker.backends.coreml_checks import check_resources
-from worker.host import HostPlatform
-from worker.provision.doctor import DoctorReport, examine
-from worker.provision.download import DownloadError, PinMismatch, download_verified
-from worker.settings import (
+from worker.backends.coreml.bundles import load_manifest
+from worker.backends.coreml.checks import check_resources, doctor_checks
+from worker.backends.coreml.download import DownloadError, PinMismatch, download_verified
+from worker.backends.coreml.settings import (
     BUNDLE_NAME,
     DEFAULT_CHECKOUT,
     DEFAULT_MODELS_DIR,
     DEFAULT_SAMPLE_BIN,
     ENV_RESOURCE_PATH,
     ENV_SAMPLE_BIN,
-    EnvironmentReader,
-    Settings,
+    CoreMLSettings,
 )
+from worker.checks import EXIT_INSTALL_FAILED, EXIT_NOT_READY, DoctorReport, check_settings
+from worker.host import HostPlatform
+from worker.settings import EnvironmentReader, Settings
 from worker.status_line import StatusLine, bar
 
 SAMPLER_REPOSITORY_URL = "https://github.com/apple/ml-stable-diffusion"
@@ -243,17 +245,21 @@ class Installer:
         plan = self._plan
         self._say("[4/4] verify")
         default_binary = self._home / DEFAULT_SAMPLE_BIN
-        settings = replace(
-            self._settings,
+        configured = self._settings.section(CoreMLSettings)
+        installed = replace(
+            configured,
             sample_bin=None if plan.binary == default_binary else plan.binary,
             resource_path=plan.resource_path,
         )
-        report = examine(settings, self._host)
+        checks = doctor_checks(installed, self._host, load_manifest(installed))
+        report = DoctorReport(
+            (*checks, check_settings(self._settings, self._settings.compute_units))
+        )
         self._say(report.render())
         lines = []
         if plan.binary != default_binary:
             lines.append(f"export {ENV_SAMPLE_BIN}={shlex.quote(str(plan.binary))}")
-        if plan.resource_path != self._settings.resource_path:
+        if plan.resource_path != configured.resource_path:
             lines.append(f"export {ENV_RESOURCE_PATH}={shlex.quote(str(plan.resource_path))}")
         if lines:
             self._say("\nThese locations are not the defaults; start the worker with:")
@@ -333,3 +339,34 @@ class ProgressBar:
 
     def finish(self) -> None:
         self._line.finish()
+
+
+def run_install(args: argparse.Namespace, settings: Settings, host: HostPlatform) -> int:
+    """`install --backend coreml`, with the plan's defaults replaced by the options given."""
+    home = Path.home()
+    try:
+        plan = InstallPlan.defaults(home, os.environ)
+    except InstallError as exc:
+        print(f"install: {exc}", file=sys.stderr)
+        return EXIT_INSTALL_FAILED
+    overrides = {
+        "checkout": args.prefix and args.prefix.expanduser().resolve(),
+        "models_dir": args.models_dir and args.models_dir.expanduser().resolve(),
+        "git": args.git and tuple(args.git.split()),
+        "swift": args.swift and tuple(args.swift.split()),
+        "repository_url": args.repository_url,
+        "archive_url": args.model_url,
+        "archive_size": args.model_size,
+        "archive_sha256": args.model_sha256,
+    }
+    plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+    installer = Installer(plan, settings, host, home)
+    try:
+        report = installer.run(verify_only=args.verify)
+    except InstallError as exc:
+        print(f"install: {exc}", file=sys.stderr)
+        return EXIT_INSTALL_FAILED
+    except KeyboardInterrupt:
+        print("\ninstall: interrupted; run it again to continue where it stopped", file=sys.stderr)
+        return 130
+    return 0 if report.ready else EXIT_NOT_READY

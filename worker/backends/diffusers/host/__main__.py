@@ -1,4 +1,4 @@
-"""The model host process: `python -m worker.model_host --model PATH ...`.
+"""The model host process: `python -m worker.backends.diffusers.host --model PATH ...`.
 
 Started and supervised by the worker's diffusers backend, never by hand. It loads the
 model, then renders the jobs that come on stdin one at a time and reports on the
@@ -18,11 +18,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn
+from typing import BinaryIO, NoReturn
 
-from worker.model_host import messages
+from worker.backends.diffusers.host import messages
 
-logger = logging.getLogger("worker.model_host")
+logger = logging.getLogger("worker.backends.diffusers.host")
 
 EXIT_LOAD_FAILED = 3
 _PR_SET_PDEATHSIG = 1
@@ -35,7 +35,7 @@ class Channel:
         self._stream = stream
         self._lock = threading.Lock()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: messages.Message) -> None:
         with self._lock:
             self._stream.write(messages.encode(message))
             self._stream.flush()
@@ -57,32 +57,32 @@ def die_with_parent() -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def read_requests(inbox: queue.Queue[dict[str, Any] | None], stop: threading.Event) -> None:
+def read_requests(inbox: queue.Queue[messages.HostJob | None], stop: threading.Event) -> None:
     """Jobs into the inbox, cancels straight to the stop flag; None at end of input."""
     for line in sys.stdin.buffer:
         try:
-            message = messages.decode(line)
+            message = messages.decode_request(line)
         except ValueError as exc:
             logger.error("ignored a line from the worker: %s", exc)
             continue
-        if message["type"] == messages.CANCEL:
+        if isinstance(message, messages.Cancel):
             stop.set()
-        elif message["type"] == messages.GENERATE:
+        else:
             stop.clear()  # a cancel is for the job it follows, never the next one
-            inbox.put(message)
+            inbox.put(message.job)
     stop.set()
     inbox.put(None)
 
 
 def serve(arguments: argparse.Namespace, channel: Channel) -> int:
-    from worker.model_host import pipeline
+    from worker.backends.diffusers.host import pipeline
 
-    inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    inbox: queue.Queue[messages.HostJob | None] = queue.Queue()
     stop = threading.Event()
     threading.Thread(target=read_requests, args=(inbox, stop), daemon=True).start()
 
     def say(message: str) -> None:
-        channel.send({"type": messages.LOADING, "message": message})
+        channel.send(messages.Loading(message=message))
 
     try:
         model = pipeline.load(
@@ -94,41 +94,41 @@ def serve(arguments: argparse.Namespace, channel: Channel) -> int:
             arguments.label,
         )
     except pipeline.LoadError as exc:
-        channel.send({"type": messages.LOAD_FAILED, "reason": exc.reason, "fix": exc.fix})
+        channel.send(messages.LoadFailed(reason=exc.reason, fix=exc.fix))
         return EXIT_LOAD_FAILED
     channel.send(
-        {
-            "type": messages.LOADED,
-            "device": model.device,
-            "dtype": model.dtype,
-            "loadMs": model.load_ms,
-            "safetyChecker": model.safety_checker,
-        }
+        messages.Loaded(
+            device=model.device,
+            dtype=model.dtype,
+            load_ms=model.load_ms,
+            safety_checker=model.safety_checker,
+        )
     )
     idle_seconds = arguments.idle_ms / 1000 if arguments.idle_ms else None
     while True:
         try:
-            message = inbox.get(timeout=idle_seconds)
+            job = inbox.get(timeout=idle_seconds)
         except queue.Empty:
-            channel.send({"type": messages.UNLOADED, "idleMs": arguments.idle_ms})
+            channel.send(messages.Unloaded(idle_ms=arguments.idle_ms))
             return 0
-        if message is None:
+        if job is None:
             return 0
-        job = messages.HostJob.from_message(message)
         try:
             pipeline.render(model, job, stop, channel.send)
         except pipeline.Stopped:
-            channel.send({"type": messages.CANCELLED})
+            channel.send(messages.Cancelled())
             continue
         except Exception as exc:  # the job failed; the host and its model are still fine
             logger.exception("job failed")
-            channel.send({"type": messages.FAILED, "reason": f"{type(exc).__name__}: {exc}"})
+            channel.send(messages.Failed(reason=f"{type(exc).__name__}: {exc}"))
             continue
-        channel.send({"type": messages.DONE})
+        channel.send(messages.Done())
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    parser = argparse.ArgumentParser(prog="python -m worker.model_host", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m worker.backends.diffusers.host", description=__doc__
+    )
     parser.add_argument("--model", type=Path, required=True, help="Directory or checkpoint")
     parser.add_argument("--label", default="the model", help="How messages name the model")
     parser.add_argument("--device", default="auto")

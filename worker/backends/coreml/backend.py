@@ -20,10 +20,28 @@ from protocol.errors import (
     TimedOutData,
     UnsupportedFeatureData,
 )
-from worker.backends import BACKEND_SCHEDULERS
-from worker.backends import COREML_BACKEND_ID as BACKEND_ID
-from worker.backends.base import Rendered
-from worker.backends.coreml_checks import check_image_encoder, locate_installation, model_id
+from worker.backends.base import JobPlan, Rendered
+from worker.backends.coreml.checks import check_image_encoder, locate_installation, model_id
+from worker.backends.coreml.sampler.command import SamplerCommand
+from worker.backends.coreml.sampler.output_layout import (
+    OUTPUT_ROOT,
+    OutputLayout,
+    output_layout,
+    prepare_output_path,
+)
+from worker.backends.coreml.sampler.output_parser import (
+    ImageSaved,
+    ImageWithheld,
+    Loading,
+    OtherLine,
+    SamplerEvent,
+    SamplerOutputParser,
+    SamplingStarted,
+    StepCompleted,
+)
+from worker.backends.coreml.sampler.process import SamplerExit, SamplerStartError, run_sampler
+from worker.backends.coreml.sampler.schedule import schedule_problems, timestep_count
+from worker.backends.coreml.settings import BACKEND_ID, SCHEDULERS, CoreMLSettings
 from worker.errors import (
     BackendUnavailable,
     InvalidParams,
@@ -31,34 +49,16 @@ from worker.errors import (
     TimedOut,
     UnsupportedFeature,
 )
+from worker.file_names import final_name
 from worker.host import HostPlatform
 from worker.images import RenderedImage, account_for, check_png, select_outputs
 from worker.live import LiveSamplers
 from worker.parameters import JobParameters
 from worker.previews import publish_preview
 from worker.progress import ProgressReporter
-from worker.sampler.command import SamplerCommand
-from worker.sampler.naming import (
-    OUTPUT_ROOT,
-    OutputLayout,
-    final_name,
-    output_layout,
-    prepare_output_path,
-)
-from worker.sampler.output_parser import (
-    OtherLine,
-    SamplerEvent,
-    SamplerOutputParser,
-    StepCompleted,
-)
-from worker.sampler.process import SamplerExit, SamplerStartError, run_sampler
-from worker.sampler.schedule import schedule_problems
 from worker.settings import ENV_REDUCE_MEMORY, ENV_TIMEOUT_MS, Settings
 
 logger = logging.getLogger(__name__)
-
-SCHEDULERS = BACKEND_SCHEDULERS[BACKEND_ID]
-"""What `--scheduler` takes."""
 
 JOB_DIRECTORY_PREFIX = "studio-imagegen-"
 REFERENCE_FILE_NAME = "reference.png"
@@ -86,16 +86,18 @@ class CoreMLBackend:
         self, settings: Settings, host: HostPlatform, live: LiveSamplers | None = None
     ) -> None:
         self._settings = settings
+        self._section = settings.section(CoreMLSettings)
         self._host = host
         self._live = live if live is not None else LiveSamplers()
 
     async def aclose(self) -> None:
         """Nothing outlives a job: each sampler run ends with it."""
 
-    def check(self, parameters: JobParameters) -> None:
+    def check(self, parameters: JobParameters) -> JobPlan:
         """Refuse, before the job is queued, what the sampler would crash on or fail to
         save after the whole run: -32602 naming the field, the limit and the fix; and
-        image-to-image without the encoder it needs: -32001."""
+        image-to-image without the encoder it needs: -32001. The plan's step total is
+        the `M` of the sampler's `Step N of M` lines."""
         scheduler = parameters.sampling.scheduler
         if scheduler not in SCHEDULERS:
             raise UnsupportedFeature(
@@ -104,8 +106,9 @@ class CoreMLBackend:
                 "backend, which has it.",
                 UnsupportedFeatureData(feature="scheduler", supported=list(SCHEDULERS)),
             )
+        resource_path = parameters.resource_path or self._section.resource_path
         if parameters.reference is not None:
-            encoder = check_image_encoder(parameters.resource_path)
+            encoder = check_image_encoder(resource_path)
             if encoder.status == "fail":
                 raise UnsupportedFeature(
                     f"Unsupported feature: inputImages. {encoder.detail} To fix: "
@@ -131,10 +134,14 @@ class CoreMLBackend:
                 f"Invalid params: {summary}.",
                 InvalidParamsData(errors=errors),
             )
+        sampling = parameters.sampling
+        return JobPlan(
+            total_steps=timestep_count(sampling.step_count, sampling.scheduler, parameters.strength)
+        )
 
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
         installation = locate_installation(
-            self._settings, self._host, resource_path=parameters.resource_path
+            self._section, self._host, resource_path=parameters.resource_path
         )
         if not installation.available or installation.sample_binary is None:
             raise BackendUnavailable(
@@ -161,9 +168,10 @@ class CoreMLBackend:
                 parameters=parameters,
                 reference_path=reference_path,
             )
-            outcome, stdout_tail = await self._run(command, parameters, progress)
+            withheld: list[int] = []
+            outcome, stdout_tail = await self._run(command, parameters, progress, withheld)
             _raise_for_failure(outcome, parameters, stdout_tail)
-            images, warnings = _collect(job_directory, parameters, progress.withheld)
+            images, warnings = _collect(job_directory, parameters, withheld)
         finally:
             shutil.rmtree(job_directory, ignore_errors=True)
             self._live.directories.discard(job_directory)
@@ -180,7 +188,11 @@ class CoreMLBackend:
         )
 
     async def _run(
-        self, command: SamplerCommand, parameters: JobParameters, progress: ProgressReporter
+        self,
+        command: SamplerCommand,
+        parameters: JobParameters,
+        progress: ProgressReporter,
+        withheld: list[int],
     ) -> tuple[SamplerExit, list[str]]:
         parser = SamplerOutputParser()
         other_lines: list[str] = []
@@ -193,7 +205,7 @@ class CoreMLBackend:
                     del other_lines[:-20]
                 if isinstance(event, StepCompleted) and event.saved:
                     saved_steps.send_nowait(event)
-                progress.on_sampler_event(event)
+                report(event, progress, withheld)
 
         progress.loading("Starting StableDiffusionSample")
         outcome: SamplerExit | SamplerStartError
@@ -240,9 +252,29 @@ async def _publish_previews(
                     strength=parameters.strength,
                     step=step.index,
                 )
+                source = command.output_path / name
+                preview_name = source.name.removesuffix(".png") + ".preview.png"
                 await publish_preview(
-                    command.output_path / name, parameters, progress, step.completed, index
+                    source, preview_name, parameters.preview_dir, progress, step.completed, index
                 )
+
+
+def report(event: SamplerEvent, progress: ProgressReporter, withheld: list[int]) -> None:
+    """What one of the sampler's lines says, as the job's progress; the images the safety
+    checker withheld into `withheld`."""
+    match event:
+        case Loading(message=message):
+            progress.loading(message)
+        case SamplingStarted():
+            progress.sampling(0, progress.total_steps, None)
+        case StepCompleted(completed=completed, total=total, steps_per_second=rate):
+            progress.sampling(completed, total, rate)
+        case ImageSaved(file_name=name):
+            progress.saving(f"Saved {name}")
+        case ImageWithheld(index=index):
+            withheld.append(index)
+        case _:
+            pass
 
 
 def _output_layout(parameters: JobParameters) -> OutputLayout:

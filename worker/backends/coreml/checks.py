@@ -1,4 +1,6 @@
-"""Where the Core ML sampler and its model resources are, and what is missing.
+"""Where the Core ML sampler and its model resources are, and what is missing: the
+checks `capabilities` summarises and `doctor` prints, with what only `doctor` adds (the
+sampler actually starting, the aspect ratios' bundles, free disk).
 
 Looked up on every call, so that installing the sampler is seen without a restart.
 """
@@ -7,20 +9,23 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 from protocol.models import ComputeUnits
-from worker.host import HostPlatform
-from worker.settings import (
+from worker.backends.coreml.settings import (
     BUNDLE_NAME,
+    ENV_MODEL_MANIFEST,
     ENV_RESOURCE_PATH,
     ENV_SAMPLE_BIN,
     SAMPLE_BIN_ON_PATH,
-    Settings,
+    CoreMLSettings,
 )
+from worker.checks import Check
+from worker.host import HostPlatform
+from worker.sizes import SizeTable
 
 MODEL_ID_PREFIX = "local/macos-coreml-stable-diffusion-2-1-base-palettized"
 
@@ -53,26 +58,6 @@ RESOURCES_BY_HAND = (
 
 def model_id(compute_units: ComputeUnits) -> str:
     return f"{MODEL_ID_PREFIX}:{compute_units}"
-
-
-CheckStatus = Literal["ok", "warn", "fail"]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One thing looked at: its verdict, what was found, and the command that fixes it."""
-
-    name: str
-    status: CheckStatus
-    detail: str
-    fix: str = ""
-    by_hand: str = ""
-    """The steps `fix` takes, for a person who would rather run them one by one."""
-    missing: tuple[str, ...] = ()
-
-    @property
-    def fix_text(self) -> str:
-        return self.fix + (f" (or by hand: {self.by_hand})" if self.by_hand else "")
 
 
 @dataclass(frozen=True)
@@ -118,7 +103,7 @@ class SamplerInstallation:
 
 
 def locate_installation(
-    settings: Settings,
+    settings: CoreMLSettings,
     host: HostPlatform,
     which: Callable[[str], str | None] = shutil.which,
     resource_path: Path | None = None,
@@ -166,7 +151,7 @@ def check_platform(host: HostPlatform, explicit_binary: bool) -> Check:
     )
 
 
-def check_sampler(settings: Settings, binary: Path | None) -> Check:
+def check_sampler(settings: CoreMLSettings, binary: Path | None) -> Check:
     if binary is None:
         expected = settings.sample_bin or settings.default_sample_bin
         if settings.sample_bin is not None:
@@ -270,7 +255,7 @@ def check_resources(resource_path: Path) -> Check:
     return Check("resources", "ok", f"{resource_path}: every required model file is there.")
 
 
-def _find_binary(settings: Settings, which: Callable[[str], str | None]) -> Path | None:
+def _find_binary(settings: CoreMLSettings, which: Callable[[str], str | None]) -> Path | None:
     if settings.sample_bin is not None:
         return settings.sample_bin if settings.sample_bin.exists() else None
     if settings.default_sample_bin.exists():
@@ -290,3 +275,108 @@ def _missing_resources(resource_path: Path) -> list[str]:
         for name in REQUIRED_RESOURCES
         if not (has_unet if name == UNET else (resource_path / name).exists())
     ]
+
+
+SAMPLER_HELP_TIMEOUT_SECONDS = 20
+MIN_FREE_BYTES_INSTALLED = 1 << 30
+"""Room for outputs and temporary files once the bundle is in place."""
+MIN_FREE_BYTES_TO_INSTALL = 5 << 30
+"""The zip (about 1.1 GB), its unpacked copy, and the sampler's build."""
+
+
+def doctor_checks(settings: CoreMLSettings, host: HostPlatform, sizes: SizeTable) -> list[Check]:
+    """Everything `capabilities` looks at, then the sampler's `--help`, the image encoder,
+    the bundles of the aspect ratios and free disk."""
+    installation = locate_installation(settings, host)
+    checks = list(installation.checks)
+    sampler_ok = next(c for c in checks if c.name == "sampler").status == "ok"
+    if installation.sample_binary is not None and sampler_ok:
+        checks.insert(2, check_sampler_starts([str(installation.sample_binary), "--help"]))
+    resources_ok = next(c for c in checks if c.name == "resources").status == "ok"
+    if resources_ok:
+        encoder = check_image_encoder(settings.resource_path)
+        # text-to-image works without it: a warning, with the fix
+        checks.append(replace(encoder, status="warn") if encoder.status == "fail" else encoder)
+    checks.append(check_aspect_ratios(sizes))
+    checks.append(check_free_disk(settings.resource_path, installed=resources_ok))
+    return checks
+
+
+def check_aspect_ratios(sizes: SizeTable) -> Check:
+    """Which ratios have their bundle; a manifest entry that disagrees with its bundle, or
+    a manifest that cannot be read, fails."""
+    where = f"model manifest {sizes.manifest_path}" if sizes.manifest_path else "no model manifest"
+    ratios = ", ".join(
+        f"{ratio} {'ok' if option.usable else 'missing' if not option.present else 'wrong'}"
+        for ratio, option in sizes.options.items()
+    )
+    if sizes.problems:
+        return Check(
+            "aspect ratios",
+            "fail",
+            f"{where}: " + "; ".join(problem.reason for problem in sizes.problems),
+            fix=f"fix the manifest ({ENV_MODEL_MANIFEST}) or the bundles it names",
+        )
+    missing = [ratio for ratio, option in sizes.options.items() if not option.present]
+    if missing and sizes.manifest_path is not None:
+        return Check(
+            "aspect ratios",
+            "warn",
+            f"{where}: {ratios}.",
+            fix="convert and install the bundles for " + ", ".join(missing),
+        )
+    return Check("aspect ratios", "ok", f"{where}: {ratios}.")
+
+
+def check_sampler_starts(argv: Sequence[str]) -> Check:
+    """The sampler answers `--help`: it is a program this machine can run."""
+    try:
+        result = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=SAMPLER_HELP_TIMEOUT_SECONDS,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return Check(
+            "sampler runs",
+            "fail",
+            f"`{' '.join(argv)}` did not answer within {SAMPLER_HELP_TIMEOUT_SECONDS} s.",
+            fix="rebuild it: studio-imagegen-worker install",
+        )
+    except OSError as exc:
+        return Check(
+            "sampler runs",
+            "fail",
+            f"`{' '.join(argv)}` could not start: {exc.strerror or exc}.",
+            fix="rebuild it for this machine: studio-imagegen-worker install",
+        )
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        return Check(
+            "sampler runs",
+            "fail",
+            f"`{' '.join(argv)}` exited with code {result.returncode}: {tail[0]}",
+            fix="rebuild it: studio-imagegen-worker install",
+        )
+    return Check("sampler runs", "ok", "`--help` answers.")
+
+
+def check_free_disk(resource_path: Path, installed: bool) -> Check:
+    probe = resource_path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    needed = MIN_FREE_BYTES_INSTALLED if installed else MIN_FREE_BYTES_TO_INSTALL
+    detail = f"{free / (1 << 30):.1f} GiB free on the volume of {probe}"
+    if free < needed:
+        purpose = "to run" if installed else "to install the model"
+        return Check(
+            "free disk",
+            "warn",
+            f"{detail}; {needed / (1 << 30):.0f} GiB or more is advised {purpose}.",
+            fix="free some space on that volume",
+        )
+    return Check("free disk", "ok", detail + ".")

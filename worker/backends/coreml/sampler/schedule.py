@@ -9,23 +9,12 @@ by SIGTRAP, after loading the model) instead of producing an image.
 from __future__ import annotations
 
 import math
-import struct
 
 from protocol.models import Scheduler
+from worker.file_names import float32
 
 PNDM_MIN_STEPS = 2
 """`PNDMScheduler.init` with one step takes `.last!` of an empty list and traps."""
-
-
-def float32(value: float) -> float:
-    """`value` rounded to a Swift `Float`, as the sampler holds `--strength`."""
-    result: float = struct.unpack("<f", struct.pack("<f", value))[0]
-    return result
-
-
-def strength_percent(strength: float) -> int:
-    """`Int(strength * 100)` in Float arithmetic: the `P` of the `.strP` name part."""
-    return math.trunc(float32(float32(strength) * 100))
 
 
 def start_step(step_count: int, strength: float) -> int:

@@ -1,5 +1,6 @@
 """What the diffusers backend needs, checked without importing it: the optional extra,
-and the model named by SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL.
+and the model named by SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL (found, and read enough to
+know its native size and whether it has a safety checker).
 
 Read from the disk on every call, like the Core ML checks: `capabilities`, `doctor` and
 `generate` see a model the moment `install` has put it in place. Nothing here imports
@@ -17,11 +18,11 @@ from pathlib import Path
 from typing import Literal
 
 from protocol.models import ModelHostStatus
-from worker.settings import DEFAULT_DIFFUSERS_MODEL, ENV_DIFFUSERS_MODEL, Settings
+from worker.backends.diffusers.settings import DEFAULT_MODEL, DiffusersSettings
+from worker.backends.diffusers.variables import ENV_MODEL, INSTALL_MODEL
 
 EXTRA_MODULES = ("torch", "diffusers", "transformers", "safetensors")
 INSTALL_EXTRA = "pip install 'studio-imagegen-worker[diffusers]'"
-INSTALL_MODEL = "studio-imagegen-worker install --backend diffusers"
 DEFAULT_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
 """The commit of the default model that `install` downloads and the worker then uses."""
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -93,8 +94,8 @@ def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:
     return snapshot if (snapshot / "model_index.json").is_file() else None
 
 
-def locate_model(settings: Settings) -> ModelLocation:
-    text = settings.diffusers_model
+def locate_model(settings: DiffusersSettings) -> ModelLocation:
+    text = settings.model
     path = Path(text).expanduser()
     if path.is_dir():
         return _directory(text, path, path.name)
@@ -106,18 +107,15 @@ def locate_model(settings: Settings) -> ModelLocation:
                 None,
                 path.name,
                 f"{path} is not a checkpoint (.safetensors or .ckpt)",
-                f"point {ENV_DIFFUSERS_MODEL} at a .safetensors checkpoint or a diffusers "
-                "directory",
+                f"point {ENV_MODEL} at a .safetensors checkpoint or a diffusers directory",
             )
         return ModelLocation(text, "single_file", path, path.stem)
     if _REPO_ID.fullmatch(text) and not text.startswith((".", "~")):
-        revision = DEFAULT_REVISION if text == DEFAULT_DIFFUSERS_MODEL else None
+        revision = DEFAULT_REVISION if text == DEFAULT_MODEL else None
         snapshot = cached_snapshot(text, revision)
         if snapshot is None:
             install = (
-                INSTALL_MODEL
-                if text == DEFAULT_DIFFUSERS_MODEL
-                else (f"{INSTALL_MODEL} --model {text}")
+                INSTALL_MODEL if text == DEFAULT_MODEL else (f"{INSTALL_MODEL} --model {text}")
             )
             return ModelLocation(
                 text,
@@ -134,8 +132,8 @@ def locate_model(settings: Settings) -> ModelLocation:
         "directory",
         None,
         path.name,
-        f"{ENV_DIFFUSERS_MODEL}={text!r} names no file or directory",
-        f"point {ENV_DIFFUSERS_MODEL} at a diffusers directory, a .safetensors checkpoint or "
+        f"{ENV_MODEL}={text!r} names no file or directory",
+        f"point {ENV_MODEL} at a diffusers directory, a .safetensors checkpoint or "
         f"a repository id that {INSTALL_MODEL} --model REPO_ID has downloaded",
     )
 
@@ -152,8 +150,7 @@ def _directory(text: str, path: Path, label: str, kind: ModelKind = "directory")
             None,
             label,
             f"{path} is not a diffusers model: its model_index.json {reason}",
-            f"point {ENV_DIFFUSERS_MODEL} at a directory saved by diffusers, or run "
-            f"{INSTALL_MODEL}",
+            f"point {ENV_MODEL} at a directory saved by diffusers, or run {INSTALL_MODEL}",
         )
     if not isinstance(declared, dict) or declared.get("_class_name") != PIPELINE_CLASS:
         found = declared.get("_class_name") if isinstance(declared, dict) else None
@@ -164,7 +161,7 @@ def _directory(text: str, path: Path, label: str, kind: ModelKind = "directory")
             label,
             f"{path} holds a {found or 'model of no known class'}, not a Stable Diffusion "
             f"pipeline ({PIPELINE_CLASS})",
-            f"point {ENV_DIFFUSERS_MODEL} at a Stable Diffusion 1.x or 2.x model",
+            f"point {ENV_MODEL} at a Stable Diffusion 1.x or 2.x model",
         )
     checker = declared.get("safety_checker")
     return ModelLocation(
@@ -189,15 +186,15 @@ def _native_side(path: Path) -> int:
 
 
 def not_loaded(
-    settings: Settings, last_load_ms: int | None = None, load_error: str = ""
+    settings: DiffusersSettings, last_load_ms: int | None = None, load_error: str = ""
 ) -> ModelHostStatus:
     """The model host as `capabilities` shows it while none is running: as configured."""
     return ModelHostStatus(
         loaded=False,
-        device=settings.diffusers_device,
-        dtype=settings.diffusers_dtype,
+        device=settings.device,
+        dtype=settings.dtype,
         last_load_ms=last_load_ms,
-        idle_unload_ms=settings.diffusers_idle_ms,
+        idle_unload_ms=settings.idle_ms,
         pid=None,
         last_load_error=load_error,
     )

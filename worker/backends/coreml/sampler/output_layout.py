@@ -1,11 +1,9 @@
-"""How StableDiffusionSample names its PNGs, and where a name makes it write.
+"""Where StableDiffusionSample's image names make it write, and which names cannot work.
 
-The sampler names each file after `prompt.prefix(75)`: 75 Swift `Character`s, which
-are extended grapheme clusters (a letter with 70 combining marks is one), spaces made
-`_`, then `.<index>`, `.str<P>`, `.<seed>`, `.final.png`. It appends that name to
-`--output-path` as a relative path, so `/` in it means subdirectories and `..` climbs.
-Everything here mirrors that exactly, so the worker can give the sampler an output path
-from which no name can leave the job's directory, and refuse names that cannot work.
+The sampler appends each image's name (`worker.file_names`) to `--output-path` as a
+relative path, so `/` in the prompt means subdirectories and `..` climbs. Everything
+here mirrors that exactly, so the worker can give the sampler an output path from which
+no name can leave the job's directory, and refuse names that cannot work.
 """
 
 from __future__ import annotations
@@ -14,25 +12,15 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-import regex
+from worker.file_names import NAME_PREFIX_CHARACTERS, characters, final_name
 
-from worker.sampler.schedule import strength_percent
-
-NAME_PREFIX_CHARACTERS = 75
-"""`fileCharLimit` in the sampler's `imageName`."""
 NAME_MAX_BYTES = 255
 """Longest file name (one path component) on APFS, HFS+ and Linux file systems."""
 PATH_MAX_BYTES = 1024
 """macOS `PATH_MAX`, the shorter of the two (Linux allows 4,096)."""
 OUTPUT_ROOT = "out"
 """Inside the job directory: everything the sampler writes is below it."""
-_CLUSTER = regex.compile(r"\X")
 _STABLE_MARKS = frozenset({"Mn", "Me", "Mc"})
-
-
-def characters(text: str) -> list[str]:
-    """Swift's `Character`s of `text`: its extended grapheme clusters (UAX #29)."""
-    return _CLUSTER.findall(text)
 
 
 def is_stable_cluster(cluster: str) -> bool:
@@ -40,34 +28,6 @@ def is_stable_cluster(cluster: str) -> bool:
     one followed by combining marks only. Emoji sequences, flags, Hangul syllables and
     Indic conjuncts are grouped differently by older Swift runtimes (macOS 13)."""
     return all(unicodedata.category(mark) in _STABLE_MARKS for mark in cluster[1:])
-
-
-def name_prefix(prompt: str) -> str:
-    """`prompt.prefix(75).replacingOccurrences(of: " ", with: "_")`; Foundation compares
-    whole characters, so a space carrying a combining mark is left as it is."""
-    return "".join(
-        "_" if cluster == " " else cluster
-        for cluster in characters(prompt)[:NAME_PREFIX_CHARACTERS]
-    )
-
-
-def final_name(
-    prompt: str,
-    *,
-    index: int,
-    image_count: int,
-    seed: int,
-    strength: float | None = None,
-    step: int | None = None,
-) -> str:
-    """The name the sampler gives image `index` (`imageName` in main.swift): the final
-    one, or the intermediate one saved at the 0-based `step`."""
-    name = name_prefix(prompt)
-    if image_count != 1:
-        name += f".{index}"
-    if strength is not None:
-        name += f".str{strength_percent(strength)}"
-    return f"{name}.{seed}.{'final' if step is None else step}.png"
 
 
 @dataclass(frozen=True)

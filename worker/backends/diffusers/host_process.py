@@ -17,20 +17,20 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from worker.backends.diffusers.host import messages
 from worker.live import LiveSamplers, signal_group, signal_name
-from worker.model_host import messages
 
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_CHARS = 2_000
 LOG_KEEP_BYTES = 1024 * 1024
 """A host's log is cut to its last half of this when it grows past it."""
+HOST_MODULE = "worker.backends.diffusers.host"
 HOST_ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",  # generating never downloads; `install` does
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
@@ -63,7 +63,7 @@ def host_command(
     command = [
         sys.executable,
         "-m",
-        "worker.model_host",
+        HOST_MODULE,
         "--model",
         str(model),
         "--label",
@@ -123,21 +123,21 @@ class ModelHostProcess:
     def exited(self) -> bool:
         return self._process.returncode is not None
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: messages.Message) -> None:
         assert self._process.stdin is not None
         try:
             await self._process.stdin.send(messages.encode(message))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise await self.ended() from exc
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self) -> messages.Event:
         """The next event; HostGone when the host's output has ended."""
         try:
             line = await self._replies.receive_until(b"\n", messages.MAX_LINE_BYTES)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError) as exc:
             raise await self.ended() from exc
         try:
-            return messages.decode(line)
+            return messages.decode_event(line)
         except ValueError as exc:
             raise HostGone(f"it wrote a line that is not a message ({exc})") from exc
 

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.model_host import messages
-from worker.model_host.messages import HostJob, image_seed
-from worker.settings import ENV_DIFFUSERS_DEVICE as ENV_DEVICE
-from worker.settings import ENV_DIFFUSERS_MODEL as ENV_MODEL
+from worker.backends.diffusers.host import messages
+from worker.backends.diffusers.host.messages import HostJob, image_seed
+from worker.backends.diffusers.variables import ENV_DEVICE, ENV_MODEL, INSTALL_MODEL
 
 logger = logging.getLogger(__name__)
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[messages.Message], None]
 SCHEDULER_CLASSES = {
     "pndm": ("PNDMScheduler", {}),
     "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
@@ -103,7 +102,7 @@ def load(
 ) -> LoadedModel:
     """Load the pipeline at `model` (a diffusers directory or a single-file checkpoint),
     saying what it is doing as it goes. That it is a Stable Diffusion pipeline at all was
-    checked by whoever started the host (`diffusers_checks.locate_model`)."""
+    checked by whoever started the host (the backend's `checks.locate_model`)."""
     started = time.monotonic()
     say("Importing torch and diffusers")
     import diffusers
@@ -129,7 +128,7 @@ def load(
             f"{model} could not be loaded as a Stable Diffusion pipeline "
             f"({type(exc).__name__}: {_first_line(exc)})",
             f"point {ENV_MODEL} at a complete diffusers directory or .safetensors "
-            "checkpoint, or run: studio-imagegen-worker install --backend diffusers",
+            f"checkpoint, or run: {INSTALL_MODEL}",
         ) from exc
     pipe.set_progress_bar_config(disable=True)
     image_to_image = StableDiffusionImg2ImgPipeline(**pipe.components)
@@ -158,12 +157,13 @@ def _first_line(exc: BaseException) -> str:
 def timestep_total(pipe: Any, scheduler: Any, job: HostJob) -> int:
     """The steps the pipeline will run for one image: the scheduler's own timestep list
     (PNDM has one more than asked), cut as image-to-image cuts it by the strength."""
-    scheduler.set_timesteps(job.step_count)
+    steps = job.sampling.step_count
+    scheduler.set_timesteps(steps)
     length = len(scheduler.timesteps)
     if job.strength is None:
         return length
-    kept = min(int(job.step_count * job.strength), job.step_count)
-    start = max(job.step_count - kept, 0)
+    kept = min(int(steps * job.strength), steps)
+    start = max(steps - kept, 0)
     return len(scheduler.timesteps[start * scheduler.order :])
 
 
@@ -177,24 +177,25 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
     if job.reference_path is not None:
         with Image.open(job.reference_path) as opened:
             reference = opened.convert("RGB")
+    sampling = job.sampling
     pipe = model.text_to_image if reference is None else model.image_to_image
-    scheduler = model.schedulers[job.scheduler]
+    scheduler = model.schedulers[sampling.scheduler]
     pipe.scheduler = scheduler
-    if job.reduce_memory:
+    if sampling.reduce_memory:
         pipe.enable_attention_slicing()
     else:
         pipe.disable_attention_slicing()
     per_image = timestep_total(pipe, scheduler, job)
     total = per_image * job.count
-    emit({"type": messages.ACCEPTED, "totalSteps": total})
+    emit(messages.Accepted(total_steps=total))
     output = Path(job.output_dir)
     for index in range(job.count):
         on_step = _step_callback(job, index, index * per_image, total, stop, emit)
         arguments: dict[str, Any] = {
             "prompt": job.prompt,
             "negative_prompt": job.negative_prompt or None,
-            "num_inference_steps": job.step_count,
-            "guidance_scale": job.guidance_scale,
+            "num_inference_steps": sampling.step_count,
+            "guidance_scale": sampling.guidance_scale,
             "generator": torch.Generator("cpu").manual_seed(image_seed(job.seed, index)),
             "callback_on_step_end": on_step,
             "output_type": "pil",
@@ -209,13 +210,9 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
         if not flagged:
             result.images[0].save(path, format="PNG")
         emit(
-            {
-                "type": messages.IMAGE,
-                "index": index,
-                "seed": image_seed(job.seed, index),
-                "path": str(path),
-                "withheld": flagged,
-            }
+            messages.Image(
+                index=index, seed=image_seed(job.seed, index), path=str(path), withheld=flagged
+            )
         )
 
 
@@ -230,19 +227,11 @@ def _step_callback(
         if stop.is_set():
             raise Stopped
         completed = done_before + step + 1
-        emit({"type": messages.STEP, "step": completed, "totalSteps": total, "index": index})
+        emit(messages.Step(step=completed, total_steps=total, index=index))
         if job.preview_every and step % job.preview_every == 0:
             path = output / f"preview.{index}.{step}.png"
             _decode(pipe, tensors["latents"]).save(path, format="PNG")
-            emit(
-                {
-                    "type": messages.PREVIEW,
-                    "step": completed,
-                    "totalSteps": total,
-                    "index": index,
-                    "path": str(path),
-                }
-            )
+            emit(messages.Preview(step=completed, total_steps=total, index=index, path=str(path)))
         return tensors
 
     return on_step

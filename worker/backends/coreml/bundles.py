@@ -1,4 +1,4 @@
-"""Which model bundle makes which aspect ratio: the model manifest, checked against the
+"""Which Core ML bundle makes which aspect ratio: the model manifest, checked against the
 bundles themselves.
 
 Core ML bundles have their output size fixed at conversion, so each ratio is its own
@@ -15,100 +15,19 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import ConfigInvalidData
-from worker.backends import DIFFUSERS_BACKEND_ID, MOCK_BACKEND_ID
-from worker.settings import ENV_MODEL_MANIFEST, ENV_RESOURCE_PATH, Settings
+from worker.backends.coreml.settings import ENV_MODEL_MANIFEST, ENV_RESOURCE_PATH, CoreMLSettings
+from worker.sizes import LATENT_SCALE, STANDARD_SIZES, SizeOption, SizeTable
 
 MANIFEST_SCHEMA = "studio.local-diffusion.model-manifest.v1"
-STANDARD_SIZES: dict[str, tuple[int, int]] = {
-    "1:1": (512, 512),
-    "4:3": (768, 576),
-    "3:4": (576, 768),
-    "16:9": (1024, 576),
-    "9:16": (576, 1024),
-}
-"""The sizes Studio's converted bundles make, per ratio."""
-LATENT_SCALE = 8
 DECODER = "VAEDecoder.mlmodelc"
+FIXED_SIZES = "Core ML bundles make the size they were converted for"
+OTHER_SIZES = "use the diffusers backend, which makes any size"
 
 
-@dataclass(frozen=True)
-class Bundle:
-    """The bundle that makes one aspect ratio."""
-
-    ratio: str
-    width: int
-    height: int
-    resource_path: Path
-    source: str
-    """Where its path came from: the resource-path variable, the manifest, the default."""
-    present: bool
-    problem: str = ""
-    """Why it cannot be used (its manifest entry disagrees with it); empty when it can."""
-
-    @property
-    def usable(self) -> bool:
-        return self.present and not self.problem
-
-
-@dataclass(frozen=True)
-class ModelManifest:
-    path: Path | None
-    """The manifest file read; None when there is none."""
-    bundles: dict[str, Bundle]
-    problems: tuple[ConfigInvalidData, ...]
-
-    @property
-    def usable_ratios(self) -> list[str]:
-        return [ratio for ratio, bundle in self.bundles.items() if bundle.usable]
-
-
-def bundles_for(settings: Settings) -> ModelManifest:
-    """The configured backend's bundles: the manifest's for Core ML; every standard size
-    for the mock, which draws any of them; for diffusers, every standard ratio at the
-    model's native resolution, all made by the one model."""
-    if settings.backend == MOCK_BACKEND_ID:
-        return ModelManifest(
-            None,
-            {
-                ratio: Bundle(ratio, width, height, Path(), "default", True)
-                for ratio, (width, height) in STANDARD_SIZES.items()
-            },
-            (),
-        )
-    if settings.backend == DIFFUSERS_BACKEND_ID:
-        from worker.backends.diffusers_checks import locate_model
-
-        model = locate_model(settings)
-        source = "environment" if settings.diffusers_model_explicit else "default"
-        where = model.path or Path(model.text)
-        return ModelManifest(
-            None,
-            {
-                ratio: Bundle(ratio, *size_at(ratio, model.native_side), where, source, True)
-                for ratio in STANDARD_SIZES
-            },
-            (),
-        )
-    return load_manifest(settings)
-
-
-def size_at(ratio: str, side: int) -> tuple[int, int]:
-    """The size of `ratio` with the area of a `side` x `side` square, each side a multiple
-    of 8 (what a model trained at that side makes best)."""
-    across, down = (int(part) for part in ratio.split(":"))
-    width = side * (across / down) ** 0.5
-    height = side * (down / across) ** 0.5
-    return (
-        max(LATENT_SCALE, round(width / LATENT_SCALE) * LATENT_SCALE),
-        max(LATENT_SCALE, round(height / LATENT_SCALE) * LATENT_SCALE),
-    )
-
-
-def load_manifest(settings: Settings) -> ModelManifest:
+def load_manifest(settings: CoreMLSettings) -> SizeTable:
     """The bundles per ratio, from the manifest if there is one."""
     path = settings.model_manifest
     problems: list[ConfigInvalidData] = []
@@ -117,7 +36,7 @@ def load_manifest(settings: Settings) -> ModelManifest:
         entries = _read_entries(path, problems)
     elif settings.model_manifest_explicit:
         problems.append(_problem(path, "names no file; fix the path or unset it"))
-    bundles: dict[str, Bundle] = {}
+    bundles: dict[str, SizeOption] = {}
     for ratio, entry in entries.items():
         bundle = _bundle(ratio, entry, path, problems)
         if bundle is not None:
@@ -128,11 +47,18 @@ def load_manifest(settings: Settings) -> ModelManifest:
         width, height = STANDARD_SIZES["1:1"]
         source = "environment" if settings.resource_path_explicit else "default"
         bundles["1:1"] = _checked(
-            Bundle("1:1", width, height, settings.resource_path, source, False), problems
+            SizeOption("1:1", width, height, settings.resource_path, source, False), problems
         )
     ordered = {ratio: bundles[ratio] for ratio in STANDARD_SIZES if ratio in bundles}
     ordered |= {ratio: bundle for ratio, bundle in bundles.items() if ratio not in ordered}
-    return ModelManifest(path if path.exists() else None, ordered, tuple(problems))
+    return SizeTable(
+        ordered,
+        manifest_path=path if path.exists() else None,
+        problems=tuple(problems),
+        configured_by=ENV_MODEL_MANIFEST,
+        fixed_sizes_reason=FIXED_SIZES,
+        fixed_sizes_alternative=OTHER_SIZES,
+    )
 
 
 def _problem(path: Path, reason: str) -> ConfigInvalidData:
@@ -157,7 +83,7 @@ def _read_entries(path: Path, problems: list[ConfigInvalidData]) -> dict[str, di
 
 def _bundle(
     ratio: str, entry: dict[str, object], manifest: Path, problems: list[ConfigInvalidData]
-) -> Bundle | None:
+) -> SizeOption | None:
     width, height, where = entry.get("width"), entry.get("height"), entry.get("resourcePath")
     if not re.fullmatch(r"\d+:\d+", ratio):
         problems.append(_problem(manifest, f"{ratio!r} is not a ratio like 16:9"))
@@ -170,12 +96,14 @@ def _bundle(
     resolved = Path(where.replace("${HOME}", str(Path.home()))).expanduser()
     if not resolved.is_absolute():
         resolved = manifest.parent / resolved
-    return _checked(Bundle(ratio, width, height, resolved, "manifest", False), problems, manifest)
+    return _checked(
+        SizeOption(ratio, width, height, resolved, "manifest", False), problems, manifest
+    )
 
 
 def _checked(
-    bundle: Bundle, problems: list[ConfigInvalidData], manifest: Path | None = None
-) -> Bundle:
+    bundle: SizeOption, problems: list[ConfigInvalidData], manifest: Path | None = None
+) -> SizeOption:
     """The bundle with `present` and, where it declares its size, the size checked."""
     present = (bundle.resource_path / DECODER).is_dir()
     declared = declared_size(bundle.resource_path)
@@ -193,7 +121,7 @@ def _checked(
                 reason=problem,
             )
         )
-    return Bundle(
+    return SizeOption(
         bundle.ratio,
         bundle.width,
         bundle.height,
@@ -217,11 +145,3 @@ def declared_size(resource_path: Path) -> tuple[int, int] | None:
     if len(dimensions) != 4:
         return None
     return dimensions[3] * LATENT_SCALE, dimensions[2] * LATENT_SCALE
-
-
-def ratio_of(width: int, height: int) -> str:
-    """`16:9` for 1024x576: the size's ratio in lowest terms."""
-    from math import gcd
-
-    divisor = gcd(width, height)
-    return f"{width // divisor}:{height // divisor}"

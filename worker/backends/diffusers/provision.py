@@ -8,16 +8,17 @@ to say that the model is loaded, so what it verifies is what `generate` will run
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
-from worker.backends.coreml_checks import Check
-from worker.backends.diffusers_checks import (
+from worker.backends.diffusers.checks import (
     DEFAULT_REVISION,
     EXTRA_MODULES,
     INSTALL_EXTRA,
@@ -25,9 +26,19 @@ from worker.backends.diffusers_checks import (
     locate_model,
     missing_modules,
 )
-from worker.backends.model_host_process import HOST_ENVIRONMENT, host_command
-from worker.model_host import messages
-from worker.settings import DEFAULT_DIFFUSERS_MODEL, ENV_DIFFUSERS_MODEL, Settings
+from worker.backends.diffusers.host import messages
+from worker.backends.diffusers.host_process import HOST_ENVIRONMENT, host_command
+from worker.backends.diffusers.settings import BACKEND_ID, DEFAULT_MODEL, DiffusersSettings
+from worker.backends.diffusers.variables import ENV_MODEL
+from worker.checks import (
+    EXIT_INSTALL_FAILED,
+    EXIT_NOT_READY,
+    Check,
+    DoctorReport,
+    check_settings,
+)
+from worker.host import HostPlatform
+from worker.settings import ENV_BACKEND, Settings
 
 LOAD_TIMEOUT_SECONDS = 900
 """A first load of a real model can take minutes (imports compiled, weights read)."""
@@ -79,16 +90,11 @@ def check_model(location: ModelLocation) -> Check:
     )
 
 
-def check_load(location: ModelLocation, settings: Settings) -> Check:
+def check_load(location: ModelLocation, settings: DiffusersSettings, safety: bool) -> Check:
     """Start the model host on the model, as the worker would, and wait for its verdict."""
     assert location.path is not None
     command = host_command(
-        location.path,
-        location.label,
-        settings.diffusers_device,
-        settings.diffusers_dtype,
-        idle_ms=0,
-        safety=not settings.disable_safety,
+        location.path, location.label, settings.device, settings.dtype, idle_ms=0, safety=safety
     )
     try:
         with tempfile.TemporaryDirectory(prefix="studio-imagegen-host-") as scratch:
@@ -110,18 +116,18 @@ def check_load(location: ModelLocation, settings: Settings) -> Check:
         )
     for line in result.stdout.splitlines():
         try:
-            event = messages.decode(line)
+            event = messages.decode_event(line)
         except ValueError:
             continue
-        if event["type"] == messages.LOADED:
+        if isinstance(event, messages.Loaded):
             return Check(
                 "model loads",
                 "ok",
-                f"{location.label} loaded on {event['device']} ({event['dtype']}) in "
-                f"{event['loadMs'] / 1000:.1f} s.",
+                f"{location.label} loaded on {event.device} ({event.dtype}) in "
+                f"{event.load_ms / 1000:.1f} s.",
             )
-        if event["type"] == messages.LOAD_FAILED:
-            return Check("model loads", "fail", f"{event['reason']}.", fix=str(event["fix"]))
+        if isinstance(event, messages.LoadFailed):
+            return Check("model loads", "fail", f"{event.reason}.", fix=event.fix)
     tail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
     return Check(
         "model loads",
@@ -131,24 +137,25 @@ def check_load(location: ModelLocation, settings: Settings) -> Check:
     )
 
 
-def diffusers_checks(settings: Settings, load: bool) -> list[Check]:
+def doctor_checks(settings: Settings, load: bool) -> list[Check]:
     """doctor's checks of the diffusers backend; the load only when asked (it takes
     seconds to minutes and the memory of the model)."""
+    section = settings.section(DiffusersSettings)
     checks = [check_extra()]
-    location = locate_model(settings)
+    location = locate_model(section)
     checks.append(check_model(location))
-    device = settings.diffusers_device
+    device = section.device
     checks.append(
         Check(
             "device",
             "ok",
             f"{device}"
             + (" (cuda, then mps, then cpu)" if device == "auto" else "")
-            + f", dtype {settings.diffusers_dtype}; `doctor --load` shows where it runs.",
+            + f", dtype {section.dtype}; `doctor --load` shows where it runs.",
         )
     )
     if load and checks[0].status == "ok" and location.usable:
-        checks.append(check_load(location, settings))
+        checks.append(check_load(location, section, safety=not settings.disable_safety))
     return checks
 
 
@@ -181,10 +188,42 @@ def download(repo_id: str, revision: str | None, out: TextIO = sys.stderr) -> Pa
 
 def default_revision(repo_id: str) -> str | None:
     """The pinned commit of the default model; other models at their main branch."""
-    return DEFAULT_REVISION if repo_id == DEFAULT_DIFFUSERS_MODEL else None
+    return DEFAULT_REVISION if repo_id == DEFAULT_MODEL else None
 
 
 def model_variable_hint(repo_id: str) -> str:
-    if repo_id == DEFAULT_DIFFUSERS_MODEL:
+    if repo_id == DEFAULT_MODEL:
         return ""
-    return f"export {ENV_DIFFUSERS_MODEL}={repo_id}"
+    return f"export {ENV_MODEL}={repo_id}"
+
+
+def run_install(args: argparse.Namespace, settings: Settings, host: HostPlatform) -> int:
+    """Download the model (unless --verify), load it once, report as doctor does."""
+    section = settings.section(DiffusersSettings)
+    repo_id = args.model or (section.model if section.model_explicit else DEFAULT_MODEL)
+    if not args.verify:
+        try:
+            download(repo_id, default_revision(repo_id))
+        except DownloadError as exc:
+            print(f"install: {exc}", file=sys.stderr)
+            return EXIT_INSTALL_FAILED
+        except KeyboardInterrupt:
+            print("\ninstall: interrupted; run it again to resume the download", file=sys.stderr)
+            return 130
+    print(f"==> loading {repo_id} once to verify it", file=sys.stderr, flush=True)
+    target = replace(
+        settings.with_section(replace(section, model=repo_id, model_explicit=True)),
+        backend=BACKEND_ID,
+        backend_name=BACKEND_ID,
+    )
+    report = DoctorReport(
+        (
+            *doctor_checks(target, load=True),
+            check_settings(target, target.section(DiffusersSettings).summary()),
+        )
+    )
+    print(report.render())
+    hint = model_variable_hint(repo_id)
+    if report.ready:
+        print(f"to use it: export {ENV_BACKEND}={BACKEND_ID}" + (f" and {hint}" if hint else ""))
+    return 0 if report.ready else EXIT_NOT_READY

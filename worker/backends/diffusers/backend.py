@@ -1,0 +1,196 @@
+"""Hugging Face diffusers: each job rendered by a model host that keeps the pipeline loaded.
+
+The host starts on the first job and stays warm; jobs go to it one at a time. A cancel
+or a timeout stops it at the next step boundary; a host that does not stop within the
+kill grace is killed, and one that dies answers its job -32003. Either way the next job
+gets a fresh host. After SYSTEMSCULPT_LOCAL_DIFFUSERS_IDLE_MS without a job, the host
+exits by itself and frees the memory.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+from protocol.errors import (
+    BackendUnavailableData,
+    FieldError,
+    InvalidParamsData,
+    TimedOutData,
+)
+from protocol.models import ModelHostStatus
+from worker.backends.base import JobPlan, Rendered
+from worker.backends.diffusers.checks import (
+    INSTALL_EXTRA,
+    ModelLocation,
+    locate_model,
+    missing_modules,
+    model_id,
+)
+from worker.backends.diffusers.follower import JobFollower
+from worker.backends.diffusers.host.messages import HostJob
+from worker.backends.diffusers.host_process import HostGone
+from worker.backends.diffusers.settings import BACKEND_ID, DiffusersSettings
+from worker.backends.diffusers.supervisor import ModelHostSupervisor, host_failed
+from worker.errors import BackendUnavailable, InvalidParams, TimedOut
+from worker.images import account_for
+from worker.live import LiveSamplers
+from worker.parameters import JobParameters
+from worker.progress import ProgressReporter
+from worker.settings import ENV_TIMEOUT_MS, Settings
+
+JOB_DIRECTORY_PREFIX = "studio-imagegen-"
+REFERENCE_FILE_NAME = "reference.png"
+
+
+class DiffusersBackend:
+    """Renders jobs in a supervised model host that keeps the pipeline loaded."""
+
+    def __init__(self, settings: Settings, live: LiveSamplers | None = None) -> None:
+        self._settings = settings.section(DiffusersSettings)
+        self._live = live if live is not None else LiveSamplers()
+        self.supervisor = ModelHostSupervisor(
+            self._settings,
+            self._live,
+            safety=not settings.disable_safety,
+            kill_grace_ms=settings.kill_grace_ms,
+        )
+        self._one_job = anyio.Lock()
+
+    def status(self) -> ModelHostStatus:
+        """The model host as it is now, for `capabilities`."""
+        return self.supervisor.status()
+
+    def check(self, parameters: JobParameters) -> JobPlan:
+        """-32002 when the extra or the model is missing; -32602 for a strength that
+        leaves no step to run. The plan counts the steps as the pipeline runs them (the
+        host confirms the total when it accepts the job)."""
+        self._usable_model()
+        strength = parameters.strength
+        step_count = parameters.sampling.step_count
+        if strength is not None and int(step_count * strength) < 1:
+            lowest = -(-1000 // step_count) / 1000
+            reason = (
+                f"with {step_count} steps a strength of {strength:g} runs no step; use a "
+                f"strength of at least {lowest:g} or more steps"
+            )
+            raise InvalidParams(
+                f"Invalid params: strength: {reason}.",
+                InvalidParamsData(errors=[FieldError(field="strength", message=reason)]),
+            )
+        return JobPlan(total_steps=pipeline_steps(parameters) * parameters.count)
+
+    def _usable_model(self) -> ModelLocation:
+        missing = missing_modules()
+        if missing:
+            reason = f"the diffusers extra is not installed (missing: {', '.join(missing)})"
+            raise BackendUnavailable(
+                f"Diffusers backend unavailable: {reason}. To fix: {INSTALL_EXTRA}.",
+                BackendUnavailableData(
+                    backend=BACKEND_ID, reason=reason, missing=missing, install_hint=INSTALL_EXTRA
+                ),
+            )
+        location = locate_model(self._settings)
+        if not location.usable:
+            raise BackendUnavailable(
+                f"Diffusers backend unavailable: {location.problem}. To fix: {location.fix}.",
+                BackendUnavailableData(
+                    backend=BACKEND_ID,
+                    reason=location.problem,
+                    missing=[location.text] if location.path is None else [],
+                    install_hint=location.fix,
+                ),
+            )
+        return location
+
+    async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
+        location = self._usable_model()
+        async with self._one_job:
+            started = time.monotonic()
+            job_directory = Path(tempfile.mkdtemp(prefix=JOB_DIRECTORY_PREFIX))
+            self._live.directories.add(job_directory)
+            try:
+                timeout_ms = parameters.sampling.timeout_ms
+                with anyio.move_on_after(timeout_ms / 1000) as deadline:
+                    job = await self._run(location, parameters, progress, job_directory)
+                if deadline.cancelled_caught:
+                    raise TimedOut(
+                        f"The diffusers model host did not finish within {timeout_ms} ms and "
+                        f"was stopped. Lower stepCount, count or the size, or raise timeoutMs "
+                        f"(or {ENV_TIMEOUT_MS}).",
+                        TimedOutData(timeout_ms=timeout_ms),
+                    )
+            finally:
+                shutil.rmtree(job_directory, ignore_errors=True)
+                self._live.directories.discard(job_directory)
+        warnings = account_for(
+            job.images, job.withheld, parameters.count, "the model host made no image"
+        )
+        return Rendered(
+            images=job.images,
+            warnings=warnings,
+            model_id=model_id(location, self.supervisor.device),
+            backend=BACKEND_ID,
+            sample_binary=None,
+            resource_path=str(location.path),
+            duration_ms=round((time.monotonic() - started) * 1000),
+            width=parameters.width,
+            height=parameters.height,
+        )
+
+    async def _run(
+        self,
+        location: ModelLocation,
+        parameters: JobParameters,
+        progress: ProgressReporter,
+        job_directory: Path,
+    ) -> JobFollower:
+        host, accepted = await self.supervisor.start_job(
+            location, host_job(parameters, job_directory), progress
+        )
+        progress.expect(accepted.total_steps)
+        progress.sampling(0, accepted.total_steps, None)
+        follower = JobFollower(parameters, progress)
+        try:
+            await follower.follow(host)
+        except HostGone as exc:
+            await self.supervisor.discard()
+            raise host_failed(exc, ". The next job starts a new one") from exc
+        except BaseException:  # cancelled, timed out, or a bad image: stop the rest
+            if not follower.ended:
+                with anyio.CancelScope(shield=True):
+                    await self.supervisor.stop_job(host)
+            raise
+        return follower
+
+    async def aclose(self) -> None:
+        """End the host (at the worker's shutdown)."""
+        await self.supervisor.aclose()
+
+
+def host_job(parameters: JobParameters, job_directory: Path) -> HostJob:
+    """The job as the host runs it: the record's own fields, and where its files go."""
+    reference_path = None
+    if parameters.reference is not None:
+        reference_path = job_directory / REFERENCE_FILE_NAME
+        reference_path.write_bytes(parameters.reference.png)
+    return HostJob.model_validate(parameters).model_copy(
+        update={
+            "output_dir": str(job_directory),
+            "reference_path": str(reference_path) if reference_path else None,
+        }
+    )
+
+
+def pipeline_steps(parameters: JobParameters) -> int:
+    """The steps the pipeline runs for one image: its scheduler's timesteps (PNDM has one
+    more than asked), cut by a reference's strength as image-to-image cuts them."""
+    steps = parameters.sampling.step_count
+    length = steps + 1 if parameters.sampling.scheduler == "pndm" else steps
+    if parameters.strength is None:
+        return length
+    return length - (steps - min(int(steps * parameters.strength), steps))
