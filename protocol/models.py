@@ -42,6 +42,8 @@ SIZE_MULTIPLE = 8
 """Image sides are multiples of this (a latent is 8x8 pixels)."""
 IMAGE_SIDE_MIN, IMAGE_SIDE_MAX = 64, 2048
 """The widest range of `width` and `height` a request may name; `limits` narrows it."""
+MAX_BATCH_MEMBERS = 64
+"""Requests in one JSON-RPC batch; a larger batch is refused whole, -32600."""
 MAX_PROMPT_CHARS = 20_000
 """Far beyond the text encoder's 77 tokens, well within one command-line argument."""
 
@@ -172,6 +174,9 @@ class Limits(WireModel):
     height: IntRange
     max_queue: int
     max_concurrency: int
+    max_batch_members: int = Field(
+        description="Requests in one JSON-RPC batch; a larger batch is answered with one -32600"
+    )
 
 
 Quality = Literal["fast", "balanced", "high"]

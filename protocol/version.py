@@ -2,9 +2,10 @@
 
 from typing import Final
 
-PROTOCOL_VERSION = "1.2"
+PROTOCOL_VERSION = "1.3"
 """1.1: -32008, metadata with every sampling parameter and its source, any id cancellable.
 1.2: the diffusers backend: schedulers euler, euler_a and ddim, `backend.modelHost`, a
-seed per image, `width` and `height` (`limits.width`, `features.customSizes`)."""
+seed per image, `width` and `height` (`limits.width`, `features.customSizes`).
+1.3: `limits.maxBatchMembers`, a bounded batch."""
 REQUEST_SCHEMA_TAG: Final = "studio.local-image-generation.request.v1"
 RESPONSE_SCHEMA_TAG: Final = "studio.local-image-generation.response.v1"

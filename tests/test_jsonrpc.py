@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from protocol.base import WireModel
-from protocol.models import CapabilitiesParams, CapabilitiesResult
+from protocol.models import MAX_BATCH_MEMBERS, CapabilitiesParams, CapabilitiesResult
 from tests.worker_clients import in_process_worker, request
 from worker.backends.registry import read_settings
 from worker.context import RequestContext
@@ -175,6 +175,38 @@ async def test_batch_of_notifications_gets_nothing_and_empty_batch_is_invalid() 
         }
         worker.close_input()
         assert await worker.remaining() == []
+
+
+async def test_a_batch_up_to_the_limit_is_answered_member_by_member() -> None:
+    batch = [request("cancel", {"runId": "r"}, id_=n) for n in range(MAX_BATCH_MEMBERS)]
+    async with in_process_worker() as worker:
+        caps = await worker.call("capabilities")
+        assert caps["result"]["limits"]["maxBatchMembers"] == MAX_BATCH_MEMBERS
+        await worker.send(batch)
+        responses = await worker.receive()
+    assert [r["id"] for r in responses] == list(range(MAX_BATCH_MEMBERS))
+
+
+async def test_a_batch_over_the_limit_is_one_invalid_request_and_serving_goes_on() -> None:
+    over = [request("cancel", {"runId": "r"}, id_=n) for n in range(MAX_BATCH_MEMBERS + 1)]
+    async with in_process_worker() as worker:
+        await worker.send(over)
+        response = await worker.receive()
+        assert response["id"] is None and response["error"]["code"] == -32600
+        assert f"more than {MAX_BATCH_MEMBERS} requests" in response["error"]["message"]
+        assert "maxBatchMembers" in response["error"]["message"]
+        assert "result" in await worker.call("capabilities", id_=2)
+
+
+async def test_a_million_empty_members_get_one_answer_without_reading_them_all() -> None:
+    """A 3 MB line of a million `{}`: one -32600 for the batch (not a million answers),
+    after no more than the limit's members were read."""
+    line = b"[" + b",".join([b"{}"] * 1_000_000) + b"]\n"
+    async with in_process_worker() as worker:
+        await worker.send_raw(line)
+        response = await worker.receive()
+        assert isinstance(response, dict) and response["error"]["code"] == -32600
+        assert "result" in await worker.call("capabilities", id_=2)
 
 
 async def test_oversized_line_is_invalid_request_and_serving_goes_on() -> None:

@@ -44,6 +44,19 @@ def test_crlf_blank_lines_and_bad_bytes_over_real_stdio(worker_process: StartWor
     assert worker.wait() == 0
 
 
+def test_a_line_of_a_million_batch_members_is_one_answer_and_the_worker_goes_on(
+    worker_process: StartWorker,
+) -> None:
+    worker = worker_process()
+    worker.send_raw(b"[" + b",".join([b"{}"] * 1_000_000) + b"]\n")
+    answer = worker.receive()
+    assert answer["error"]["code"] == -32600 and "maxBatchMembers" in answer["error"]["message"]
+    assert worker.call("capabilities", id_=2)["id"] == 2
+    assert proc_status_kib(worker.pid, "VmHWM") < 200 * 1024, "the batch was held whole"
+    worker.close_input()
+    assert worker.wait() == 0
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_shuts_down_gracefully_with_exit_code_zero(
     worker_process: StartWorker, signum: signal.Signals

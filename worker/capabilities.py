@@ -11,6 +11,7 @@ from protocol.models import (
     GUIDANCE_SCALE_MIN,
     IMAGE_SIDE_MAX,
     IMAGE_SIDE_MIN,
+    MAX_BATCH_MEMBERS,
     MAX_IMAGE_COUNT,
     MAX_REFERENCE_BYTES,
     MAX_REFERENCE_PIXELS,
@@ -80,6 +81,7 @@ def describe_capabilities(
             height=_side_range(sizes, lambda option: option.height),
             max_queue=settings.max_queue,
             max_concurrency=settings.max_concurrency,
+            max_batch_members=MAX_BATCH_MEMBERS,
         ),
         features=Features(
             text_to_image=True,

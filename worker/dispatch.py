@@ -21,6 +21,7 @@ from pydantic_core import ErrorDetails
 
 from protocol.base import WireModel
 from protocol.errors import ErrorCode, ErrorDetailData, FieldError, InvalidParamsData
+from protocol.models import MAX_BATCH_MEMBERS
 from worker.context import JsonId, RequestContext
 from worker.errors import InvalidParams, WorkerError
 
@@ -31,6 +32,7 @@ ContextFactory = Callable[[JsonId, bool], RequestContext]
 JsonValue = Any
 
 _ENVELOPE_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
+_WHITESPACE = " \t\n\r"
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,49 @@ def invalid_request(reason: str) -> JsonValue:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+class OversizedBatch:
+    """A batch with more members than the limit; the rest of it was not read."""
+
+
+def parse_line(text: str) -> JsonValue | OversizedBatch:
+    """The line's JSON value. A batch is read member by member and given up at the first
+    member over the limit, so that a line of a million tiny requests costs no more than
+    `MAX_BATCH_MEMBERS` of them (in time and in memory); ValueError where it is not JSON."""
+    start = _skip_space(text, 0)
+    if not text.startswith("[", start):
+        return _DECODER.decode(text)
+    members: list[JsonValue] = []
+    position = _skip_space(text, start + 1)
+    if text.startswith("]", position):
+        position += 1
+    else:
+        while True:
+            member, position = _DECODER.raw_decode(text, position)
+            members.append(member)
+            if len(members) > MAX_BATCH_MEMBERS:
+                return OversizedBatch()
+            position = _skip_space(text, position)
+            if text.startswith(",", position):
+                position = _skip_space(text, position + 1)
+            elif text.startswith("]", position):
+                position += 1
+                break
+            else:
+                raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
+    if _skip_space(text, position) != len(text):
+        raise json.JSONDecodeError("Extra data", text, position)
+    return members
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in _WHITESPACE:
+        position += 1
+    return position
 
 
 def _is_valid_id(value: object) -> bool:
@@ -104,9 +149,14 @@ class Dispatcher:
         except UnicodeDecodeError as exc:
             return parse_error(f"the line is not valid UTF-8 (byte {exc.start})")
         try:
-            value = json.loads(text, parse_constant=_reject_constant)
+            value = parse_line(text)
         except (ValueError, RecursionError) as exc:
             return parse_error(f"the line is not valid JSON ({exc})")
+        if isinstance(value, OversizedBatch):
+            return invalid_request(
+                f"a batch of more than {MAX_BATCH_MEMBERS} requests (the limit, "
+                "capabilities.limits.maxBatchMembers); send fewer at a time"
+            )
         if not isinstance(value, list):
             return await self.handle_message(value, make_context)
         if not value:
