@@ -430,7 +430,10 @@ class GenerateParams(WireModel):
     compute_units: ComputeUnits | None = Field(default=None, description=_FROM_SETTINGS)
     seed: Seed | None = Field(default=None, description="Derived from prompt and runId when absent")
     timeout_ms: TimeoutMs | None = Field(
-        default=None, description=_FROM_SETTINGS + "; counted from the sampler's start"
+        default=None,
+        description=_FROM_SETTINGS + "; counted from the sampler's start (Core ML), or from "
+        "when the loaded model takes the job (diffusers: a model's load has a limit of its "
+        "own)",
     )
     preview_every: Annotated[int, Field(ge=0, le=STEP_COUNT_MAX), BeforeValidator(_json_number)] = (
         Field(

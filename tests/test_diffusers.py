@@ -290,6 +290,49 @@ def test_timeout_stops_the_job_and_the_next_one_runs(warm: WorkerProcess) -> Non
     assert "result" in generate(warm, {"prompt": "in time", "stepCount": 3})[0]
 
 
+def test_a_timeout_shorter_than_the_cold_load_counts_only_the_job(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The first job of a worker also waits for the host to import torch and load the
+    model (seconds); its 1 s timeout covers the job it asked for, not that load."""
+    setup = DiffusersSetup(tmp_path, tiny_model)
+    worker = start_worker_process(setup.env)
+    try:
+        response, notes = generate(worker, {"prompt": "cold", "stepCount": 3, "timeoutMs": 1000})
+        assert "result" in response, response
+        loading = [
+            n["params"]["message"]
+            for n in notes
+            if n["method"] == "progress" and n["params"]["phase"] == "loading"
+        ]
+        assert any("a load may take up to 15 min" in message for message in loading), loading
+        assert host_of(worker)["loaded"] is True
+    finally:
+        worker.close()
+    assert wait_for(lambda: setup.host_processes() == [])
+    assert setup.leftover_temp_entries() == []
+
+
+def test_a_load_over_its_own_limit_is_stopped_and_says_which_limit(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    setup = DiffusersSetup(
+        tmp_path, tiny_model, SYSTEMSCULPT_LOCAL_DIFFUSERS_LOAD_TIMEOUT_MS="1000"
+    )
+    worker = start_worker_process(setup.env)
+    try:
+        response, _ = generate(worker, {"prompt": "never loads in time", "stepCount": 3})
+        error = response["error"]
+        assert error["code"] == -32004 and error["data"] == {"timeoutMs": 1000}
+        assert "did not load" in error["message"] and "within 1 s" in error["message"]
+        assert "SYSTEMSCULPT_LOCAL_DIFFUSERS_LOAD_TIMEOUT_MS" in error["message"]
+        assert wait_for(lambda: setup.host_processes() == []), "the half-loaded host lives on"
+        assert host_of(worker)["loaded"] is False
+    finally:
+        worker.close()
+    assert setup.leftover_temp_entries() == []
+
+
 def test_a_killed_host_fails_its_job_and_the_next_gets_a_new_one(
     warm: WorkerProcess, setup: DiffusersSetup
 ) -> None:

@@ -114,16 +114,7 @@ class DiffusersBackend:
             job_directory = Path(tempfile.mkdtemp(prefix=JOB_DIRECTORY_PREFIX))
             self._live.directories.add(job_directory)
             try:
-                timeout_ms = parameters.sampling.timeout_ms
-                with anyio.move_on_after(timeout_ms / 1000) as deadline:
-                    job = await self._run(location, parameters, progress, job_directory)
-                if deadline.cancelled_caught:
-                    raise TimedOut(
-                        f"The diffusers model host did not finish within {timeout_ms} ms and "
-                        f"was stopped. Lower stepCount, count or the size, or raise timeoutMs "
-                        f"(or {ENV_TIMEOUT_MS}).",
-                        TimedOutData(timeout_ms=timeout_ms),
-                    )
+                job = await self._run(location, parameters, progress, job_directory)
             finally:
                 shutil.rmtree(job_directory, ignore_errors=True)
                 self._live.directories.discard(job_directory)
@@ -155,8 +146,18 @@ class DiffusersBackend:
         progress.expect(accepted.total_steps)
         progress.sampling(0, accepted.total_steps, None)
         follower = JobFollower(parameters, progress)
+        timeout_ms = parameters.sampling.timeout_ms
         try:
-            await follower.follow(host)
+            # From the moment the loaded model takes the job: the load has its own limit.
+            with anyio.move_on_after(timeout_ms / 1000) as deadline:
+                await follower.follow(host)
+            if deadline.cancelled_caught:
+                raise TimedOut(
+                    f"The job did not finish within {timeout_ms} ms of sampling (the model's "
+                    "load is not counted) and was stopped. Lower stepCount, count or the "
+                    f"size, or raise timeoutMs (or {ENV_TIMEOUT_MS}).",
+                    TimedOutData(timeout_ms=timeout_ms),
+                )
         except HostGone as exc:
             await self.supervisor.discard()
             raise host_failed(exc, ". The next job starts a new one") from exc

@@ -7,7 +7,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.backends.diffusers.variables import ENV_DEVICE, ENV_DTYPE, ENV_IDLE_MS, ENV_MODEL
+from worker.backends.diffusers.variables import (
+    ENV_DEVICE,
+    ENV_DTYPE,
+    ENV_IDLE_MS,
+    ENV_LOAD_TIMEOUT_MS,
+    ENV_MODEL,
+)
 from worker.settings import EnvironmentReader
 
 BACKEND_ID = "diffusers"
@@ -17,6 +23,9 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 DEFAULT_IDLE_MS = 600_000
 MAX_IDLE_MS = 7 * 24 * 3_600_000
+DEFAULT_LOAD_TIMEOUT_MS = 900_000
+"""A first load of a real model can take minutes (imports compiled, weights read from disk)."""
+LOAD_TIMEOUT_MS_RANGE = (1_000, 3_600_000)
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,9 @@ class DiffusersSettings:
     """auto: float16 on cuda and mps, float32 on cpu."""
     idle_ms: int = DEFAULT_IDLE_MS
     """The model host exits after this long without a job (0: never)."""
+    load_timeout_ms: int = DEFAULT_LOAD_TIMEOUT_MS
+    """How long the model host may take to load the model: a limit of its own, since a
+    request's `timeoutMs` counts only the work it asked for."""
 
     def summary(self) -> str:
         """For `doctor`'s settings line."""
@@ -45,4 +57,7 @@ class DiffusersSettings:
             ).lower(),
             dtype=reader.choice(ENV_DTYPE, DTYPES, "auto"),
             idle_ms=reader.number(ENV_IDLE_MS, int, 0, MAX_IDLE_MS, DEFAULT_IDLE_MS),
+            load_timeout_ms=reader.number(
+                ENV_LOAD_TIMEOUT_MS, int, *LOAD_TIMEOUT_MS_RANGE, DEFAULT_LOAD_TIMEOUT_MS
+            ),
         )

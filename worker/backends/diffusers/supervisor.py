@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import anyio
 
-from protocol.errors import BackendUnavailableData, SamplerFailedData
+from protocol.errors import BackendUnavailableData, SamplerFailedData, TimedOutData
 from protocol.models import ModelHostStatus
 from worker.backends.diffusers.checks import ModelLocation, not_loaded
 from worker.backends.diffusers.host import messages
 from worker.backends.diffusers.host_process import HostGone, ModelHostProcess, host_command
 from worker.backends.diffusers.settings import BACKEND_ID, DiffusersSettings
-from worker.errors import BackendUnavailable, SamplerFailed
+from worker.backends.diffusers.variables import ENV_LOAD_TIMEOUT_MS
+from worker.errors import BackendUnavailable, SamplerFailed, TimedOut
 from worker.live import LiveSamplers
 from worker.progress import ProgressReporter
 
@@ -82,7 +83,8 @@ class ModelHostSupervisor:
         self, location: ModelLocation, job: messages.HostJob, progress: ProgressReporter
     ) -> tuple[ModelHostProcess, messages.Accepted]:
         """A loaded host that has accepted `job`. A host that went idle and exited just
-        as the job came is replaced, and the job sent again."""
+        as the job came is replaced, and the job sent again. A load has its own limit
+        (the settings' `load_timeout_ms`), not the job's."""
         for _attempt in range(2):
             host = await self._loaded_host(location, progress)
             reply: messages.Event
@@ -118,11 +120,15 @@ class ModelHostSupervisor:
             return self._host
         assert location.path is not None
         settings = self._settings
+        limit_ms = settings.load_timeout_ms
         if self._state.last_load_ms is not None:
             last = f" (the last load took {self._state.last_load_ms / 1000:.1f} s)"
         else:
             last = ""
-        progress.loading(f"Starting the model host for {location.label}{last}")
+        progress.loading(
+            f"Starting the model host for {location.label}{last}; a load may take up to "
+            f"{_duration(limit_ms)}"
+        )
         host = await ModelHostProcess.start(
             host_command(
                 location.path,
@@ -136,7 +142,17 @@ class ModelHostSupervisor:
         )
         self._host = host
         try:
-            loaded = await self._wait_for_load(host, progress, last)
+            with anyio.move_on_after(limit_ms / 1000) as limit:
+                loaded = await self._wait_for_load(host, progress, last)
+            if limit.cancelled_caught:
+                await self.discard()
+                raise TimedOut(
+                    f"The diffusers model host did not load {location.label} within "
+                    f"{_duration(limit_ms)} and was stopped (the job's own timeoutMs counts "
+                    "only its sampling). Check free memory and the disk the model is on, "
+                    f"or raise {ENV_LOAD_TIMEOUT_MS}; the next job starts a new host.",
+                    TimedOutData(timeout_ms=limit_ms),
+                )
         except HostGone as exc:
             await self.discard()
             raise host_failed(exc, f" while loading {location.label}") from exc
@@ -225,3 +241,8 @@ def host_failed(gone: HostGone, context: str) -> SamplerFailed:
         f"The diffusers model host {gone}{context}.",
         SamplerFailedData(exit_code=gone.exit_code, signal=gone.signal, stderr=gone.log_tail),
     )
+
+
+def _duration(ms: int) -> str:
+    seconds = ms / 1000
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
