@@ -600,6 +600,12 @@ class ProgressParams(WireModel):
     steps_per_second: float | None
     eta_ms: int | None
     message: str
+    elapsed_ms: int = Field(
+        default=0,
+        description="Since the worker took the request. While a step or a load runs long, "
+        "the last notification is sent again every few seconds with this grown (and the "
+        "message saying for how long): slow, not stuck",
+    )
     queue_position: int | None = Field(
         default=None, exclude_if=lambda v: v is None, description="With phase `queued`, 1-based"
     )

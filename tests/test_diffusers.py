@@ -179,6 +179,19 @@ def test_aspect_ratios_at_the_model_native_area(
     assert (result["metadata"]["width"], result["metadata"]["height"]) == size
 
 
+def test_a_size_far_from_the_native_one_is_said_up_front_and_in_the_result(
+    warm: WorkerProcess,
+) -> None:
+    response, notes = generate(warm, {"prompt": "big", "width": 256, "height": 256, "stepCount": 2})
+    (warning,) = response["result"]["warnings"]
+    assert "256x256 has 16 times the pixels of this model's native 64x64" in warning
+    progress = [n["params"] for n in notes if n["method"] == "progress"]
+    first_at_work = next(p for p in progress if p["phase"] != "queued")
+    assert first_at_work["message"] == warning, "said before the work starts"
+    near, _ = generate(warm, {"prompt": "near", "width": 96, "height": 64, "stepCount": 2})
+    assert near["result"]["warnings"] == []
+
+
 def test_any_size_on_the_grid_within_the_limits(warm: WorkerProcess) -> None:
     caps = warm.call("capabilities")["result"]
     assert caps["features"]["customSizes"] is True

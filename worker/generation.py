@@ -47,7 +47,14 @@ from worker.parameters import JobParameters, requested_ratio, resolve_parameters
 from worker.progress import ProgressReporter
 from worker.reference import prepare_reference
 from worker.settings import Settings
-from worker.sizes import SizeOption, SizeTable, choose_ratio, choose_size, ratio_of
+from worker.sizes import (
+    SizeOption,
+    SizeTable,
+    choose_ratio,
+    choose_size,
+    far_from_native,
+    ratio_of,
+)
 
 A1111_SAMPLER_NAMES: dict[Scheduler, str] = {
     "pndm": "PNDM",
@@ -96,11 +103,17 @@ class Generator:
         )
         plan = self._backend.check(parameters)
         progress.expect(plan.total_steps)
+        size_warning = far_from_native(sizes, size)
+        if size_warning:
+            progress.advise(size_warning)
         backend = self._backend
         rendered, started = await queue.run(
             job, lambda: render_timed(backend, parameters, progress)
         )
-        return deliver(params, parameters, rendered, started)
+        result = deliver(params, parameters, rendered, started)
+        if size_warning:
+            result.warnings.insert(0, size_warning)
+        return result
 
 
 def check_request(params: GenerateParams, settings: Settings) -> None:
@@ -154,9 +167,20 @@ def _unwritable(directory: Path) -> str | None:
 async def render_timed(
     backend: Backend, parameters: JobParameters, progress: ProgressReporter
 ) -> tuple[Rendered, float]:
-    """The backend's images, and when the work on them started (the queue excluded)."""
+    """The backend's images, and when the work on them started (the queue excluded); the
+    progress kept alive meanwhile."""
     started = time.monotonic()
-    return await backend.render(parameters, progress), started
+    outcome: Rendered | Exception
+    async with anyio.create_task_group() as heartbeat:
+        heartbeat.start_soon(progress.keep_alive)
+        try:
+            outcome = await backend.render(parameters, progress)
+        except Exception as exc:  # raised as it is below, not inside an exception group
+            outcome = exc
+        heartbeat.cancel_scope.cancel()
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome, started
 
 
 def deliver(

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+
+import anyio
 
 from protocol.models import PreviewParams, ProgressParams, ProgressPhase
 from worker.context import RequestContext
+
+HEARTBEAT_SECONDS = 5.0
+"""With no news for this long (a slow step, a long load), the last notification is sent
+again with the time it has been going: slow is then told apart from stuck."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,11 @@ class ProgressReporter:
         self._run_id = run_id
         self._total = expected_total_steps
         self._completed = 0
+        self._taken = time.monotonic()
+        self._last: ProgressParams | None = None
+        self._last_news = self._taken
+        """When the last notification with news (not a heartbeat) went out."""
+        self._advice: list[str] = []
 
     @property
     def total_steps(self) -> int:
@@ -34,6 +46,26 @@ class ProgressReporter:
     def expect(self, total_steps: int) -> None:
         """The step total, once the backend has planned the job."""
         self._total = total_steps
+
+    def advise(self, text: str) -> None:
+        """Say `text` once, as the job starts (before its own first notification)."""
+        self._advice.append(text)
+
+    async def keep_alive(self, interval: float | None = None) -> None:
+        """Until cancelled: after `interval` seconds without news, the last notification
+        again, saying how long it has been going."""
+        interval = interval if interval is not None else HEARTBEAT_SECONDS
+        while True:
+            await anyio.sleep(max(self._last_news + interval - time.monotonic(), 0.01))
+            since = time.monotonic() - self._last_news
+            last = self._last
+            if last is None or since < interval:
+                continue
+            eta = max(last.eta_ms - round(since * 1000), 0) if last.eta_ms is not None else None
+            self._emit(
+                replace_params(last, message=f"{last.message} ({since:.0f} s so far)", eta_ms=eta),
+                news=False,
+            )
 
     def queued(self, position: int) -> None:
         self._send(
@@ -88,8 +120,12 @@ class ProgressReporter:
     ) -> None:
         if self._context.answered or self._context.is_notification:
             return
+        if phase != "queued":
+            advice, self._advice = self._advice, []
+            for text in advice:
+                self._send("loading", text)
         fraction = min(self._completed / self._total, 1.0) if self._total else 0.0
-        self._context.progress(
+        self._emit(
             ProgressParams(
                 request_id=self._context.request_id,
                 run_id=self._run_id,
@@ -100,6 +136,19 @@ class ProgressReporter:
                 steps_per_second=steps_per_second,
                 eta_ms=eta_ms,
                 message=message,
+                elapsed_ms=0,
                 queue_position=queue_position,
-            )
+            ),
+            news=True,
         )
+
+    def _emit(self, params: ProgressParams, news: bool) -> None:
+        now = time.monotonic()
+        params = replace_params(params, elapsed_ms=round((now - self._taken) * 1000))
+        if news:
+            self._last, self._last_news = params, now
+        self._context.progress(params)
+
+
+def replace_params(params: ProgressParams, **changes: object) -> ProgressParams:
+    return params.model_copy(update=changes)

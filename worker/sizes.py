@@ -64,6 +64,8 @@ class SizeTable:
     """Why only the sizes of `options` can be made, for the error that refuses another."""
     fixed_sizes_alternative: str = ""
     """What makes other sizes, for the same error."""
+    native: tuple[int, int] | None = None
+    """The size its model was trained at, where it makes other sizes too."""
 
     @property
     def usable_ratios(self) -> list[str]:
@@ -91,7 +93,37 @@ def standard_table(resource_path: Path, source: str, native_side: int) -> SizeTa
             for ratio in STANDARD_SIZES
         },
         custom_sizes=True,
+        native=(native_side, native_side),
     )
+
+
+FAR_FROM_NATIVE = 4
+"""A size with this many times the pixels of the model's native size, or this many times
+fewer, is far from what it was trained at."""
+
+
+def far_from_native(table: SizeTable, option: SizeOption) -> str:
+    """A warning for a size far from the model's native one (slow, and a model far from
+    its training size repeats or smears its subjects); empty when it is near."""
+    if table.native is None:
+        return ""
+    native_width, native_height = table.native
+    times = option.width * option.height / (native_width * native_height)
+    native = f"{native_width}x{native_height}"
+    if times >= FAR_FROM_NATIVE:
+        return (
+            f"{option.width}x{option.height} has {times:.0f} times the pixels of this model's "
+            f"native {native}: each step takes about that much longer, and so far from its "
+            f"training size it tends to repeat or smear its subject. It makes {native} best "
+            "(or an aspectRatio at that area)."
+        )
+    if times <= 1 / FAR_FROM_NATIVE:
+        return (
+            f"{option.width}x{option.height} has 1/{1 / times:.0f} of the pixels of this "
+            f"model's native {native}: so far below its training size it tends to lose its "
+            f"subject. It makes {native} best (or an aspectRatio at that area)."
+        )
+    return ""
 
 
 def ratio_of(width: int, height: int) -> str:
