@@ -36,6 +36,7 @@ from protocol.models import (
     CapabilitiesResult,
     ProgressParams,
 )
+from worker.text import terminal_safe
 
 EXIT_USAGE = 2
 EXIT_CODES: dict[ErrorCode, int] = {
@@ -189,7 +190,7 @@ def _silence_stdout() -> None:
 
 
 def _raw_log(direction: str, line: str) -> None:
-    print(f"{direction} {line}", file=sys.stderr, flush=True)
+    print(f"{direction} {terminal_safe(line)}", file=sys.stderr, flush=True)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -214,7 +215,7 @@ async def _capabilities(worker: WorkerProcess, args: argparse.Namespace) -> int:
         print(json.dumps(response["result"], indent=2), flush=True)
     else:
         caps = CapabilitiesResult.model_validate(response["result"], by_alias=True, by_name=False)
-        print(capabilities_summary(caps), flush=True)
+        print(terminal_safe(capabilities_summary(caps)), flush=True)
     return 0
 
 
@@ -313,18 +314,20 @@ async def _generate(worker: WorkerProcess, args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2), flush=True)
         return 0
     for warning in result["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {terminal_safe(warning)}", file=sys.stderr)
     if previews:
         print(f"{len(previews)} preview(s) written to {out} (*.preview.png)", file=sys.stderr)
     metadata = result["metadata"]
     print(
-        f"{len(result['images'])} image(s) in {metadata['totalMs'] / 1000:.1f}s · "
-        f"{result['modelId']} · seed {metadata['seed']} · {metadata['stepCount']} steps · "
-        f"written to {out}",
+        terminal_safe(
+            f"{len(result['images'])} image(s) in {metadata['totalMs'] / 1000:.1f}s · "
+            f"{result['modelId']} · seed {metadata['seed']} · {metadata['stepCount']} steps · "
+            f"written to {out}"
+        ),
         file=sys.stderr,
     )
     for image in result["images"]:
-        print(image["path"], flush=True)
+        print(terminal_safe(image["path"]), flush=True)
     return 0
 
 
@@ -368,7 +371,7 @@ async def _cancel_on_interrupt(
 
 def _report_error(response: Message) -> int:
     error = response["error"]
-    print(error_report(error), file=sys.stderr)
+    print(terminal_safe(error_report(error)), file=sys.stderr)
     known = ErrorCode.from_code(error.get("code"))
     return EXIT_CODES.get(known, 1) if known else 1
 

@@ -7,6 +7,7 @@ from typing import Any, TextIO
 from protocol.errors import ErrorCode
 from protocol.models import CapabilitiesResult, ProgressParams
 from worker.status_line import StatusLine, bar
+from worker.text import terminal_safe
 
 BAR_WIDTH = 24
 
@@ -34,7 +35,7 @@ class ProgressDisplay:
         self._line = StatusLine(stream)
 
     def update(self, progress: ProgressParams) -> None:
-        self._line.show(progress_bar(progress))
+        self._line.show(terminal_safe(progress_bar(progress)))
 
     def finish(self) -> None:
         self._line.finish()

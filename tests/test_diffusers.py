@@ -279,6 +279,32 @@ def test_images_written_to_a_directory_carry_their_own_seed(
 # --- stopping, failing, recovering ---------------------------------------------------
 
 
+def test_a_name_too_long_for_the_folder_is_refused_before_running(
+    warm: WorkerProcess, tmp_path: Path
+) -> None:
+    """As Core ML refuses it: -32602 on the prompt before any step, not -32008 after all
+    of them. Inline (base64) nothing is named on disk, and the same prompt runs."""
+    prompt = "\U0001f98a" * 70
+    params = {"prompt": prompt, "stepCount": 2, "output": "path", "outputDir": str(tmp_path)}
+    response, notes = generate(warm, params)
+    error = response["error"]
+    assert error["code"] == -32602 and error["data"]["errors"][0]["field"] == "prompt"
+    assert "over the file system's limit of 255" in error["message"]
+    assert steps_of(notes) == [] and list(tmp_path.iterdir()) == []
+    inline, _ = generate(warm, {"prompt": prompt, "stepCount": 2})
+    assert "result" in inline, inline
+
+
+def test_a_hostile_prompt_reaches_no_name_or_message(warm: WorkerProcess, tmp_path: Path) -> None:
+    prompt = "a \x1b]0;owned\x07fox \u202egnp.exe"
+    params = {"prompt": prompt, "stepCount": 2, "output": "path", "outputDir": str(tmp_path)}
+    response, notes = generate(warm, params)
+    (image,) = response["result"]["images"]
+    assert image["fileName"].startswith("a__]0;owned_fox__gnp.exe.")
+    assert [entry.name for entry in tmp_path.iterdir()] == [image["fileName"]]
+    assert not any("\x1b" in n["params"].get("message", "") for n in notes)
+
+
 def test_cancel_stops_at_a_step_boundary_and_keeps_the_host(warm: WorkerProcess) -> None:
     host = host_of(warm)
     seen = run_until_step(warm, {"prompt": "a long one", "stepCount": 80}, 2, "long")

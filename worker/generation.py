@@ -34,6 +34,7 @@ from worker.backends.base import Backend, Rendered
 from worker.backends.registry import plugin_for
 from worker.context import RequestContext
 from worker.errors import ConfigInvalid, InvalidParams, OutputNotWritten
+from worker.file_names import NAME_MAX_BYTES, name_too_long
 from worker.host import HostPlatform
 from worker.images import (
     safe_file_name,
@@ -102,6 +103,8 @@ class Generator:
             params, self._settings, reference, size, sizes.manifest_path
         )
         plan = self._backend.check(parameters)
+        if params.output == "path":
+            _check_names(plan.file_names)
         progress.expect(plan.total_steps)
         size_warning = far_from_native(sizes, size)
         if size_warning:
@@ -110,7 +113,7 @@ class Generator:
         rendered, started = await queue.run(
             job, lambda: render_timed(backend, parameters, progress)
         )
-        result = deliver(params, parameters, rendered, started)
+        result = deliver(params, parameters, rendered, started, progress.preview_paths)
         if size_warning:
             result.warnings.insert(0, size_warning)
         return result
@@ -152,6 +155,17 @@ def _choose(sizes: SizeTable, params: GenerateParams) -> SizeOption:
     return choose_ratio(sizes, requested_ratio(params))
 
 
+def _check_names(names: tuple[str, ...]) -> None:
+    """-32602 for an image name that no file system could hold, before anything runs."""
+    size = max((len(name.encode()) for name in names), default=0)
+    if size > NAME_MAX_BYTES:
+        reason = name_too_long(size)
+        raise InvalidParams(
+            f"Invalid params: prompt: {reason}.",
+            InvalidParamsData(errors=[FieldError(field="prompt", message=reason)]),
+        )
+
+
 def _unwritable(directory: Path) -> str | None:
     """Why no file can be created in `directory`, found by creating one (permissions alone
     say nothing of /proc, a read-only mount or a full disk)."""
@@ -184,12 +198,17 @@ async def render_timed(
 
 
 def deliver(
-    params: GenerateParams, parameters: JobParameters, rendered: Rendered, started: float
+    params: GenerateParams,
+    parameters: JobParameters,
+    rendered: Rendered,
+    started: float,
+    previews: list[Path] | None = None,
 ) -> GenerateResult:
-    """Annotate the images and hand them over as the request asked. No await in here: once
-    a job has rendered, nothing can cancel it halfway through delivery."""
+    """Annotate the images and hand them over as the request asked (`previews`: the files
+    its previews were written to, taken back if its images cannot all be written). No
+    await in here: once a job has rendered, nothing can cancel it halfway through."""
     images = []
-    written: list[Path] = []
+    written: list[Path] = list(previews or [])
     for image in rendered.images:
         seed = image.seed if image.seed is not None else parameters.seed
         png = with_text_chunks(
@@ -248,19 +267,20 @@ def _request_warnings(params: GenerateParams) -> list[str]:
 
 
 def _write_or_roll_back(directory: Path, name: str, png: bytes, written: list[Path]) -> Path:
-    """Write one image of a request; if it fails, remove the ones already written, so the
-    host finds all of a request's images or none, and answer -32008."""
-    target = directory / safe_file_name(name)
+    """Write one image of a request; if it fails, remove the files already written (its
+    previews and images), so the host finds all of a request's images or none, and answer
+    -32008 naming the file it tried."""
     try:
         path = write_without_clobbering(directory, safe_file_name(name), png)
     except OSError as exc:
         for earlier in written:
             earlier.unlink(missing_ok=True)
         reason = exc.strerror or str(exc)
+        tried = exc.filename or directory / safe_file_name(name)
         raise OutputNotWritten(
-            f"The images were made but {target} could not be written: {reason}. Check the "
+            f"The images were made but {tried} could not be written: {reason}. Check the "
             "directory (free space, that it still exists) and generate again.",
-            OutputNotWrittenData(path=str(exc.filename or target), reason=reason),
+            OutputNotWrittenData(path=str(tried), reason=reason),
         ) from exc
     written.append(path)
     return path

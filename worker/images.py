@@ -13,9 +13,10 @@ from pathlib import Path
 
 from protocol.errors import OutputInvalidData
 from worker.errors import OutputInvalid, WorkerError
+from worker.file_names import NO_PROMPT_PART, fit_name
+from worker.text import name_safe
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_UNSAFE_NAME_CHARACTERS = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 @dataclass(frozen=True)
@@ -132,19 +133,23 @@ def to_base64(png: bytes) -> str:
 
 
 def safe_file_name(name: str) -> str:
-    """A name that is one plain file name: no separators, no control characters."""
-    return _UNSAFE_NAME_CHARACTERS.sub("_", name) or "image.png"
+    """A name that is one plain file name: no separator, no control or bidirectional
+    character, no leading dot (the backends' names are already; this is the last word)."""
+    plain = name_safe(name.replace("/", "_").replace("\\", "_")).lstrip(".")
+    return plain or f"{NO_PROMPT_PART}.png"
 
 
 def write_without_clobbering(directory: Path, name: str, data: bytes) -> Path:
     """Write `data` into `directory` under `name`, or `stem-1.png`, `stem-2.png`, ... if
-    taken; the name is claimed atomically, so concurrent jobs never overwrite each other."""
+    taken (the prompt part shortened where the suffix would make the name too long); the
+    name is claimed atomically, so concurrent jobs never overwrite each other. An OSError
+    names the file it tried."""
     stem, dot, suffix = name.rpartition(".")
     if not dot:
         stem, suffix = name, ""
     attempt = 0
     while True:
-        candidate = name if attempt == 0 else f"{stem}-{attempt}{dot}{suffix}"
+        candidate = name if attempt == 0 else fit_name(f"{stem}-{attempt}{dot}{suffix}")
         path = directory / candidate
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -23,6 +23,7 @@ from protocol.models import (
     ReferenceInfluence,
     SamplingParameters,
 )
+from worker.file_names import ImageNames
 from worker.seed import derive_seed
 from worker.settings import Settings
 from worker.sizes import STANDARD_SIZES, SizeOption, ratio_of
@@ -65,6 +66,11 @@ class JobParameters:
     """The prepared reference image (image-to-image), checked before the job is queued."""
     strength: float | None = None
     """How far the result may move from the reference; set exactly when there is one."""
+
+    @property
+    def names(self) -> ImageNames:
+        """How its images are named (every backend names them the same way)."""
+        return ImageNames(self.prompt, self.count, self.seed, self.strength)
 
     def to_record(self) -> dict[str, Any]:
         """The effective parameters as JSON, for the PNG's `studio-imagegen` chunk."""

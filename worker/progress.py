@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
 from protocol.models import PreviewParams, ProgressParams, ProgressPhase
 from worker.context import RequestContext
+from worker.text import terminal_safe
 
 HEARTBEAT_SECONDS = 5.0
 """With no news for this long (a slow step, a long load), the last notification is sent
@@ -38,6 +40,9 @@ class ProgressReporter:
         self._last_news = self._taken
         """When the last notification with news (not a heartbeat) went out."""
         self._advice: list[str] = []
+        self.preview_paths: list[Path] = []
+        """The files its previews were written to (output `path`), for a delivery that
+        fails to take back."""
 
     @property
     def total_steps(self) -> int:
@@ -91,6 +96,8 @@ class ProgressReporter:
 
     def preview(self, step: int, index: int, thumbnail: Thumbnail) -> None:
         """A thumbnail of image `index` after `step` steps; quiet once answered."""
+        if thumbnail.path is not None:
+            self.preview_paths.append(Path(thumbnail.path))
         self._context.preview(
             PreviewParams(
                 request_id=self._context.request_id,
@@ -135,7 +142,7 @@ class ProgressReporter:
                 fraction=fraction,
                 steps_per_second=steps_per_second,
                 eta_ms=eta_ms,
-                message=message,
+                message=terminal_safe(message),
                 elapsed_ms=0,
                 queue_position=queue_position,
             ),

@@ -34,6 +34,8 @@ class JobPlan:
 
     total_steps: int
     """The step total its progress ends at, known before it starts."""
+    file_names: tuple[str, ...]
+    """The names its images will be delivered under, by index."""
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ class MockBackend:
         steps = sampling.step_count + (1 if sampling.scheduler == "pndm" else 0)
         if parameters.strength is not None and parameters.strength < 1:
             steps -= max(sampling.step_count - int(sampling.step_count * parameters.strength), 0)
-        return JobPlan(total_steps=steps)
+        names = (_file_name(parameters, index) for index in range(parameters.count))
+        return JobPlan(total_steps=steps, file_names=tuple(names))
 
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
         timeout_ms = parameters.sampling.timeout_ms
@@ -160,7 +161,7 @@ class MockBackend:
             png = pattern(index)
             if parameters.reference is not None and parameters.strength is not None:
                 png = blend_with_reference(png, parameters.reference.png, parameters.strength)
-            name = f"procedural.{index}.{parameters.seed}.final.png"
+            name = _file_name(parameters, index)
             images.append(RenderedImage(name, index, png, *size))
             progress.saving(f"Saved {name}")
             await anyio.lowlevel.checkpoint()
@@ -187,6 +188,10 @@ async def _preview(
     thumbnail = await anyio.to_thread.run_sync(make_thumbnail, png, parameters.preview_dir, name)
     if thumbnail is not None:
         progress.preview(step, index, thumbnail)
+
+
+def _file_name(parameters: JobParameters, index: int) -> str:
+    return f"procedural.{index}.{parameters.seed}.final.png"
 
 
 def blend_with_reference(png: bytes, reference: bytes, strength: float) -> bytes:

@@ -49,7 +49,6 @@ from worker.errors import (
     TimedOut,
     UnsupportedFeature,
 )
-from worker.file_names import final_name
 from worker.host import HostPlatform
 from worker.images import RenderedImage, account_for, check_png, select_outputs
 from worker.live import LiveSamplers
@@ -135,8 +134,10 @@ class CoreMLBackend:
                 InvalidParamsData(errors=errors),
             )
         sampling = parameters.sampling
+        strength = parameters.strength
         return JobPlan(
-            total_steps=timestep_count(sampling.step_count, sampling.scheduler, parameters.strength)
+            total_steps=timestep_count(sampling.step_count, sampling.scheduler, strength),
+            file_names=tuple(map(parameters.names.delivered, range(parameters.count))),
         )
 
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
@@ -243,19 +244,15 @@ async def _publish_previews(
     each is a PNG to read and shrink)."""
     async with steps:
         async for step in steps:
+            names = parameters.names
             for index in range(parameters.count):
-                name = final_name(
-                    parameters.prompt,
-                    index=index,
-                    image_count=parameters.count,
-                    seed=parameters.seed,
-                    strength=parameters.strength,
-                    step=step.index,
-                )
-                source = command.output_path / name
-                preview_name = source.name.removesuffix(".png") + ".preview.png"
                 await publish_preview(
-                    source, preview_name, parameters.preview_dir, progress, step.completed, index
+                    command.output_path / names.written(index, step.index),
+                    names.preview(index, step.index),
+                    parameters.preview_dir,
+                    progress,
+                    step.completed,
+                    index,
                 )
 
 
@@ -332,7 +329,8 @@ def _collect(
     for position, path in enumerate(paths):
         png, width, height = check_png(path, (parameters.width, parameters.height))
         index = _image_index(path.name, parameters, fallback=position)
-        images.append(RenderedImage(path.name, index, png, width, height))
+        name = parameters.names.delivered(index)
+        images.append(RenderedImage(name, index, png, width, height))
     why_none = "the sampler exited successfully but wrote no PNG"
     return images, account_for(images, withheld, parameters.count, why_none)
 

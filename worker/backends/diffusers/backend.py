@@ -31,7 +31,7 @@ from worker.backends.diffusers.checks import (
     missing_modules,
     model_id,
 )
-from worker.backends.diffusers.follower import JobFollower
+from worker.backends.diffusers.follower import JobFollower, image_name
 from worker.backends.diffusers.host.messages import HostJob
 from worker.backends.diffusers.host_process import HostGone
 from worker.backends.diffusers.settings import BACKEND_ID, DiffusersSettings
@@ -82,7 +82,10 @@ class DiffusersBackend:
                 f"Invalid params: strength: {reason}.",
                 InvalidParamsData(errors=[FieldError(field="strength", message=reason)]),
             )
-        return JobPlan(total_steps=pipeline_steps(parameters) * parameters.count)
+        return JobPlan(
+            total_steps=pipeline_steps(parameters) * parameters.count,
+            file_names=tuple(image_name(parameters, i) for i in range(parameters.count)),
+        )
 
     def _usable_model(self) -> ModelLocation:
         missing = missing_modules()

@@ -12,7 +12,6 @@ from worker.backends.diffusers.host import messages
 from worker.backends.diffusers.host.messages import image_seed
 from worker.backends.diffusers.host_process import ModelHostProcess
 from worker.errors import SamplerFailed
-from worker.file_names import final_name
 from worker.images import RenderedImage, check_png
 from worker.parameters import JobParameters
 from worker.previews import publish_preview
@@ -61,17 +60,17 @@ class JobFollower:
             return
         parameters = self.parameters
         png, width, height = check_png(Path(event.path), (parameters.width, parameters.height))
-        name = image_name(parameters, event.index, event.seed)
+        name = image_name(parameters, event.index)
         self.images.append(RenderedImage(name, event.index, png, width, height, seed=event.seed))
 
     async def _publish(self, event: messages.Preview) -> None:
         """A `preview` of the image the host decoded at this step, named as Core ML names
         its intermediate images."""
-        seed = image_seed(self.parameters.seed, event.index)
-        name = image_name(self.parameters, event.index, seed, event.step - 1)
+        parameters = self.parameters
+        seed = image_seed(parameters.seed, event.index)
         await publish_preview(
             Path(event.path),
-            name.removesuffix(".png") + ".preview.png",
+            parameters.names.preview(event.index, event.step - 1, seed),
             self.parameters.preview_dir,
             self.progress,
             event.step,
@@ -79,17 +78,9 @@ class JobFollower:
         )
 
 
-def image_name(parameters: JobParameters, index: int, seed: int, step: int | None = None) -> str:
-    """Core ML's name for the image (its last path part), with the image's own seed."""
-    name = final_name(
-        parameters.prompt,
-        index=index,
-        image_count=parameters.count,
-        seed=seed,
-        strength=parameters.strength,
-        step=step,
-    )
-    return name.rsplit("/", 1)[-1]
+def image_name(parameters: JobParameters, index: int) -> str:
+    """The name of image `index`, with the image's own seed."""
+    return parameters.names.delivered(index, image_seed(parameters.seed, index))
 
 
 def _memory_hint(reason: str) -> str:
