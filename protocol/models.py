@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AllowInfNan,
     BeforeValidator,
     Field,
@@ -305,6 +306,22 @@ class CapabilitiesResult(WireModel):
 
 REFERENCE_MIME_TYPES = ("image/png", "image/jpeg", "image/webp")
 """What a reference image may be; its content must be of the type it declares."""
+MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+"""Spellings browsers and tools use for the same types."""
+
+
+def _mime_type(value: Any) -> Any:
+    """`IMAGE/JPG; q=1` as `image/jpeg`: case and parameters ignored, aliases resolved."""
+    if not isinstance(value, str):
+        return value
+    plain = value.split(";", 1)[0].strip().lower()
+    return MIME_ALIASES.get(plain, plain)
+
+
+def _no_nul_in_path(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("contains a NUL character, which no path can hold")
+    return value
 
 
 class InputImage(WireModel):
@@ -312,11 +329,21 @@ class InputImage(WireModel):
     `stagedPath`, or `path`), or its bytes (`base64`). Exactly one of the three."""
 
     hash: str | None = Field(default=None, description="Studio's hash of the file")
-    mime_type: str = Field(description="image/png, image/jpeg or image/webp")
+    mime_type: Annotated[str, BeforeValidator(_mime_type)] = Field(
+        description="image/png, image/jpeg or image/webp (any case; image/jpg is image/jpeg)"
+    )
     size_bytes: JsonInt | None = Field(default=None, description="Studio's size of the file")
-    staged_path: str | None = Field(default=None, description="An absolute path")
-    path: str | None = Field(default=None, description="The same as stagedPath")
-    base64: str | None = Field(default=None, description="The file's bytes, base64-encoded")
+    staged_path: Annotated[str | None, AfterValidator(_no_nul_in_path)] = Field(
+        default=None, description="An absolute path"
+    )
+    path: Annotated[str | None, AfterValidator(_no_nul_in_path)] = Field(
+        default=None, description="The same as stagedPath"
+    )
+    base64: str | None = Field(
+        default=None,
+        description="The file's bytes, base64-encoded; line breaks, a `data:` URL prefix and "
+        "the URL-safe alphabet are accepted",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> InputImage:
@@ -445,7 +472,7 @@ class GenerateParams(WireModel):
     output: Literal["base64", "path"] = Field(
         default="base64", description="Images inline as base64, or written to `outputDir`"
     )
-    output_dir: str | None = Field(
+    output_dir: Annotated[str | None, AfterValidator(_no_nul_in_path)] = Field(
         default=None, description="With output `path`: an existing directory the host owns"
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -232,21 +233,94 @@ def _bind(model: type[WireModel], args: tuple[Any, ...], kwargs: dict[str, Any])
                 errors=[FieldError(field="params", message="positional params are not supported")]
             ),
         )
-    try:
-        return model.model_validate(kwargs, by_alias=True, by_name=False)
-    except ValidationError as exc:
-        errors = [_field_error(model, error) for error in exc.errors(include_url=False)]
-        summary = "; ".join(f"{error.field}: {error.message}" for error in errors)
-        raise InvalidParams(
-            f"Invalid params: {summary}.",
-            InvalidParamsData(errors=errors),
-        ) from None
+    errors = [
+        FieldError(field=field, message=UNPAIRED_SURROGATE) for field in _surrogates(kwargs, "")
+    ]
+    if not errors:
+        try:
+            return model.model_validate(kwargs, by_alias=True, by_name=False)
+        except ValidationError as exc:
+            errors = _field_errors(model, exc.errors(include_url=False))
+    summary = "; ".join(f"{error.field}: {error.message}" for error in errors)
+    raise InvalidParams(f"Invalid params: {summary}.", InvalidParamsData(errors=errors))
+
+
+UNPAIRED_SURROGATE = (
+    "contains an unpaired UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), "
+    "which is not text; send the character itself or its whole pair"
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JSON_KINDS = {
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_parsing_size": "a whole number within range",
+    "int_from_float": "a whole number (without a fraction)",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "string_type": "a string",
+    "bool_type": "true or false",
+    "list_type": "an array",
+    "model_type": "an object",
+    "dict_type": "an object",
+    "model_attributes_type": "an object",
+}
+"""pydantic's error types, in the JSON words a host uses."""
+_UNION_KINDS = {"int": "a number", "float": "a number", "str": "a string", "bool": "a boolean"}
+"""What a union member pydantic names in an error's location stands for."""
+
+
+def _surrogates(value: Any, path: str) -> list[str]:
+    """The fields (dotted paths) whose strings cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        return [path or "params"] if _SURROGATE.search(value) else []
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            found += _surrogates(key, path) + _surrogates(item, f"{path}.{key}" if path else key)
+        return found
+    if isinstance(value, list):
+        return [
+            hit for index, item in enumerate(value) for hit in _surrogates(item, f"{path}.{index}")
+        ]
+    return []
+
+
+def _field_errors(model: type[WireModel], details: list[ErrorDetails]) -> list[FieldError]:
+    """One error a field, in the host's words: a union's alternatives become one message
+    (`must be a string, a number or null`), pydantic's type errors say the JSON type."""
+    errors: list[FieldError] = []
+    unions: dict[str, list[str]] = {}
+    for error in details:
+        loc = error["loc"]
+        if len(loc) > 1 and isinstance(loc[-1], str) and loc[-1] in _UNION_KINDS:
+            field = ".".join(str(part) for part in loc[:-1])
+            unions.setdefault(field, []).append(_UNION_KINDS[loc[-1]])
+            continue
+        errors.append(_field_error(model, error))
+    for field, kinds in unions.items():
+        alternatives = list(dict.fromkeys(kinds))
+        if _optional(model, field):
+            alternatives.append("null")
+        spelled = ", ".join(alternatives[:-1]) + " or " + alternatives[-1]
+        errors.append(FieldError(field=field, message=f"must be {spelled}"))
+    return errors
+
+
+def _optional(model: type[WireModel], field: str) -> bool:
+    info = next((i for n, i in model.model_fields.items() if (i.alias or n) == field), None)
+    return info is not None and not info.is_required() and info.default is None
 
 
 def _field_error(model: type[WireModel], error: ErrorDetails) -> FieldError:
     field = ".".join(str(part) for part in error["loc"]) or "params"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
+    if error["type"] in _JSON_KINDS:
+        message = f"must be {_JSON_KINDS[error['type']]}"
+    elif error["type"] == "missing":
+        message = "is required"
+    elif message.startswith("Input should "):  # "be 'fast' or 'high'", "be at least 1", ...
+        message = "must " + message.removeprefix("Input should ")
+    elif error["type"] == "extra_forbidden":
         known = [info.alias or name for name, info in model.model_fields.items()]
         if len(error["loc"]) > 1:
             message = "unknown field"

@@ -263,6 +263,19 @@ def _request_warnings(params: GenerateParams) -> list[str]:
         return [
             f"Received {count} reference images. Local backend currently uses only the first image."
         ]
+    given = [
+        name
+        for name, value in (
+            ("strength", params.strength),
+            ("referenceInfluence", params.chosen_influence),
+        )
+        if value is not None
+    ]
+    if not count and given:
+        return [
+            f"{' and '.join(given)} apply only to a reference image (inputImages), and there "
+            "is none: they were ignored, and the image was made from the prompt alone."
+        ]
     return []
 
 

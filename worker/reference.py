@@ -4,17 +4,19 @@ takes (a PNG of the model's size), before the job is queued.
 Nothing reaches the sampler unchecked: the file or the base64 is read with a byte limit,
 the content must be the image type it declares, its pixel count is checked from the
 header before anything is decoded (no decompression bomb), and decoding errors are
-named. Then the EXIF orientation is applied, transparency is flattened onto white, and
-the image is scaled to cover the target size and center-cropped to it.
+named. Then the EXIF orientation is applied, the image is made RGB faithfully whatever
+its mode (`worker.image_modes`: 16-bit grey scaled, transparency flattened onto white),
+and it is scaled to cover the target size and center-cropped to it.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import io
+import re
 import stat
+import string
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from protocol.models import (
     InputImage,
 )
 from worker.errors import InvalidParams
+from worker.image_modes import UnsupportedMode, to_rgb
 
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
 FLATTEN_ONTO = (255, 255, 255)
@@ -71,12 +74,9 @@ def _read(item: InputImage, index: int) -> bytes:
             + ", ".join(REFERENCE_MIME_TYPES),
         )
     if item.base64 is not None:
-        if len(item.base64) > MAX_REFERENCE_BYTES * 4 // 3 + 4:
+        if len(item.base64) > MAX_REFERENCE_BYTES * 4 // 3 + 4 * 1024:
             raise _refuse(index, "base64", _too_large(len(item.base64) * 3 // 4))
-        try:
-            return base64.b64decode(item.base64, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise _refuse(index, "base64", f"is not valid base64 ({exc})") from None
+        return decode_base64(item.base64, index)
     path = Path(item.file_path or "")
     field = "stagedPath" if item.staged_path is not None else "path"
     if not path.is_absolute():
@@ -92,6 +92,42 @@ def _read(item: InputImage, index: int) -> bytes:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise _refuse(index, field, f"{path} cannot be read ({reason})") from None
+
+
+_DATA_URL = re.compile(r"data:([^,;]*)(;[^,]*)?,", re.IGNORECASE)
+_BASE64_CHARACTERS = frozenset(string.ascii_letters + string.digits + "+/=")
+
+
+def decode_base64(text: str, index: int, field: str = "base64") -> bytes:
+    """The bytes of base64 as browsers, Node and tools write it: a `data:` URL's prefix,
+    line breaks and spaces, the URL-safe alphabet and missing padding are all taken;
+    what is not base64 is named exactly (which character, where)."""
+    data_url = _DATA_URL.match(text.lstrip())
+    if data_url is not None:
+        if ";base64" not in (data_url.group(2) or "").lower():
+            raise _refuse(
+                index, field, "is not valid base64: a data: URL without ;base64 (send that form)"
+            )
+        text = text.lstrip()[data_url.end() :]
+    compact = "".join(text.split()).replace("-", "+").replace("_", "/")
+    for position, character in enumerate(compact):
+        if character not in _BASE64_CHARACTERS:
+            raise _refuse(
+                index,
+                field,
+                f"is not valid base64: {character!r} at position {position} (spaces and line "
+                "breaks not counted) is none of A-Z, a-z, 0-9, + and / (or - and _), nor = "
+                "at the end",
+            )
+    stripped = compact.rstrip("=")
+    if "=" in stripped:
+        raise _refuse(index, field, "is not valid base64: '=' may only pad its end")
+    if len(stripped) % 4 == 1:
+        digits = len(stripped)
+        raise _refuse(
+            index, field, f"is not valid base64: {digits} digits make no whole bytes (cut short?)"
+        )
+    return base64.b64decode(stripped + "=" * (-len(stripped) % 4))
 
 
 def _too_large(size: int) -> str:
@@ -130,7 +166,10 @@ def _prepare(data: bytes, mime_type: str, index: int, size: tuple[int, int]) -> 
             upright = ImageOps.exif_transpose(image)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise _refuse(index, "", f"is corrupt or truncated ({exc})") from None
-        rgb = _flatten(upright)
+        try:
+            rgb = to_rgb(upright, FLATTEN_ONTO)
+        except UnsupportedMode as exc:
+            raise _refuse(index, "", str(exc)) from None
         fitted = ImageOps.fit(rgb, size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
         buffer = io.BytesIO()
         fitted.save(buffer, format="PNG")
@@ -145,12 +184,3 @@ def _prepare(data: bytes, mime_type: str, index: int, size: tuple[int, int]) -> 
 
 def _too_many_pixels() -> str:
     return f"over the limit of {MAX_REFERENCE_PIXELS:,} pixels; send a smaller image"
-
-
-def _flatten(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, FLATTEN_ONTO)
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    return image.convert("RGB")
