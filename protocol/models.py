@@ -545,6 +545,16 @@ class GeneratedImage(WireModel):
 class GenerationMetadata(SamplingParameters):
     """How the images were made: the effective parameters and where each came from."""
 
+    compute_units: ComputeUnits | None = Field(  # type: ignore[assignment]
+        description="Core ML's compute units; null where the backend has none (diffusers: "
+        "`device` and `dtype` say where it ran)"
+    )
+    device: str | None = Field(
+        default=None, description="Where the model ran (diffusers: cpu, cuda, mps); else null"
+    )
+    dtype: str | None = Field(
+        default=None, description="The precision it ran in (diffusers); else null"
+    )
     backend: str
     sample_binary: str | None
     resource_path: str | None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import signal
 import sys
@@ -390,6 +391,27 @@ def test_a_killed_host_fails_its_job_and_the_next_gets_a_new_one(
     new = host_of(warm)
     assert new["loaded"] and new["pid"] != old
     assert setup.host_processes() == [new["pid"]]
+
+
+def test_metadata_says_the_device_and_dtype_it_ran_on_not_compute_units(
+    warm: WorkerProcess,
+) -> None:
+    response, _ = generate(warm, {"prompt": "fox", "stepCount": 2, "computeUnits": "cpuOnly"})
+    result = response["result"]
+    metadata = result["metadata"]
+    assert (metadata["computeUnits"], metadata["device"], metadata["dtype"]) == (
+        None,
+        "cpu",
+        "float32",
+    )
+    assert "computeUnits" not in metadata["sources"]
+    assert any("computeUnits is Core ML's setting" in w for w in result["warnings"])
+    with Image.open(io.BytesIO(base64.b64decode(result["images"][0]["base64"]))) as png:
+        text = png.info["parameters"]
+        record = json.loads(png.info["studio-imagegen"])
+    assert "Device: cpu (float32)" in text and "Compute units" not in text
+    assert "computeUnits" not in record["effective"]
+    assert (record["effective"]["device"], record["effective"]["dtype"]) == ("cpu", "float32")
 
 
 def test_capabilities_report_the_loaded_model(warm: WorkerProcess) -> None:

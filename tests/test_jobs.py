@@ -246,6 +246,31 @@ async def test_a_generate_sent_as_a_notification_is_not_run(
     assert "ignored 'generate' sent as a notification (no id)" in caplog.text
 
 
+async def test_a_job_being_cancelled_is_reported_once(standin: StandIn) -> None:
+    """The sampler ignores SIGTERM, so the job stays on its way out for the kill grace;
+    a second cancel meanwhile (by request or by run) says it cancelled nothing."""
+
+    async def body(worker: InProcessWorker, inbox: Inbox) -> None:
+        prompt = "fox standin:ignore_sigterm=1"
+        await worker.send(request("generate", {"prompt": prompt, "runId": "r"}, "job"))
+        await inbox.wait_for(lambda: "sampling" in inbox.phases("job"))
+        await worker.send(request("cancel", {"requestId": "job"}, "first"))
+        assert (await inbox.response("first"))["result"] == {"cancelled": ["job"]}
+        await worker.send(request("cancel", {"requestId": "job"}, "again"))
+        await worker.send(request("cancel", {"runId": "r"}, "by-run"))
+        assert (await inbox.response("again"))["result"] == {"cancelled": []}
+        assert (await inbox.response("by-run"))["result"] == {"cancelled": []}
+        assert (await inbox.response("job"))["error"]["code"] == -32800
+        assert "job" not in inbox.order[: inbox.order.index("again")]
+
+    await _with_worker(
+        standin,
+        {"SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS": "1500"},
+        body,
+        {"STANDIN_SD_SECONDS_PER_STEP": "0.2"},
+    )
+
+
 async def test_cancel_racing_the_end_of_a_job_answers_exactly_once(standin: StandIn) -> None:
     """Cancel lands at random moments around the sampler's exit. Whatever the moment, the
     job gets one answer, and it is -32800 exactly when cancel said it cancelled it."""

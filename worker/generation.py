@@ -27,6 +27,7 @@ from protocol.models import (
     GenerateParams,
     GenerateResult,
     GenerationMetadata,
+    ParameterSource,
     Scheduler,
 )
 from worker import __version__
@@ -234,13 +235,18 @@ def deliver(
         model_id=rendered.model_id,
         images=images,
         metadata=GenerationMetadata(
-            **parameters.sampling.model_dump(by_alias=False),
+            **{
+                **parameters.sampling.model_dump(by_alias=False),
+                "compute_units": rendered.compute_units,
+            },
+            device=rendered.device,
+            dtype=rendered.dtype,
             seed=parameters.seed,
             quality_preset=parameters.quality,
             strength=parameters.strength,
             reference_sha256=parameters.reference.sha256 if parameters.reference else None,
             used_reference_image=parameters.reference is not None,
-            sources=dict(parameters.sources),
+            sources=_sources(parameters, rendered),
             backend=rendered.backend,
             sample_binary=rendered.sample_binary,
             resource_path=rendered.resource_path,
@@ -253,8 +259,32 @@ def deliver(
             duration_ms=rendered.duration_ms,
             total_ms=round((time.monotonic() - started) * 1000),
         ),
-        warnings=_request_warnings(params) + rendered.warnings,
+        warnings=_request_warnings(params) + _unused_controls(params, rendered) + rendered.warnings,
     )
+
+
+def _sources(parameters: JobParameters, rendered: Rendered) -> dict[str, ParameterSource]:
+    """Where each value came from, for the values the backend used."""
+    sources = dict(parameters.sources)
+    if rendered.compute_units is None:
+        sources.pop("computeUnits", None)
+    return sources
+
+
+def _ran_on(rendered: Rendered) -> dict[str, str]:
+    """What the backend ran on, as it says: Core ML's compute units, or a device and dtype."""
+    if rendered.compute_units is not None:
+        return {"computeUnits": rendered.compute_units}
+    return {"device": rendered.device or "", "dtype": rendered.dtype or ""}
+
+
+def _unused_controls(params: GenerateParams, rendered: Rendered) -> list[str]:
+    if params.compute_units is not None and rendered.compute_units is None:
+        return [
+            f"computeUnits is Core ML's setting; this backend ran on {rendered.device} "
+            f"({rendered.dtype}) and did not use it."
+        ]
+    return []
 
 
 def _request_warnings(params: GenerateParams) -> list[str]:
@@ -299,6 +329,12 @@ def _write_or_roll_back(directory: Path, name: str, png: bytes, written: list[Pa
     return path
 
 
+def _ran_on_text(rendered: Rendered) -> str:
+    if rendered.compute_units is not None:
+        return f"Compute units: {rendered.compute_units}"
+    return f"Device: {rendered.device} ({rendered.dtype})"
+
+
 def _text_chunks(
     params: GenerateParams, parameters: JobParameters, rendered: Rendered, index: int, seed: int
 ) -> list[tuple[str, str]]:
@@ -311,12 +347,17 @@ def _text_chunks(
         f"Steps: {sampling.step_count}, Sampler: {A1111_SAMPLER_NAMES[sampling.scheduler]}, "
         f"CFG scale: {sampling.guidance_scale:g}, Seed: {seed}, "
         f"Size: {rendered.width}x{rendered.height}, Model: {rendered.model_id}, "
-        f"Compute units: {sampling.compute_units}, Batch size: {parameters.count}, "
+        f"{_ran_on_text(rendered)}, Batch size: {parameters.count}, "
         f"Batch pos: {index}, Version: studio-imagegen-worker {__version__}"
     )
+    effective = parameters.to_record()
+    if rendered.compute_units is None:
+        effective.pop("computeUnits", None)
+    effective |= _ran_on(rendered)
+    effective["sources"] = _sources(parameters, rendered)
     record = {
         "request": params.to_wire(),
-        "effective": parameters.to_record(),
+        "effective": effective,
         "modelId": rendered.model_id,
         "backend": rendered.backend,
         "index": index,

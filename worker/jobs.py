@@ -121,7 +121,13 @@ class JobQueue:
         return self._cancel_where(lambda job: job.run_id == run_id)
 
     def _cancel_where(self, matches: Callable[[Job], bool]) -> list[JsonId]:
-        jobs = [job for job in [*self._running, *self._waiting, *self._preparing] if matches(job)]
+        """The ids of the jobs this cancels; one already being cancelled (or finished) is
+        not reported again."""
+        jobs = [
+            job
+            for job in [*self._running, *self._waiting, *self._preparing]
+            if matches(job) and not job.cancelled and not job.finished
+        ]
         for job in jobs:
             self._cancel(job, "cancelled by the host")
         return [job.request_id for job in jobs]

@@ -51,6 +51,11 @@ class Rendered:
     duration_ms: int
     width: int
     height: int
+    compute_units: ComputeUnits | None = None
+    """The Core ML compute units it ran on; None for a backend that has none."""
+    device: str | None = None
+    """Where it ran (diffusers: cpu, cuda, mps), for a backend that says."""
+    dtype: str | None = None
 
 
 class Backend(Protocol):

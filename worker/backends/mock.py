@@ -175,6 +175,7 @@ class MockBackend:
             duration_ms=round((time.monotonic() - started) * 1000),
             width=size[0],
             height=size[1],
+            compute_units=parameters.sampling.compute_units,  # as Core ML's stand-in
         )
 
 

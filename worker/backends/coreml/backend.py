@@ -186,6 +186,7 @@ class CoreMLBackend:
             duration_ms=outcome.duration_ms,
             width=parameters.width,
             height=parameters.height,
+            compute_units=parameters.sampling.compute_units,
         )
 
     async def _run(

@@ -134,6 +134,8 @@ class DiffusersBackend:
             duration_ms=round((time.monotonic() - started) * 1000),
             width=parameters.width,
             height=parameters.height,
+            device=self.supervisor.device,
+            dtype=self.supervisor.dtype,
         )
 
     async def _run(

@@ -62,6 +62,11 @@ class ModelHostSupervisor:
         return self._state.device
 
     @property
+    def dtype(self) -> str:
+        """The precision the last loaded host ran in."""
+        return self._state.dtype
+
+    @property
     def load_fix(self) -> str:
         """What fixes the last failed load (empty when it did not fail)."""
         return self._state.load_fix
