@@ -4,6 +4,7 @@ server that answers as the Hugging Face hub does (the real hub is not reachable 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -114,5 +115,62 @@ def test_doctor_load_loads_the_model_in_the_host(tiny_model: Path, tmp_path: Pat
     assert loaded.returncode == 0, loaded.stdout
     assert "[ ok ] model loads" in loaded.stdout
     assert "loaded on cpu (float32)" in loaded.stdout
+    assert "rendered a 64x64 image in one step" in loaded.stdout
     assert "ready" in loaded.stdout.splitlines()[-1]
     assert list(scratch.iterdir()) == [], "the load check left temp files behind"
+
+
+def _copy_of(model: Path, where: Path) -> Path:
+    copy = where / "copy-of-tiny-sd"
+    shutil.copytree(model, copy)
+    return copy
+
+
+def test_a_model_without_a_listed_component_is_not_ready_and_names_it(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    broken = _copy_of(tiny_model, tmp_path)
+    shutil.rmtree(broken / "tokenizer")
+    env = {
+        "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
+        "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL": str(broken),
+    }
+    doctor = run_worker("doctor", "--json", env=env)
+    assert doctor.returncode == 1
+    checks = {check["name"]: check for check in json.loads(doctor.stdout)["checks"]}
+    assert checks["model"]["status"] == "fail"
+    said = "its model_index.json lists tokenizer (CLIPTokenizer), but tokenizer/ is not there"
+    assert said in checks["model"]["detail"]
+    worker = start_worker_process(env)
+    try:
+        backend = worker.call("capabilities")["result"]["backend"]
+        assert backend["available"] is False and said in backend["reason"]
+        response = worker.call("generate", {"prompt": "fox"})
+        assert response["error"]["code"] == -32002 and said in response["error"]["message"]
+    finally:
+        worker.close()
+
+
+def test_doctor_load_renders_a_step_and_catches_a_model_that_loads_but_cannot_render(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """A tokenizer whose limit no integer holds loads fine and fails on the first prompt,
+    as a model saved without its tokenizer settings does."""
+    broken = _copy_of(tiny_model, tmp_path)
+    config = broken / "tokenizer" / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    settings["model_max_length"] = 10**30
+    config.write_text(json.dumps(settings))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {
+        "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
+        "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL": str(broken),
+        "TMPDIR": str(scratch),
+    }
+    assert run_worker("doctor", env=env).returncode == 0  # its files are all there
+    loaded = run_worker("doctor", "--load", env=env)
+    assert loaded.returncode == 1, loaded.stdout
+    assert "[FAIL] model loads" in loaded.stdout
+    assert "loaded, but rendering one step failed: OverflowError" in loaded.stdout
+    assert list(scratch.iterdir()) == []

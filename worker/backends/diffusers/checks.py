@@ -163,6 +163,17 @@ def _directory(text: str, path: Path, label: str, kind: ModelKind = "directory")
             f"pipeline ({PIPELINE_CLASS})",
             f"point {ENV_MODEL} at a Stable Diffusion 1.x or 2.x model",
         )
+    missing = missing_component(path, declared)
+    if missing:
+        return ModelLocation(
+            text,
+            kind,
+            None,
+            label,
+            f"{path} is incomplete: {missing}",
+            f"download the model again (for a hub model: {INSTALL_MODEL} --model REPO_ID "
+            f"resumes it), or point {ENV_MODEL} at a complete diffusers directory",
+        )
     checker = declared.get("safety_checker")
     return ModelLocation(
         text,
@@ -172,6 +183,40 @@ def _directory(text: str, path: Path, label: str, kind: ModelKind = "directory")
         native_side=_native_side(path),
         safety_checker=isinstance(checker, list) and checker[:1] != [None],
     )
+
+
+COMPONENT_FILES = {
+    "scheduler": (("scheduler_config.json",),),
+    "tokenizer": (("tokenizer.json",), ("vocab.json", "merges.txt"), ("spiece.model",)),
+    "feature_extractor": (("preprocessor_config.json",),),
+}
+"""What one of these components needs (any one of the sets); any other component is a
+model: its config.json and its weights."""
+WEIGHTS = ("*.safetensors", "*.bin")
+
+
+def missing_component(path: Path, declared: dict[str, object]) -> str:
+    """Which component that `model_index.json` lists is absent or lacks its files, in
+    words; empty when every one is there (read from the directory, nothing loaded)."""
+    for name, entry in declared.items():
+        if name.startswith("_") or not isinstance(entry, list) or None in entry[:2]:
+            continue
+        what = f"{name} ({entry[1]})" if len(entry) > 1 else name
+        folder = path / name
+        if not folder.is_dir():
+            return f"its model_index.json lists {what}, but {name}/ is not there"
+        kind = "tokenizer" if name.startswith("tokenizer") else name
+        needs = COMPONENT_FILES.get(kind)
+        if needs is not None:
+            if not any(all((folder / file).is_file() for file in files) for files in needs):
+                options = " or ".join(" and ".join(files) for files in needs)
+                return f"{name}/ ({what}) has no {options}"
+            continue
+        if not (folder / "config.json").is_file():
+            return f"{name}/ ({what}) has no config.json"
+        if not any(any(folder.glob(pattern)) for pattern in WEIGHTS):
+            return f"{name}/ ({what}) has no weights (.safetensors or .bin)"
+    return ""
 
 
 def _native_side(path: Path) -> int:

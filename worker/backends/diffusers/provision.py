@@ -9,11 +9,13 @@ to say that the model is loaded, so what it verifies is what `generate` will run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
@@ -29,7 +31,7 @@ from worker.backends.diffusers.checks import (
 from worker.backends.diffusers.host import messages
 from worker.backends.diffusers.host_process import HOST_ENVIRONMENT, host_command
 from worker.backends.diffusers.settings import BACKEND_ID, DEFAULT_MODEL, DiffusersSettings
-from worker.backends.diffusers.variables import ENV_MODEL
+from worker.backends.diffusers.variables import ENV_MODEL, INSTALL_MODEL
 from worker.checks import (
     EXIT_INSTALL_FAILED,
     EXIT_NOT_READY,
@@ -90,51 +92,114 @@ def check_model(location: ModelLocation) -> Check:
     )
 
 
+TRIAL_SIDE = 64
+"""The trial image: a real step through every component, at the smallest size."""
+
+
 def check_load(location: ModelLocation, settings: DiffusersSettings, safety: bool) -> Check:
-    """Start the model host on the model, as the worker would, and wait for its verdict."""
+    """Start the model host on the model, as the worker would, and have it render one
+    step of a small image: a model that loads can still fail on its first job (a broken
+    tokenizer does), and only a render shows it."""
     assert location.path is not None
     command = host_command(
         location.path, location.label, settings.device, settings.dtype, idle_ms=0, safety=safety
     )
-    try:
-        with tempfile.TemporaryDirectory(prefix="studio-imagegen-host-") as scratch:
-            result = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,  # end of input: the host exits once loaded
-                capture_output=True,
-                timeout=LOAD_TIMEOUT_SECONDS,
-                # As the worker starts it: its temp files (torch's caches) go with it.
-                env={**os.environ, **HOST_ENVIRONMENT, "TMPDIR": scratch},
-                check=False,
-            )
-    except subprocess.TimeoutExpired:
-        return Check(
-            "model loads",
-            "fail",
-            f"the model host did not load {location.label} within {LOAD_TIMEOUT_SECONDS} s.",
-            fix="check free memory, or try a smaller dtype",
+    with tempfile.TemporaryDirectory(prefix="studio-imagegen-host-") as scratch:
+        trial = messages.HostJob(
+            prompt="a red fox in snow",
+            negative_prompt="",
+            seed=1,
+            count=1,
+            width=TRIAL_SIDE,
+            height=TRIAL_SIDE,
+            strength=None,
+            preview_every=0,
+            sampling=messages.HostSampling(
+                step_count=1, guidance_scale=7.5, scheduler="euler", reduce_memory=False
+            ),
+            output_dir=scratch,
         )
-    for line in result.stdout.splitlines():
-        try:
-            event = messages.decode_event(line)
-        except ValueError:
-            continue
-        if isinstance(event, messages.Loaded):
+        # As the worker starts it: its temp files (torch's caches) go with it.
+        env = {**os.environ, **HOST_ENVIRONMENT, "TMPDIR": scratch}
+        events, stderr, code = _run_trial(command, env, trial)
+    loaded = next((e for e in events if isinstance(e, messages.Loaded)), None)
+    for event in events:
+        if isinstance(event, messages.LoadFailed):
+            return Check("model loads", "fail", f"{event.reason}.", fix=event.fix)
+        if isinstance(event, messages.Failed) and loaded is not None:
+            return Check(
+                "model loads",
+                "fail",
+                f"{location.label} loaded, but rendering one step failed: {event.reason}.",
+                fix="its files may be damaged or not all of one model: download it again "
+                f"({INSTALL_MODEL} resumes a hub model)",
+            )
+        if isinstance(event, messages.Done) and loaded is not None:
             return Check(
                 "model loads",
                 "ok",
-                f"{location.label} loaded on {event.device} ({event.dtype}) in "
-                f"{event.load_ms / 1000:.1f} s.",
+                f"{location.label} loaded on {loaded.device} ({loaded.dtype}) in "
+                f"{loaded.load_ms / 1000:.1f} s and rendered a {TRIAL_SIDE}x{TRIAL_SIDE} "
+                "image in one step.",
             )
-        if isinstance(event, messages.LoadFailed):
-            return Check("model loads", "fail", f"{event.reason}.", fix=event.fix)
-    tail = result.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+    if code is None:
+        return Check(
+            "model loads",
+            "fail",
+            f"the model host did not load {location.label} and render one step within "
+            f"{LOAD_TIMEOUT_SECONDS} s.",
+            fix="check free memory, or try a smaller dtype",
+        )
+    tail = stderr.strip().splitlines()[-1:] or ["no output"]
+    when = "after loading" if loaded is not None else "before loading"
     return Check(
         "model loads",
         "fail",
-        f"the model host exited with code {result.returncode} before loading: {tail[0]}",
+        f"the model host exited with code {code} {when}: {tail[0]}",
         fix=INSTALL_EXTRA,
     )
+
+
+def _run_trial(
+    command: list[str], env: dict[str, str], job: messages.HostJob
+) -> tuple[list[messages.Event], str, int | None]:
+    """The host's events for one job (its input stays open until the job ends: end of
+    input stops a job), its stderr, and its exit code (None: it ran out of time)."""
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert process.stdin is not None and process.stdout is not None
+    assert process.stderr is not None
+    log = process.stderr
+    stderr: list[bytes] = []
+    drain = threading.Thread(target=lambda: stderr.append(log.read()), daemon=True)
+    drain.start()
+    timer = threading.Timer(LOAD_TIMEOUT_SECONDS, process.kill)
+    timer.start()
+    events: list[messages.Event] = []
+    try:
+        process.stdin.write(messages.encode(messages.Generate(job=job)))
+        process.stdin.flush()
+        for line in process.stdout:
+            try:
+                event = messages.decode_event(line)
+            except ValueError:
+                continue
+            events.append(event)
+            if isinstance(event, messages.LoadFailed | messages.JobEnding):
+                break
+    except OSError:
+        pass  # the host died; its exit code and stderr say how
+    finally:
+        with contextlib.suppress(OSError):
+            process.stdin.close()  # end of input: the host exits
+        code = process.wait()
+        drain.join()
+        timed_out = not timer.is_alive()
+        timer.cancel()
+        process.stdout.close()
+        log.close()
+    return events, b"".join(stderr).decode("utf-8", "replace"), None if timed_out else code
 
 
 def doctor_checks(settings: Settings, load: bool) -> list[Check]:
