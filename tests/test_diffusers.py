@@ -585,10 +585,16 @@ def test_without_the_extra_the_backend_says_how_to_install_it(
         backend = worker.call("capabilities")["result"]["backend"]
         assert backend["available"] is False
         assert backend["missing"] == ["torch", "diffusers", "transformers"]
-        assert backend["installHint"] == "pip install 'studio-imagegen-worker[diffusers]'"
+        # Into the worker's own environment, from the checkout it was installed from: the
+        # package is not published, and a bare requirement would fetch a CUDA torch.
+        hint = backend["installHint"]
+        assert f"{sys.executable} -m pip install -e '{REPO_ROOT}[diffusers]'" in hint
+        cpu_first = f"{sys.executable} -m pip install torch --index-url "
+        assert hint.index(cpu_first) < hint.index("[diffusers]")
+        assert "download.pytorch.org/whl/cpu" in hint
         response, _ = generate(worker, {"prompt": "anything"})
         assert response["error"]["code"] == -32002
-        assert "studio-imagegen-worker[diffusers]" in response["error"]["message"]
+        assert f"-e '{REPO_ROOT}[diffusers]'" in response["error"]["message"]
         assert setup.host_processes() == []
     finally:
         worker.close()

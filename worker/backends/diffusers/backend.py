@@ -25,8 +25,8 @@ from protocol.errors import (
 from protocol.models import ModelHostStatus
 from worker.backends.base import JobPlan, Rendered
 from worker.backends.diffusers.checks import (
-    INSTALL_EXTRA,
     ModelLocation,
+    install_extra_hint,
     locate_model,
     missing_modules,
     model_id,
@@ -92,9 +92,12 @@ class DiffusersBackend:
         if missing:
             reason = f"the diffusers extra is not installed (missing: {', '.join(missing)})"
             raise BackendUnavailable(
-                f"Diffusers backend unavailable: {reason}. To fix: {INSTALL_EXTRA}.",
+                f"Diffusers backend unavailable: {reason}. To fix: {install_extra_hint()}.",
                 BackendUnavailableData(
-                    backend=BACKEND_ID, reason=reason, missing=missing, install_hint=INSTALL_EXTRA
+                    backend=BACKEND_ID,
+                    reason=reason,
+                    missing=missing,
+                    install_hint=install_extra_hint(),
                 ),
             )
         location = locate_model(self._settings)

@@ -9,10 +9,15 @@ torch or diffusers; the worker process never does.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import importlib.util
 import json
 import os
 import re
+import shlex
+import sys
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,7 +27,8 @@ from worker.backends.diffusers.settings import DEFAULT_MODEL, DiffusersSettings
 from worker.backends.diffusers.variables import ENV_MODEL, INSTALL_MODEL
 
 EXTRA_MODULES = ("torch", "diffusers", "transformers", "safetensors")
-INSTALL_EXTRA = "pip install 'studio-imagegen-worker[diffusers]'"
+DISTRIBUTION = "studio-imagegen-worker"
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 DEFAULT_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
 """The commit of the default model that `install` downloads and the worker then uses."""
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
@@ -70,6 +76,39 @@ def missing_modules() -> list[str]:
         if spec is None:
             missing.append(name)
     return missing
+
+
+@functools.cache
+def install_extra_hint() -> str:
+    """The commands that add the extra to the environment this worker runs in, from where
+    it was installed: the package is not published, so a bare `pip install` of its name
+    would fetch whatever else is called so, with a CUDA torch of several GB."""
+    python = shlex.quote(sys.executable)
+    source = _installed_from()
+    extra = (
+        f"{python} -m pip install -e {shlex.quote(f'{source}[diffusers]')}"
+        if source is not None
+        else f"{python} -m pip install '<where you installed {DISTRIBUTION} from>[diffusers]'"
+    )
+    return (
+        f"install torch first (CPU only: {python} -m pip install torch --index-url "
+        f"{CPU_TORCH_INDEX}; with an NVIDIA GPU: {python} -m pip install torch), then the "
+        f"extra: {extra}"
+    )
+
+
+def _installed_from() -> Path | None:
+    """The checkout the worker was installed from (PEP 610's direct_url.json), or the one
+    it runs from without being installed."""
+    try:
+        recorded = importlib.metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
+        url = json.loads(recorded or "{}").get("url", "")
+    except (importlib.metadata.PackageNotFoundError, ValueError, AttributeError):
+        url = ""
+    if url.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+    checkout = Path(__file__).resolve().parents[3]
+    return checkout if (checkout / "pyproject.toml").is_file() else None
 
 
 def hub_cache() -> Path:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from protocol.models import SCHEDULERS, BackendStatus, ComputeUnits
 from worker.backends.diffusers.checks import (
-    INSTALL_EXTRA,
+    install_extra_hint,
     locate_model,
     missing_modules,
     model_id,
@@ -77,7 +77,7 @@ class DiffusersPlugin:
         host_status = loaded.status() if loaded is not None else not_loaded(section)
         if missing:
             reason = f"The diffusers extra is not installed (missing: {', '.join(missing)})."
-            hint = INSTALL_EXTRA
+            hint = install_extra_hint()
         elif not location.usable:
             reason, hint = f"{location.problem}.", location.fix
         elif loaded is not None and host_status.last_load_error:

@@ -23,8 +23,8 @@ from typing import TextIO
 from worker.backends.diffusers.checks import (
     DEFAULT_REVISION,
     EXTRA_MODULES,
-    INSTALL_EXTRA,
     ModelLocation,
+    install_extra_hint,
     locate_model,
     missing_modules,
 )
@@ -60,7 +60,7 @@ def check_extra() -> Check:
             "diffusers extra",
             "fail",
             f"not installed here (missing: {', '.join(missing)}).",
-            fix=INSTALL_EXTRA,
+            fix=install_extra_hint(),
             missing=tuple(missing),
         )
     versions = ", ".join(f"{name} {_version(name)}" for name in EXTRA_MODULES)
@@ -156,7 +156,7 @@ def check_load(location: ModelLocation, settings: DiffusersSettings, safety: boo
         "model loads",
         "fail",
         f"the model host exited with code {code} {when}: {tail[0]}",
-        fix=INSTALL_EXTRA,
+        fix=install_extra_hint(),
     )
 
 
@@ -230,7 +230,9 @@ def download(repo_id: str, revision: str | None, out: TextIO = sys.stderr) -> Pa
     try:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
-        raise DownloadError(f"huggingface_hub is not installed; run: {INSTALL_EXTRA}") from exc
+        raise DownloadError(
+            f"huggingface_hub is not installed; run: {install_extra_hint()}"
+        ) from exc
     print(
         f"==> downloading {repo_id} at {revision or 'main'} into the Hugging Face cache",
         file=out,
