@@ -174,3 +174,63 @@ def test_doctor_load_renders_a_step_and_catches_a_model_that_loads_but_cannot_re
     assert "[FAIL] model loads" in loaded.stdout
     assert "loaded, but rendering one step failed: OverflowError" in loaded.stdout
     assert list(scratch.iterdir()) == []
+
+
+def _stable_diffusion_1_checkpoint(path: Path) -> Path:
+    """A .safetensors file with a key of Stable Diffusion 1.x's layout (all the family
+    detection reads), written by hand: one float32 tensor."""
+    header = {
+        "model.diffusion_model.output_blocks.11.0.skip_connection.weight": {
+            "dtype": "F32",
+            "shape": [1],
+            "data_offsets": [0, 4],
+        }
+    }
+    encoded = json.dumps(header).encode()
+    path.write_bytes(len(encoded).to_bytes(8, "little") + encoded + b"\0\0\0\0")
+    return path
+
+
+def test_a_single_file_checkpoint_without_its_configuration_names_it_and_the_fetch(
+    tmp_path: Path,
+) -> None:
+    require_extra()
+    checkpoint = _stable_diffusion_1_checkpoint(tmp_path / "my-model.safetensors")
+    setup = DiffusersSetup(tmp_path, checkpoint, HF_HOME=str(tmp_path / "empty-cache"))
+    worker = start_worker_process(setup.env)
+    try:
+        response, _ = worker.exchange("generate", {"prompt": "fox", "stepCount": 2}, timeout=120)
+    finally:
+        worker.close()
+    error = response["error"]
+    assert error["code"] == -32002
+    message = error["message"]
+    assert "my-model.safetensors is a single-file Stable Diffusion 1.x checkpoint" in message
+    assert "configuration of stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+    assert error["data"]["installHint"] == (
+        "fetch it once: studio-imagegen-worker install --backend diffusers --model "
+        "stable-diffusion-v1-5/stable-diffusion-v1-5 --config-only"
+    )
+    assert "HF_HUB_OFFLINE" not in message
+
+
+def test_install_config_only_fetches_the_configuration_without_weights(
+    hub: tuple[Repository, str], tmp_path: Path
+) -> None:
+    repo, address = hub
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": address}
+    args = ("install", "--backend", "diffusers", "--model", REPO_ID, "--config-only")
+    installed = run_worker(*args, env=env)
+    assert installed.returncode == 0, installed.stderr
+    assert "single-file checkpoints of its family now load without a network" in installed.stdout
+    snapshot = tmp_path / "hf" / "hub" / "models--studio-tests--tiny-sd" / "snapshots" / COMMIT
+    assert (snapshot / "model_index.json").is_file()
+    assert (snapshot / "tokenizer" / "vocab.json").is_file()
+    assert list(snapshot.rglob("*.safetensors")) == []
+    assert not any(request.endswith(".safetensors") for request in repo.requests)
+
+
+def test_an_option_of_another_backends_install_is_a_usage_error() -> None:
+    result = run_worker("install", "--backend", "coreml", "--config-only", env={})
+    assert result.returncode == 2
+    assert "--config-only is for --backend diffusers" in result.stderr

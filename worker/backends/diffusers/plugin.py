@@ -43,7 +43,14 @@ class DiffusersInstaller:
             help=f"diffusers: the hub repository to download (default: {DEFAULT_MODEL} at "
             "a pinned revision)",
         )
-        return [model.dest]
+        config_only = parser.add_argument(
+            "--config-only",
+            action="store_true",
+            default=None,
+            help="diffusers: only the repository's configuration (json and tokenizer files, "
+            "a few MB), which single-file checkpoints of its family need to load offline",
+        )
+        return [model.dest, config_only.dest]
 
     def run(self, args: argparse.Namespace, settings: Settings, host: HostPlatform) -> int:
         from worker.backends.diffusers.provision import run_install

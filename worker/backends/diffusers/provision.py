@@ -46,6 +46,8 @@ LOAD_TIMEOUT_SECONDS = 900
 """A first load of a real model can take minutes (imports compiled, weights read)."""
 ALLOW_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
 """A diffusers layout in safetensors: what `from_pretrained` reads, nothing else."""
+CONFIG_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model"]
+"""Its configuration alone (as the model host's `single_file_config` reads it)."""
 IGNORE_PATTERNS = ["*.fp16.safetensors", "*.non_ema.safetensors", "*/*.bin", "*.ckpt"]
 
 
@@ -224,7 +226,12 @@ def doctor_checks(settings: Settings, load: bool) -> list[Check]:
     return checks
 
 
-def download(repo_id: str, revision: str | None, out: TextIO = sys.stderr) -> Path:
+def download(
+    repo_id: str,
+    revision: str | None,
+    out: TextIO = sys.stderr,
+    allow_patterns: list[str] = ALLOW_PATTERNS,
+) -> Path:
     """Download `repo_id` at `revision` into the Hugging Face cache (resuming what an
     earlier run left); the snapshot's directory."""
     try:
@@ -242,7 +249,7 @@ def download(repo_id: str, revision: str | None, out: TextIO = sys.stderr) -> Pa
         path = snapshot_download(
             repo_id,
             revision=revision,
-            allow_patterns=ALLOW_PATTERNS,
+            allow_patterns=allow_patterns,
             ignore_patterns=IGNORE_PATTERNS,
         )
     except Exception as exc:  # the library's reason, whichever it is
@@ -268,6 +275,8 @@ def run_install(args: argparse.Namespace, settings: Settings, host: HostPlatform
     """Download the model (unless --verify), load it once, report as doctor does."""
     section = settings.section(DiffusersSettings)
     repo_id = args.model or (section.model if section.model_explicit else DEFAULT_MODEL)
+    if args.config_only:
+        return _install_config(repo_id)
     if not args.verify:
         try:
             download(repo_id, default_revision(repo_id))
@@ -294,3 +303,21 @@ def run_install(args: argparse.Namespace, settings: Settings, host: HostPlatform
     if report.ready:
         print(f"to use it: export {ENV_BACKEND}={BACKEND_ID}" + (f" and {hint}" if hint else ""))
     return 0 if report.ready else EXIT_NOT_READY
+
+
+def _install_config(repo_id: str) -> int:
+    """`--config-only`: the repository's configuration, for the single-file checkpoints
+    of its family."""
+    try:
+        path = download(repo_id, default_revision(repo_id), allow_patterns=CONFIG_PATTERNS)
+    except DownloadError as exc:
+        print(f"install: {exc}", file=sys.stderr)
+        return EXIT_INSTALL_FAILED
+    except KeyboardInterrupt:
+        print("\ninstall: interrupted; run it again to resume the download", file=sys.stderr)
+        return 130
+    print(
+        f"the configuration of {repo_id} is in {path}: single-file checkpoints of its "
+        "family now load without a network"
+    )
+    return 0

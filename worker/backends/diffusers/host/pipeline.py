@@ -115,9 +115,13 @@ def load(
     options: dict[str, Any] = {"torch_dtype": dtype}
     if not safety:
         options |= {"safety_checker": None, "requires_safety_checker": False}
+    if model.is_file():
+        options["config"] = str(single_file_config(model))
     try:
         if model.is_file():
-            pipe = StableDiffusionPipeline.from_single_file(str(model), **options)
+            pipe = StableDiffusionPipeline.from_single_file(
+                str(model), local_files_only=True, **options
+            )
         else:
             pipe = StableDiffusionPipeline.from_pretrained(
                 str(model), local_files_only=True, **options
@@ -147,6 +151,65 @@ def load(
         safety_checker=pipe.safety_checker is not None,
         schedulers=schedulers,
     )
+
+
+CONFIG_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model"]
+"""A pipeline's configuration without its weights: what a single-file checkpoint needs."""
+FAMILIES = {
+    "v1": "Stable Diffusion 1.x",
+    "v2": "Stable Diffusion 2.x",
+    "inpainting": "Stable Diffusion 1.x inpainting",
+    "inpainting_v2": "Stable Diffusion 2.x inpainting",
+    "xl_base": "SDXL",
+    "xl_refiner": "SDXL refiner",
+    "xl_inpaint": "SDXL inpainting",
+}
+
+
+def single_file_config(model: Path) -> Path:
+    """The local diffusers configuration a single-file checkpoint is built with: that of
+    the model family its keys say it is, from the Hugging Face cache (nothing is
+    downloaded while generating). LoadError naming the family and the command that
+    fetches it when it is not there."""
+    from diffusers.loaders.single_file_utils import (
+        fetch_diffusers_config,
+        infer_diffusers_model_type,
+        load_single_file_checkpoint,
+    )
+
+    try:
+        checkpoint = load_single_file_checkpoint(str(model))
+        kind = infer_diffusers_model_type(checkpoint)
+        repo = str(fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"])
+    except Exception as exc:
+        raise LoadError(
+            f"{model} could not be read as a checkpoint ({type(exc).__name__}: {_first_line(exc)})",
+            f"point {ENV_MODEL} at a .safetensors checkpoint of Stable Diffusion, or a "
+            "diffusers directory",
+        ) from exc
+    del checkpoint
+    family = FAMILIES.get(kind, kind)
+    config = _cached_config(repo)
+    if config is None:
+        raise LoadError(
+            f"{model.name} is a single-file {family} checkpoint, which diffusers builds with "
+            f"the configuration of {repo} (its json and tokenizer files, a few MB); that is "
+            "not in the Hugging Face cache, and the worker never downloads while generating",
+            f"fetch it once: {INSTALL_MODEL} --model {repo} --config-only",
+        )
+    return config
+
+
+def _cached_config(repo: str) -> Path | None:
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, local_files_only=True, allow_patterns=CONFIG_PATTERNS))
+    except Exception:  # not cached at its main branch; a pinned revision may be
+        pass
+    snapshots = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots"
+    found = [s for s in sorted(snapshots.glob("*")) if (s / "model_index.json").is_file()]
+    return found[0] if found else None
 
 
 def _first_line(exc: BaseException) -> str:
