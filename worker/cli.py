@@ -18,6 +18,7 @@ from worker.host import HostPlatform
 from worker.live import LiveSamplers
 from worker.methods import WorkerMethods
 from worker.provision.commands import add_commands, run_doctor, run_install
+from worker.scratch import sweep_stale
 from worker.server import Server
 from worker.settings import Settings
 from worker.stdio import FdLineWriter, claim_stdin, claim_stdout, open_fd_reader
@@ -94,6 +95,7 @@ def serve(finish_on_eof: bool = False) -> int:
     settings = read_settings(os.environ)
     configure_logging(settings.log_level)
     report_settings(settings)
+    sweep_stale()  # what a worker killed by SIGKILL could not remove
     interactive = os.isatty(0)
     protocol_out = claim_stdout()
     protocol_in = claim_stdin()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import shutil
 import tempfile
@@ -55,11 +56,11 @@ from worker.live import LiveSamplers
 from worker.parameters import JobParameters
 from worker.previews import publish_preview
 from worker.progress import ProgressReporter
+from worker.scratch import PREFIX, make_directory
 from worker.settings import ENV_REDUCE_MEMORY, ENV_TIMEOUT_MS, Settings
 
 logger = logging.getLogger(__name__)
 
-JOB_DIRECTORY_PREFIX = "studio-imagegen-"
 REFERENCE_FILE_NAME = "reference.png"
 """In the job directory, beside (not inside) the sampler's output path."""
 _MESSAGE_DETAIL_CHARS = 600
@@ -121,7 +122,8 @@ class CoreMLBackend:
             )
         ]
         layout = _output_layout(parameters)
-        longest_output_path = Path(tempfile.gettempdir(), JOB_DIRECTORY_PREFIX + "x" * 8, "out")
+        job_name = f"{PREFIX}{os.getpid()}-{'x' * 8}"  # as make_directory names it
+        longest_output_path = Path(tempfile.gettempdir(), job_name, OUTPUT_ROOT)
         output_path_bytes = len(str(longest_output_path).encode()) + 2 * layout.climb
         errors += [
             FieldError(field="prompt", message=reason)
@@ -155,7 +157,7 @@ class CoreMLBackend:
                     install_hint=installation.install_hint,
                 ),
             )
-        job_directory = Path(tempfile.mkdtemp(prefix=JOB_DIRECTORY_PREFIX))  # mode 0700
+        job_directory = make_directory()  # mode 0700
         self._live.directories.add(job_directory)
         try:
             reference_path = None

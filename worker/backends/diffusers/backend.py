@@ -10,7 +10,6 @@ exits by itself and frees the memory.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,9 +40,9 @@ from worker.images import account_for
 from worker.live import LiveSamplers
 from worker.parameters import JobParameters
 from worker.progress import ProgressReporter
+from worker.scratch import make_directory
 from worker.settings import ENV_TIMEOUT_MS, Settings
 
-JOB_DIRECTORY_PREFIX = "studio-imagegen-"
 REFERENCE_FILE_NAME = "reference.png"
 
 
@@ -117,7 +116,7 @@ class DiffusersBackend:
         location = self._usable_model()
         async with self._one_job:
             started = time.monotonic()
-            job_directory = Path(tempfile.mkdtemp(prefix=JOB_DIRECTORY_PREFIX))
+            job_directory = make_directory()
             self._live.directories.add(job_directory)
             try:
                 job = await self._run(location, parameters, progress, job_directory)

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from worker.backends.diffusers.host import messages
 from worker.live import LiveSamplers, signal_group, signal_name
+from worker.scratch import make_directory
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class ModelHostProcess:
 
     @classmethod
     async def start(cls, argv: Sequence[str], live: LiveSamplers) -> ModelHostProcess:
-        directory = Path(tempfile.mkdtemp(prefix="studio-imagegen-host-"))
+        directory = make_directory("host")
         live.directories.add(directory)
         # Appending: trim_log can cut the file while the host keeps writing at its end.
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND

@@ -40,6 +40,7 @@ from worker.checks import (
     check_settings,
 )
 from worker.host import HostPlatform
+from worker.scratch import PREFIX
 from worker.settings import ENV_BACKEND, Settings
 
 LOAD_TIMEOUT_SECONDS = 900
@@ -106,7 +107,7 @@ def check_load(location: ModelLocation, settings: DiffusersSettings, safety: boo
     command = host_command(
         location.path, location.label, settings.device, settings.dtype, idle_ms=0, safety=safety
     )
-    with tempfile.TemporaryDirectory(prefix="studio-imagegen-host-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}host-{os.getpid()}-") as scratch:
         trial = messages.HostJob(
             prompt="a red fox in snow",
             negative_prompt="",
