@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.standin import StandIn
-from tests.worker_clients import WorkerProcess, request, worker_environment
+from tests.worker_clients import WorkerProcess, request, start_worker_process, worker_environment
 
 StartWorker = Callable[..., WorkerProcess]
 STUBBORN = {"STANDIN_SD_HANG": "1", "STANDIN_SD_IGNORE_SIGTERM": "1", "STANDIN_SD_GRANDCHILD": "1"}
@@ -186,3 +186,43 @@ def test_a_person_at_a_terminal_is_told_how_to_use_it() -> None:
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_a_ctrl_c_while_the_worker_starts_exits_130_without_a_traceback() -> None:
+    """The command's first module makes a Ctrl-C an exit, before the worker is imported:
+    here one arrives right after it, while the rest is still loading."""
+    code = (
+        "import os, signal\n"
+        "import worker.entry\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "import worker.cli\n"
+        "print('went on after the Ctrl-C')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=worker_environment(),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stdout == "" and "Traceback" not in result.stderr
+
+
+def test_two_quick_ctrl_cs_end_the_worker_by_exit_code_never_by_the_signal() -> None:
+    """Wherever the second lands (during the shutdown the first began, or after it),
+    the worker exits 0 or 130 by itself, with no traceback."""
+    for attempt in range(4):
+        worker = start_worker_process()
+        try:
+            assert "result" in worker.call("capabilities")
+            worker.signal(signal.SIGINT)
+            if attempt:
+                time.sleep(0.05 * attempt)  # spreads the second over the shutdown's phases
+            worker.signal(signal.SIGINT)
+            code = worker.wait()
+        finally:
+            worker.close()
+        assert code in (0, 130), code
+        assert "Traceback" not in worker.stderr

@@ -75,12 +75,15 @@ def _add_serve_options(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.command == "doctor":
-        return run_doctor(args)
-    if args.command == "install":
-        return run_install(args)
-    return serve(finish_on_eof=getattr(args, "finish_on_eof", False))
+    try:
+        args = parse_args(argv)
+        if args.command == "doctor":
+            return run_doctor(args)
+        if args.command == "install":
+            return run_install(args)
+        return serve(finish_on_eof=getattr(args, "finish_on_eof", False))
+    except KeyboardInterrupt:  # a Ctrl-C outside the serving loop's own handling
+        return EXIT_INTERRUPTED
 
 
 READY_BANNER = (
@@ -104,8 +107,15 @@ def serve(finish_on_eof: bool = False) -> int:
         print(READY_BANNER.format(version=__version__, eof=eof), file=sys.stderr, flush=True)
     server, methods = build_server(settings, HostPlatform.current(), finish_on_eof)
     anyio.run(_serve, server, methods, protocol_in, protocol_out)
+    # Shut down already: a Ctrl-C now (the second of a quick shutdown) leaves at once.
+    signal.signal(signal.SIGINT, lambda signum, frame: _leave_now(methods.live))
     logger.debug("exiting")
     return 0
+
+
+def _leave_now(live: LiveSamplers) -> None:
+    live.abort_all()
+    os._exit(EXIT_INTERRUPTED)
 
 
 async def _serve(
