@@ -17,7 +17,8 @@ import os
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ EXIT_OUTPUT_CLOSED = 141
 """What a program killed by SIGPIPE exits with: the reader of stdout went away."""
 LEAVE_SECONDS = 3.0
 """After a second Ctrl-C, how long the worker gets for its fast exit."""
+ANSWER_SECONDS = 30.0
+"""How long a worker may take to send its first protocol line (it answers in a second)."""
 
 
 def default_output_dir() -> Path:
@@ -64,6 +67,20 @@ def default_output_dir() -> Path:
     pictures = os.environ.get("XDG_PICTURES_DIR")
     base = Path(pictures).expanduser() if pictures else Path.home() / "Pictures"
     return base / "studio-imagegen"
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """`(default: X)` after an option's help where it has a default of its own; none for
+    an option the worker decides (its help says so) or a flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == argparse.SUPPRESS or default == "":
+            return text
+        if "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,7 +92,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         + ", ".join(f"{code} {error.name}" for error, code in EXIT_CODES.items())
         + f", {EXIT_WORKER_GONE} the worker exited or could not start, "
         f"{EXIT_OUTPUT_CLOSED} the reader of stdout went away.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     parser.add_argument(
         "--worker",
@@ -85,12 +102,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--raw", action="store_true", help="print every JSON line exchanged, on stderr"
     )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=ANSWER_SECONDS,
+        metavar="SECONDS",
+        help="how long the worker may take to answer at all (its first protocol line); "
+        f"then the client gives up, exit {EXIT_WORKER_GONE}",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     caps = commands.add_parser(
         "capabilities",
         help="what the worker can do here, and why not",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     caps.add_argument("--json", action="store_true", help="print the raw result")
 
@@ -100,7 +125,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Generate images and write them to a folder; their paths go to stdout, "
         "progress and messages to stderr. Options left out take the worker's defaults "
         "(`studio-imagegen capabilities` shows them).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpWithDefaults,
     )
     gen.add_argument("prompt", help="what to draw")
     gen.add_argument("--count", type=int, default=1, help="how many images (1 to 8)")
@@ -163,6 +188,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "generate":
+        problem = _unusable_output_dir(args.out)
+        if problem:
+            print(f"studio-imagegen: --out {args.out} {problem}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return anyio.run(_run, args)
     except (SessionClosed, anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -176,6 +206,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_WORKER_GONE
     except KeyboardInterrupt:
         return EXIT_CODES[ErrorCode.CANCELLED]
+
+
+def _unusable_output_dir(out: Path) -> str:
+    """Why images cannot be written to `out` (checked before the worker starts); empty
+    when they can. A folder that does not exist yet is made."""
+    folder = out.expanduser()
+    if folder.exists() and not folder.is_dir():
+        return "is a file, not a folder; name a folder (one that does not exist is made)"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".studio-imagegen-probe-"):
+            pass
+    except OSError as exc:
+        return f"cannot take the images ({exc.strerror or exc}); choose a folder you can write to"
+    return ""
 
 
 def _is_broken_pipe(exc: BaseException) -> bool:
@@ -196,15 +241,47 @@ def _raw_log(direction: str, line: str) -> None:
 async def _run(args: argparse.Namespace) -> int:
     command = shlex.split(args.worker)
     raw_log = _raw_log if args.raw else None
+    display = ProgressDisplay(sys.stderr)
     try:
-        async with open_worker(command, raw_log=raw_log) as worker:
+        async with open_worker(command, raw_log=raw_log, on_stderr_line=display.log) as worker:
             if args.command == "capabilities":
-                return await _capabilities(worker, args)
-            return await _generate(worker, args)
+                return await _answered_within(args.wait, worker, _capabilities(worker, args))
+            return await _answered_within(args.wait, worker, _generate(worker, args, display))
     except* (SessionClosed, anyio.BrokenResourceError, anyio.ClosedResourceError) as group:
         raise group.exceptions[0] from None
     except* BrokenPipeError as group:
         raise group.exceptions[0] from None
+
+
+async def _answered_within(seconds: float, worker: WorkerProcess, work: Awaitable[int]) -> int:
+    """`work`'s exit code, unless the worker sends no protocol line at all within
+    `seconds` (a command that is no worker, one that hangs): then exit 70, saying so."""
+    outcome: list[int | Exception] = []
+
+    async def do_work(scope: anyio.CancelScope) -> None:
+        try:
+            outcome.append(await work)
+        except Exception as exc:  # raised as it is below, not inside an exception group
+            outcome.append(exc)
+        scope.cancel()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(do_work, group.cancel_scope)
+        with anyio.move_on_after(seconds):
+            await worker.session.answering.wait()
+        if not worker.session.answering.is_set():
+            echoed = worker.session.echoed
+            why = " (it sent our own request back: is --worker a worker?)" if echoed else ""
+            print(
+                f"studio-imagegen: the worker sent nothing of the protocol within "
+                f"{seconds:g} s{why}",
+                file=sys.stderr,
+            )
+            group.cancel_scope.cancel()
+            return EXIT_WORKER_GONE
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
 
 
 async def _capabilities(worker: WorkerProcess, args: argparse.Namespace) -> int:
@@ -273,20 +350,26 @@ def _image_type(path: Path) -> str:
     return "image/png"
 
 
-async def _generate(worker: WorkerProcess, args: argparse.Namespace) -> int:
+async def _generate(
+    worker: WorkerProcess, args: argparse.Namespace, display: ProgressDisplay
+) -> int:
     out = args.out.expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    display = ProgressDisplay(sys.stderr)
 
     previews: list[str] = []
+    totals: list[int] = []
 
     def on_notification(message: Message) -> None:
         if message.get("method") == "preview":
             previews.append(message["params"].get("path", ""))
-        if message.get("method") == "progress" and not args.raw:
-            display.update(
-                ProgressParams.model_validate(message["params"], by_alias=True, by_name=False)
+        if message.get("method") == "progress":
+            progress = ProgressParams.model_validate(
+                message["params"], by_alias=True, by_name=False
             )
+            if progress.phase == "sampling":
+                totals.append(progress.total_steps)
+            if not args.raw:
+                display.update(progress)
 
     session = worker.session
     interruption = Interruption()
@@ -326,9 +409,23 @@ async def _generate(worker: WorkerProcess, args: argparse.Namespace) -> int:
         ),
         file=sys.stderr,
     )
+    counted = _steps_counted(metadata, len(result["images"]), totals[-1] if totals else 0)
+    if counted:
+        print(counted, file=sys.stderr)
     for image in result["images"]:
         print(terminal_safe(image["path"]), flush=True)
     return 0
+
+
+def _steps_counted(metadata: dict[str, Any], images: int, total: int) -> str:
+    """Why the bar counted more steps than asked, once: the pndm scheduler's warm-up."""
+    asked = metadata["stepCount"]
+    if metadata["scheduler"] != "pndm" or total in (asked, asked * images, 0):
+        return ""
+    return (
+        f"(the bar counted {total}: the pndm scheduler runs one step more than the {asked} "
+        "asked, to start its multistep method)"
+    )
 
 
 @dataclass

@@ -37,6 +37,10 @@ class ProgressDisplay:
     def update(self, progress: ProgressParams) -> None:
         self._line.show(terminal_safe(progress_bar(progress)))
 
+    def log(self, line: str) -> None:
+        """A line the worker logged, above the bar rather than through it."""
+        self._line.above(terminal_safe(line))
+
     def finish(self) -> None:
         self._line.finish()
 

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -28,10 +28,16 @@ ESCALATE_SECONDS = 2.0
 class WorkerProcess:
     """A running worker and the session that talks to it."""
 
-    def __init__(self, process: Process, session: WorkerSession) -> None:
+    def __init__(
+        self,
+        process: Process,
+        session: WorkerSession,
+        on_stderr_line: Callable[[str], None] | None = None,
+    ) -> None:
         self.process = process
         self.session = session
         self._stderr = bytearray()
+        self._on_stderr_line = on_stderr_line
 
     @property
     def pid(self) -> int:
@@ -78,9 +84,18 @@ class WorkerProcess:
 
     async def _drain_stderr(self) -> None:
         assert self.process.stderr is not None
+        pending = b""
         with contextlib.suppress(anyio.EndOfStream, anyio.ClosedResourceError):
             while True:
-                self._stderr += await self.process.stderr.receive()
+                chunk = await self.process.stderr.receive()
+                if self._on_stderr_line is None:
+                    self._stderr += chunk
+                    continue
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._on_stderr_line(line.decode("utf-8", "replace").rstrip("\r"))
+        if pending and self._on_stderr_line is not None:
+            self._on_stderr_line(pending.decode("utf-8", "replace"))
 
 
 @asynccontextmanager
@@ -91,14 +106,17 @@ async def open_worker(
     raw_log: RawLog | None = None,
     keep_messages: bool = False,
     capture_stderr: bool = False,
+    on_stderr_line: Callable[[str], None] | None = None,
     cwd: Path | None = None,
 ) -> AsyncIterator[WorkerProcess]:
     """Start the worker, read its output for the block's lifetime, close it at the end.
 
     `env` is the whole environment of the child (None: this process's). The worker gets a
     session of its own, so a Ctrl-C at the terminal reaches only the client, which decides
-    what to tell the worker.
+    what to tell the worker. Its stderr is kept (`capture_stderr`) or handed over line by
+    line (`on_stderr_line`), else shared with this process.
     """
+    capture_stderr = capture_stderr or on_stderr_line is not None
     process = await anyio.open_process(
         list(command),
         stdin=subprocess.PIPE,
@@ -112,7 +130,7 @@ async def open_worker(
     session = WorkerSession(
         process.stdout, process.stdin, raw_log=raw_log, keep_messages=keep_messages
     )
-    worker = WorkerProcess(process, session)
+    worker = WorkerProcess(process, session, on_stderr_line)
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(session.run)

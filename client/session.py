@@ -66,6 +66,11 @@ class WorkerSession:
         self._responses: dict[str, dict[str, Any]] = {}
         self._handlers: list[NotificationHandler] = []
         self._finished = anyio.Event()
+        self.answering = anyio.Event()
+        """Set at the first line that is the worker's protocol (a response or a
+        notification): it answers at all."""
+        self.echoed = 0
+        """Lines that were requests, as this session sends them: an echo, not a worker."""
         self.raw_lines: list[str] = []
         """Every line received, when `keep_messages` is on."""
         self._inbox: tuple[MemoryObjectSendStream[Message], MemoryObjectReceiveStream[Message]]
@@ -109,8 +114,12 @@ class WorkerSession:
         if self._keep:
             self._inbox[0].send_nowait(message)
         for item in message if isinstance(message, list) else [message]:
-            if not isinstance(item, dict):
+            if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
                 continue
+            if "method" in item and "id" in item:
+                self.echoed += 1  # a worker sends no requests
+                continue
+            self.answering.set()
             if "method" in item:
                 for handler in list(self._handlers):
                     handler(item)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shlex
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from PIL import Image
 
 from tests.standin import StandIn
 from tests.worker_clients import worker_environment
+from worker.status_line import ERASE_LINE, StatusLine
 
 CLIENT = [sys.executable, "-m", "client.cli"]
 
@@ -277,3 +280,81 @@ def test_the_worker_never_imports_the_client() -> None:
         "assert not [m for m in sys.modules if m == 'client' or m.startswith('client.')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=worker_environment())
+
+
+def test_an_out_that_is_a_file_or_cannot_be_written_is_refused_before_any_worker(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "worker-started"
+    worker = f"sh -c 'touch {marker}; exec {shlex.join(CLIENT[:1])} -m worker'"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for out, said in [
+        (a_file, "is a file, not a folder"),
+        (a_file / "inside", "cannot take the images"),
+        (Path("/proc/studio-imagegen-test"), "cannot take the images"),
+    ]:
+        result = _client(["--worker", worker, "generate", "fox", "--out", str(out)])
+        assert result.returncode == 2, result.stderr
+        assert f"--out {out} {said}" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert not marker.exists(), "the worker was started before the folder was checked"
+
+
+def test_a_command_that_answers_nothing_of_the_protocol_is_given_up_on() -> None:
+    """`cat` sends our own request back; that is no answer, and the client says so."""
+    started = time.monotonic()
+    result = _client(["--worker", "cat", "--wait", "1", "capabilities"], timeout=30)
+    assert result.returncode == 70
+    assert "sent nothing of the protocol within 1 s" in result.stderr
+    assert "it sent our own request back" in result.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_the_workers_log_lines_go_above_the_progress_bar_not_through_it() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    line = StatusLine(terminal)
+    line.show("sampling  ███  2/4")
+    line.above("12:00:01 INFO studio-imagegen-worker: a line the worker logged")
+    assert terminal.getvalue() == (
+        f"{ERASE_LINE}sampling  ███  2/4"
+        f"{ERASE_LINE}12:00:01 INFO studio-imagegen-worker: a line the worker logged\n"
+        "sampling  ███  2/4"
+    )
+
+
+def test_the_workers_stderr_reaches_the_person_through_the_client(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    env = {**standin.env, "SYSTEMSCULPT_LOCAL_IMAGEGEN_LOG_LEVEL": "debug"}
+    result = _client(["generate", "fox", "--steps", "2", "--out", str(tmp_path / "o")], env)
+    assert result.returncode == 0, result.stderr
+    logged = [line for line in result.stderr.splitlines() if "studio-imagegen-worker:" in line]
+    assert any("sampler started" in line for line in logged)
+    assert all(" DEBUG " in line or " INFO " in line for line in logged)
+
+
+def test_generate_help_shows_each_default_once() -> None:
+    result = _client(["generate", "--help"])
+    assert result.returncode == 0
+    assert "(default: None)" not in result.stdout and "(default: False)" not in result.stdout
+    options = re.split(r"\n  (?=-)", result.stdout)
+    for option in options:
+        assert option.count("default") <= 1, option
+
+
+def test_the_extra_pndm_step_is_explained_once(standin: StandIn, tmp_path: Path) -> None:
+    out = str(tmp_path / "o")
+    pndm = _client(["generate", "fox", "--steps", "3", "--out", out], standin.env)
+    assert pndm.returncode == 0, pndm.stderr
+    said = "the bar counted 4: the pndm scheduler runs one step more than the 3 asked"
+    assert pndm.stderr.count(said) == 1
+    dpmpp = _client(
+        ["generate", "fox", "--steps", "3", "--scheduler", "dpmpp", "--out", out], standin.env
+    )
+    assert dpmpp.returncode == 0, dpmpp.stderr
+    assert "the bar counted" not in dpmpp.stderr
