@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.worker_clients import REPO_ROOT, worker_environment
-from worker.backends.diffusers.checks import missing_modules
+from worker.backends.diffusers.checks import install_extra_hint, missing_modules
 
 EXTRA_MISSING = missing_modules()
 """What the worker itself finds missing of the extra (it would say so in capabilities)."""
@@ -28,7 +28,7 @@ def require_extra() -> None:
     message = f"the diffusers extra is not installed (missing {', '.join(EXTRA_MISSING)})"
     if os.environ.get("CI"):
         pytest.fail(f"{message}; .ci/run installs it")
-    pytest.skip(message)
+    pytest.skip(f"{message}; to run these tests too, {install_extra_hint()}")
 
 
 def build_tiny_model(path: Path, *options: str) -> Path:
