@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,28 @@ async def test_the_session_by_hand_shows_what_the_worker_answers() -> None:
         ),
     ]
     assert differences == []
+
+
+def test_the_stand_in_section_says_how_to_leave_the_worker() -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## The sampler path without a Mac") :]
+    section = section[: section.index("\n## ")]
+    assert "Ctrl-D" in section
+
+
+def test_the_default_test_run_says_why_tests_were_skipped(tmp_path: Path) -> None:
+    """The project's pytest settings print each skip's reason in the summary."""
+    (tmp_path / "test_skipping.py").write_text(
+        "import pytest\n\n\ndef test_it():\n"
+        "    pytest.skip('the reason, and the command that fixes it')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(REPO_ROOT / "pyproject.toml"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert "SKIPPED [1]" in result.stdout
+    assert "the reason, and the command that fixes it" in result.stdout
