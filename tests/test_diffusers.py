@@ -183,9 +183,9 @@ def test_aspect_ratios_at_the_model_native_area(
 def test_a_size_far_from_the_native_one_is_said_up_front_and_in_the_result(
     warm: WorkerProcess,
 ) -> None:
-    response, notes = generate(warm, {"prompt": "big", "width": 256, "height": 256, "stepCount": 2})
+    response, notes = generate(warm, {"prompt": "big", "width": 128, "height": 128, "stepCount": 2})
     (warning,) = response["result"]["warnings"]
-    assert "256x256 has 16 times the pixels of this model's native 64x64" in warning
+    assert "128x128 has 4 times the pixels of this model's native 64x64" in warning
     progress = [n["params"] for n in notes if n["method"] == "progress"]
     first_at_work = next(p for p in progress if p["phase"] != "queued")
     assert first_at_work["message"] == warning, "said before the work starts"
