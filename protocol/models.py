@@ -20,11 +20,42 @@ from protocol.base import WireModel
 from protocol.errors import ConfigInvalidData
 from protocol.version import REQUEST_SCHEMA_TAG, RESPONSE_SCHEMA_TAG
 
-Scheduler = Literal["pndm", "dpmpp", "euler", "euler_a", "ddim"]
+Scheduler = Literal[
+    "pndm",
+    "dpmpp",
+    "euler",
+    "euler_a",
+    "ddim",
+    "dpmpp_karras",
+    "euler_karras",
+    "euler_a_trailing",
+    "lcm",
+    "flow_match",
+]
 ComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
-SCHEDULERS: tuple[Scheduler, ...] = ("pndm", "dpmpp", "euler", "euler_a", "ddim")
+SCHEDULERS: tuple[Scheduler, ...] = (
+    "pndm",
+    "dpmpp",
+    "euler",
+    "euler_a",
+    "ddim",
+    "dpmpp_karras",
+    "euler_karras",
+    "euler_a_trailing",
+    "lcm",
+    "flow_match",
+)
 """Every scheduler some backend serves; `capabilities.features.schedulers` lists the
-configured backend's (Core ML: pndm and dpmpp)."""
+configured backend's (Core ML: pndm and dpmpp), and each model's `schedulers` its own.
+The Karras ones space their sigmas as Karras et al.; `euler_a_trailing` and `lcm` are for
+few-step models (SDXL-Turbo, LCM); `flow_match` is SD3's, the only one it takes."""
+ModelFamily = Literal["sd1", "sd2", "sdxl", "sd3"]
+FAMILY_NAMES: dict[ModelFamily, str] = {
+    "sd1": "Stable Diffusion 1.x",
+    "sd2": "Stable Diffusion 2.x",
+    "sdxl": "Stable Diffusion XL",
+    "sd3": "Stable Diffusion 3",
+}
 COMPUTE_UNITS: tuple[ComputeUnits, ...] = ("all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine")
 
 MAX_IMAGE_COUNT = 8
@@ -284,10 +315,54 @@ class Defaults(SamplingParameters):
     """The effective settings a `generate` uses when it does not override them."""
 
 
-ParameterSource = Literal["request", "environment", "preset", "default", "derived"]
+ParameterSource = Literal["request", "environment", "preset", "default", "derived", "model"]
 """Where an effective value came from, highest precedence first: the request's own field,
 a SYSTEMSCULPT_LOCAL_* variable, the request's `quality` preset, the worker's default;
-or derived from other values (the seed)."""
+or derived from other values (the seed); or the model's own (a scheduler its family
+needs, where the default is one it does not take)."""
+
+
+class ModelSize(WireModel):
+    ratio: str
+    width: int
+    height: int
+
+
+class ModelInfo(WireModel):
+    """One model `generate` can be asked for by its `id` (`model`): what Studio's model
+    menu shows, and the controls the inspector draws for it."""
+
+    id: str = Field(description="Stable across restarts: `coreml/<name>`, `diffusers/<name>`")
+    label: str
+    backend: str = Field(description="The backend that runs it")
+    family: ModelFamily | None = Field(description="None where its files do not say")
+    variant: Literal["base", "refiner"] = Field(
+        default="base", description="A refiner makes images only from a reference"
+    )
+    path: str = Field(description="Where it is: a bundle or diffusers folder, a checkpoint")
+    native_width: int
+    native_height: int
+    sizes: list[ModelSize] = Field(description="The sizes it makes, by aspect ratio")
+    custom_sizes: bool = Field(description="Any other width and height within `limits` too")
+    schedulers: list[Scheduler]
+    guidance_scale: FloatRange
+    step_count: IntRange
+    image_to_image: bool
+    image_to_image_reason: str = Field(description="Why not, and the fix; empty when it can")
+    compute_units: list[ComputeUnits] = Field(description="Core ML's; empty elsewhere")
+    attention: str | None = Field(
+        default=None,
+        description="Core ML: `split_einsum` (made for the Neural Engine) or `original` "
+        "(for the GPU); None elsewhere",
+    )
+    usable: bool = Field(description="`generate` can run it now")
+    problem: str = Field(description="Why it cannot; empty when it can")
+    fix: str = Field(description="What makes it usable; empty when it is")
+    default: bool = Field(description="What a `generate` without `model` runs")
+    loaded: bool = Field(default=False, description="Held in memory now (diffusers' host)")
+    notes: list[str] = Field(
+        default_factory=list, description="What a person choosing it should know"
+    )
 
 
 class CapabilitiesResult(WireModel):
@@ -299,6 +374,14 @@ class CapabilitiesResult(WireModel):
     features: Features
     defaults: Defaults
     config_errors: list[ConfigInvalidData]
+    models: list[ModelInfo] = Field(
+        default_factory=list,
+        description="Every model this worker can run, or could once fixed; `generate`'s "
+        "`model` names one by its id",
+    )
+    default_model: str | None = Field(
+        default=None, description="The id a `generate` without `model` runs"
+    )
 
 
 # --- generate ----------------------------------------------------------------
@@ -406,6 +489,11 @@ class GenerateParams(WireModel):
 
     schema_: Literal["studio.local-image-generation.request.v1"] | None = Field(
         default=None, alias="schema", description=f"Accepted when it is `{REQUEST_SCHEMA_TAG}`"
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="One of `capabilities.models` by its id; absent: `defaultModel`",
     )
     prompt: str = Field(max_length=MAX_PROMPT_CHARS, description="Trimmed; must not be empty")
     count: JsonInt = Field(default=1, ge=1, le=MAX_IMAGE_COUNT, description="Images to make")
@@ -545,6 +633,8 @@ class GeneratedImage(WireModel):
 class GenerationMetadata(SamplingParameters):
     """How the images were made: the effective parameters and where each came from."""
 
+    model: str = Field(description="The id of the model that made the images")
+    family: ModelFamily | None = Field(description="Its family, where known")
     compute_units: ComputeUnits | None = Field(  # type: ignore[assignment]
         description="Core ML's compute units; null where the backend has none (diffusers: "
         "`device` and `dtype` say where it ran)"
