@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from protocol.models import (
@@ -33,6 +33,7 @@ from protocol.models import (
 from protocol.version import PROTOCOL_VERSION
 from worker import __version__
 from worker.backends.registry import describe_backend, plugin_for
+from worker.catalog import default_model, list_models
 from worker.host import HostPlatform
 from worker.settings import ENV_BACKEND, Settings
 from worker.sizes import STANDARD_SIZES, SizeOption, SizeTable
@@ -44,10 +45,14 @@ WORKER_NAME = "studio-imagegen-worker"
 
 
 def describe_capabilities(
-    settings: Settings, host: HostPlatform, running: Backend | None = None
+    settings: Settings, host: HostPlatform, running: Mapping[str, Backend] | None = None
 ) -> CapabilitiesResult:
-    """`running`: the backend `generate` uses, once one has run (its live state)."""
+    """`running`: the backends `generate` has used, by id (their live state)."""
+    running = running or {}
     plugin = plugin_for(settings)
+    models = list_models(settings, host, running) if plugin is not None else []
+    defaults = settings.sampling_defaults()
+    default = default_model(models)
     if plugin is None:
         sizes, image_to_image_reason = SizeTable({}), f"{ENV_BACKEND} names no backend."
     else:
@@ -59,7 +64,7 @@ def describe_capabilities(
         protocol_version=PROTOCOL_VERSION,
         worker=WorkerInfo(name=WORKER_NAME, version=__version__),
         platform=host.describe(),
-        backend=describe_backend(settings, host, running),
+        backend=describe_backend(settings, host, running.get(settings.backend or "")),
         limits=Limits(
             max_image_count=MAX_IMAGE_COUNT,
             max_reference_bytes=MAX_REFERENCE_BYTES,
@@ -102,7 +107,7 @@ def describe_capabilities(
                 for option in sizes.options.values()
             ],
             negative_prompt=True,
-            schedulers=list(plugin.schedulers if plugin else ()),
+            schedulers=list(default.schedulers if default else plugin.schedulers if plugin else ()),
             compute_units=list(plugin.compute_units if plugin else COMPUTE_UNITS),
             progress=True,
             cancel=True,
@@ -110,8 +115,10 @@ def describe_capabilities(
             preview_max_side=PREVIEW_MAX_SIDE,
             quality_presets=list(QUALITY_PRESETS.values()),
         ),
-        defaults=settings.sampling_defaults(),
+        defaults=defaults,
         config_errors=[*settings.problems, *sizes.problems],
+        models=[model.describe(defaults) for model in models],
+        default_model=default.id if default else None,
     )
 
 

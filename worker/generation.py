@@ -32,7 +32,8 @@ from protocol.models import (
 )
 from worker import __version__
 from worker.backends.base import Backend, Rendered
-from worker.backends.registry import plugin_for
+from worker.backends.registry import BY_ID
+from worker.catalog import choose_model, list_models
 from worker.context import RequestContext
 from worker.errors import ConfigInvalid, InvalidParams, OutputNotWritten
 from worker.file_names import NAME_MAX_BYTES, name_too_long
@@ -45,6 +46,7 @@ from worker.images import (
 )
 from worker.jobs import Job, JobQueue
 from worker.live import LiveSamplers
+from worker.models import Model
 from worker.parameters import JobParameters, requested_ratio, resolve_parameters
 from worker.progress import ProgressReporter
 from worker.reference import prepare_reference
@@ -64,33 +66,48 @@ A1111_SAMPLER_NAMES: dict[Scheduler, str] = {
     "euler": "Euler",
     "euler_a": "Euler a",
     "ddim": "DDIM",
+    "dpmpp_karras": "DPM++ 2M Karras",
+    "euler_karras": "Euler Karras",
+    "euler_a_trailing": "Euler a Trailing",
+    "lcm": "LCM",
+    "flow_match": "Euler Flow Match",
 }
 PARAMETERS_KEYWORD = "parameters"
 JSON_KEYWORD = "studio-imagegen"
 
 
 class Generator:
-    """Serves `generate`: checks, queues, renders with the configured backend, delivers."""
+    """Serves `generate`: picks the model, checks, queues, renders with the model's
+    backend (each made on its first job), delivers."""
 
     def __init__(self, settings: Settings, host: HostPlatform, live: LiveSamplers) -> None:
         self._settings = settings
-        self._plugin = plugin_for(settings)
-        self._backend = self._plugin.load(settings, host, live) if self._plugin else None
+        self._host = host
+        self._live = live
+        self.backends: dict[str, Backend] = {}
+        """The backends jobs have used, by id: what capabilities reads the live state of."""
 
-    @property
-    def backend(self) -> Backend | None:
-        return self._backend
+    def _backend_for(self, model: Model) -> Backend:
+        backend = self.backends.get(model.backend)
+        if backend is None:
+            plugin = BY_ID[model.backend]
+            backend = self.backends[model.backend] = plugin.load(
+                self._settings, self._host, self._live
+            )
+        return backend
 
     async def aclose(self) -> None:
-        if self._backend is not None:
-            await self._backend.aclose()
+        for backend in self.backends.values():
+            await backend.aclose()
 
     async def generate(
         self, context: RequestContext, params: GenerateParams, queue: JobQueue
     ) -> GenerateResult:
         check_request(params, self._settings)  # an unknown backend is a -32007 here
-        assert self._plugin is not None and self._backend is not None
-        sizes = self._plugin.sizes(self._settings)
+        models = list_models(self._settings, self._host, self.backends)
+        model = choose_model(models, params.model)
+        backend = self._backend_for(model)
+        sizes = model.sizes
         size = _choose(sizes, params)
         progress = ProgressReporter(context, params.run_id, expected_total_steps=0)
         job = Job(request_id=context.request_id, run_id=params.run_id, progress=progress)
@@ -101,16 +118,15 @@ class Generator:
                     prepare_reference, params.input_images[0], 0, (size.width, size.height)
                 )
         parameters = resolve_parameters(
-            params, self._settings, reference, size, sizes.manifest_path
+            params, self._settings, reference, size, sizes.manifest_path, model
         )
-        plan = self._backend.check(parameters)
+        plan = backend.check(parameters)
         if params.output == "path":
             _check_names(plan.file_names)
         progress.expect(plan.total_steps)
         size_warning = far_from_native(sizes, size)
         if size_warning:
             progress.advise(size_warning)
-        backend = self._backend
         rendered, started = await queue.run(
             job, lambda: render_timed(backend, parameters, progress)
         )
@@ -241,6 +257,8 @@ def deliver(
             },
             device=rendered.device,
             dtype=rendered.dtype,
+            model=parameters.model.id if parameters.model else "",
+            family=parameters.model.family if parameters.model else None,
             seed=parameters.seed,
             quality_preset=parameters.quality,
             strength=parameters.strength,
@@ -355,6 +373,8 @@ def _text_chunks(
         effective.pop("computeUnits", None)
     effective |= _ran_on(rendered)
     effective["sources"] = _sources(parameters, rendered)
+    if parameters.model is not None:
+        effective |= {"model": parameters.model.id, "family": parameters.model.family}
     record = {
         "request": params.to_wire(),
         "effective": effective,

@@ -35,6 +35,11 @@ class HostPlatform:
         return self.system == "Darwin"
 
     @property
+    def version(self) -> tuple[int, ...]:
+        """The OS version as numbers: (14, 5) for macOS 14.5."""
+        return _version_tuple(self.os_version)
+
+    @property
     def runs_core_ml(self) -> bool:
         """macOS 13.1 or later, where StableDiffusionSample can run."""
         return self.is_macos and _version_tuple(self.os_version) >= MIN_MACOS

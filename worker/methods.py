@@ -43,7 +43,7 @@ class WorkerMethods:
     async def capabilities(
         self, context: RequestContext, params: CapabilitiesParams
     ) -> CapabilitiesResult:
-        running = self._generator.backend if self._generator else None
+        running = self._generator.backends if self._generator else {}
         return describe_capabilities(self.settings, self.host, running)
 
     async def generate(self, context: RequestContext, params: GenerateParams) -> GenerateResult:

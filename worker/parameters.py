@@ -29,6 +29,7 @@ from worker.settings import Settings
 from worker.sizes import STANDARD_SIZES, SizeOption, ratio_of
 
 if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
+    from worker.models import Model
     from worker.reference import Reference
 
 DEFAULT_REFERENCE_INFLUENCE: ReferenceInfluence = "balanced"
@@ -66,6 +67,8 @@ class JobParameters:
     """The prepared reference image (image-to-image), checked before the job is queued."""
     strength: float | None = None
     """How far the result may move from the reference; set exactly when there is one."""
+    model: Model | None = None
+    """The model it runs (None: the backend's configured one, for callers that pick none)."""
 
     @property
     def names(self) -> ImageNames:
@@ -94,6 +97,7 @@ def resolve_parameters(
     reference: Reference | None = None,
     size: SizeOption | None = None,
     manifest_path: Path | None = None,
+    model: Model | None = None,
 ) -> JobParameters:
     """Each value from the first that sets it: the request's own field, a pinned variable,
     the request's preset (quality, reference influence), the default."""
@@ -127,6 +131,20 @@ def resolve_parameters(
         for name in fields
     }
     sources["seed"] = "request" if params.seed is not None else "derived"
+    if (
+        model is not None
+        and sampling.scheduler not in model.schedulers
+        and sources["scheduler"] in ("default", "preset")
+    ):  # its family takes other schedulers only (SD3: its own)
+        sampling = sampling.model_copy(update={"scheduler": model.schedulers[0]})
+        sources["scheduler"] = "model"
+    if (
+        model is not None
+        and model.preferred_compute_units is not None
+        and sources["computeUnits"] == "default"
+    ):  # a bundle's attention decides where it runs best
+        sampling = sampling.model_copy(update={"compute_units": model.preferred_compute_units})
+        sources["computeUnits"] = "model"
     strength = None
     if reference is not None:
         influence = params.chosen_influence or DEFAULT_REFERENCE_INFLUENCE
@@ -164,6 +182,7 @@ def resolve_parameters(
         else None,
         reference=reference,
         strength=strength,
+        model=model,
     )
 
 

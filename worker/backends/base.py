@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from worker.host import HostPlatform
     from worker.images import RenderedImage
     from worker.live import LiveSamplers
+    from worker.models import Model
     from worker.parameters import JobParameters
     from worker.progress import ProgressReporter
     from worker.settings import EnvironmentReader, Settings
@@ -124,7 +125,13 @@ class BackendPlugin(Protocol):
         """From the settings and the disk, and the running backend once a job loaded it."""
 
     def sizes(self, settings: Settings) -> SizeTable:
-        """The sizes it can make now, by ratio."""
+        """The sizes its configured model can make now, by ratio."""
+
+    def models(
+        self, settings: Settings, host: HostPlatform, running: Backend | None
+    ) -> list[Model]:
+        """Every model it finds, the configured one first (usable or not, and why), from
+        the disk; `running`: its backend once a job loaded it (what it holds now)."""
 
     def image_to_image_problem(self, settings: Settings) -> str:
         """Why image-to-image cannot run; empty when it can."""

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from worker.host import HostPlatform
     from worker.images import RenderedImage
     from worker.live import LiveSamplers
+    from worker.models import Model
     from worker.parameters import JobParameters
     from worker.progress import ProgressReporter
 
@@ -87,6 +88,27 @@ class MockPlugin:
             },
             custom_sizes=True,
         )
+
+    def models(
+        self, settings: Settings, host: HostPlatform, running: Backend | None
+    ) -> list[Model]:
+        from worker.models import Model
+
+        return [
+            Model(
+                id=f"{BACKEND_ID}/procedural",
+                label="procedural test patterns",
+                backend=BACKEND_ID,
+                family=None,
+                path=Path(),
+                sizes=self.sizes(settings),
+                schedulers=SCHEDULERS,
+                native=STANDARD_SIZES["1:1"],
+                compute_units=COMPUTE_UNITS,
+                notes=("test-only: deterministic patterns, not diffusion",),
+                result_id=MODEL_ID,
+            )
+        ]
 
     def image_to_image_problem(self, settings: Settings) -> str:
         return ""  # it blends any reference into its pattern

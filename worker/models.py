@@ -1,0 +1,102 @@
+"""A model the worker can run (or could, once fixed): what the catalog lists and a job
+runs with. Each backend's plug-in finds its own (`BackendPlugin.models`); the catalog
+(`worker.catalog`) puts them together and picks one for a request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.models import (
+    GUIDANCE_SCALE_MAX,
+    GUIDANCE_SCALE_MIN,
+    STEP_COUNT_MAX,
+    STEP_COUNT_MIN,
+    ComputeUnits,
+    Defaults,
+    FloatRange,
+    IntRange,
+    ModelFamily,
+    ModelInfo,
+    ModelSize,
+    Scheduler,
+)
+from worker.sizes import SizeTable
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    """`<backend>/<name>`: stable across restarts (it comes from where the model is)."""
+    label: str
+    backend: str
+    family: ModelFamily | None
+    path: Path
+    sizes: SizeTable
+    schedulers: tuple[Scheduler, ...]
+    native: tuple[int, int]
+    variant: str = "base"
+    guidance_min: float = GUIDANCE_SCALE_MIN
+    """Where a bundle always runs guidance, 1: below it the image would be unconditioned."""
+    step_min: int = STEP_COUNT_MIN
+    image_to_image_problem: str = ""
+    compute_units: tuple[ComputeUnits, ...] = ()
+    attention: str | None = None
+    preferred_compute_units: ComputeUnits | None = None
+    """Where it runs best when a request and the environment name none (a Core ML
+    bundle of original attention: the GPU)."""
+    problem: str = ""
+    fix: str = ""
+    default: bool = False
+    notes: tuple[str, ...] = ()
+    loaded: bool = False
+    """Held in memory now (diffusers' model host)."""
+    result_id: str = ""
+    """How results name it (`modelId`, with the compute units or device after a colon):
+    kept as the original provider named its one model, for graphs that read it."""
+    details: object = field(default=None, compare=False)
+    """What its backend keeps of it (a bundle's files, a diffusers location)."""
+
+    @property
+    def usable(self) -> bool:
+        return not self.problem
+
+    def describe(self, defaults: Defaults) -> ModelInfo:
+        """As `capabilities.models` lists it; `defaults`: the worker's sampling defaults."""
+        return ModelInfo(
+            id=self.id,
+            label=self.label,
+            backend=self.backend,
+            family=self.family,
+            variant="refiner" if self.variant == "refiner" else "base",
+            path=str(self.path),
+            native_width=self.native[0],
+            native_height=self.native[1],
+            sizes=[
+                ModelSize(ratio=option.ratio, width=option.width, height=option.height)
+                for option in self.sizes.options.values()
+                if option.usable
+            ],
+            custom_sizes=self.sizes.custom_sizes,
+            schedulers=list(self.schedulers),
+            guidance_scale=FloatRange(
+                min=self.guidance_min,
+                max=GUIDANCE_SCALE_MAX,
+                default=max(defaults.guidance_scale, self.guidance_min),
+            ),
+            step_count=IntRange(
+                min=self.step_min,
+                max=STEP_COUNT_MAX,
+                default=max(defaults.step_count, self.step_min),
+            ),
+            image_to_image=not self.image_to_image_problem,
+            image_to_image_reason=self.image_to_image_problem,
+            compute_units=list(self.compute_units),
+            attention=self.attention,
+            usable=self.usable,
+            problem=self.problem,
+            fix=self.fix,
+            default=self.default,
+            loaded=self.loaded,
+            notes=list(self.notes),
+        )
