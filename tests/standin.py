@@ -22,9 +22,13 @@ class StandIn:
         self.resources = install.resources
         self.tmp = root / "tmp"
         self.tmp.mkdir()
+        self.models = root / "models"
+        """The Core ML models folder: empty until a test puts bundles in it."""
         self.marker = uuid.uuid4().hex
         self.env: dict[str, str] = {
             **install.env(),
+            "SYSTEMSCULPT_LOCAL_DIFFUSION_MODELS_DIR": str(self.models),
+            "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODELS_DIR": str(root / "diffusers-models"),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "4",
             "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS": "300",
             "STANDIN_SD_SECONDS_PER_STEP": "0.005",

@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -293,8 +294,7 @@ async def test_unsupported_controls_fail_loudly_before_anything_runs(
 
 
 async def test_missing_resources_are_backend_unavailable(standin: StandIn) -> None:
-    (standin.resources / "Unet.mlmodelc" / "model.mil").unlink()
-    (standin.resources / "Unet.mlmodelc").rmdir()
+    shutil.rmtree(standin.resources / "Unet.mlmodelc")
     response, notifications = await generate_once(standin, {"prompt": "fox"})
     error = response["error"]
     assert error["code"] == -32002

@@ -183,3 +183,83 @@ def test_save_every_writes_intermediates_and_says_so_on_the_step_line(tmp_path: 
         "fox.5.2.png",
         "fox.5.final.png",
     ]
+
+
+def _family_run(
+    tmp_path: Path, bundle: Path, *flags: str, **env: str
+) -> subprocess.CompletedProcess[bytes]:
+    args = [f"--resource-path={bundle}", f"--output-path={tmp_path}", "--seed=7", *flags]
+    return _run([*args, "--", "a red fox"], STANDIN_SD_SECONDS_PER_STEP="0", **env)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[16:24]
+    return int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
+
+
+def test_xl_runs_an_sdxl_bundle_at_its_size(tmp_path: Path) -> None:
+    bundle = make_resource_dir(tmp_path / "xl", size=(1024, 1024), family="sdxl")
+    result = _family_run(tmp_path, bundle, "--xl", "--step-count=2")
+    assert result.returncode == 0, result.stderr
+    assert _png_size(tmp_path / "a_red_fox.7.final.png") == (1024, 1024)
+
+
+@pytest.mark.parametrize(
+    ("family", "flag", "omit", "missing"),
+    [
+        ("sdxl", "--xl", "TextEncoder2.mlmodelc", "TextEncoder2.mlmodelc"),
+        ("sdxl", "--xl", "Unet.mlmodelc", "Unet.mlmodelc"),
+        ("sd3", "--sd3", "MultiModalDiffusionTransformer.mlmodelc", "MultiModalDiffusion"),
+        ("sd3", "--sd3", "TextEncoder.mlmodelc", "TextEncoder.mlmodelc"),
+    ],
+)
+def test_each_family_checks_its_own_files(
+    tmp_path: Path, family: str, flag: str, omit: str, missing: str
+) -> None:
+    bundle = make_resource_dir(tmp_path / family, [omit], family=family)  # type: ignore[arg-type]
+    result = _family_run(tmp_path, bundle, flag)
+    assert result.returncode == 1
+    assert f"The file {missing}".encode() in result.stderr
+
+
+def test_xl_bundle_without_its_first_encoder_throws_at_sampling(tmp_path: Path) -> None:
+    bundle = make_resource_dir(tmp_path / "xl", ["TextEncoder.mlmodelc"], family="sdxl")
+    result = _family_run(tmp_path, bundle, "--xl")
+    assert result.returncode == 1
+    assert b"startingText2ImgWithoutTextEncoder" in result.stderr
+    assert result.stdout.endswith(b"Sampling ...\n")
+
+
+def test_an_xl_refiner_runs_text_to_image_quietly(tmp_path: Path) -> None:
+    """What the worker refuses: the CLI makes a refiner's image from noise, no error."""
+    bundle = make_resource_dir(tmp_path / "refiner", family="sdxl", refiner=True)
+    result = _family_run(tmp_path, bundle, "--xl", "--step-count=2")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a_red_fox.7.final.png").is_file()
+
+
+def test_sd3_ignores_the_scheduler_and_prints_one_line_a_step(tmp_path: Path) -> None:
+    bundle = make_resource_dir(tmp_path / "sd3", family="sd3")
+    result = _family_run(tmp_path, bundle, "--sd3", "--scheduler=pndm", "--step-count=3")
+    assert result.returncode == 0, result.stderr
+    assert b"Step 2 of 3 " in result.stdout and b"of 4" not in result.stdout
+
+
+def test_below_macos_14_xl_is_ignored_and_the_sd_pipeline_fails_at_the_first_step(
+    tmp_path: Path,
+) -> None:
+    bundle = make_resource_dir(tmp_path / "xl", family="sdxl")
+    result = _family_run(tmp_path, bundle, "--xl", STANDIN_SD_MACOS="13")
+    assert result.returncode == 1
+    assert b"Required input feature not passed" in result.stderr
+    assert b"Step 0" not in result.stdout
+
+
+def test_a_batch_two_unet_fails_without_guidance(tmp_path: Path) -> None:
+    bundle = make_resource_dir(tmp_path / "sd2", family="sd2", unet_batch=2)
+    failed = _family_run(tmp_path, bundle, "--guidance-scale=0")
+    assert failed.returncode == 1
+    assert b"(1 x 4 x 64 x 64) does not match the shape (2 x 4 x 64 x 64)" in failed.stderr
+    single = make_resource_dir(tmp_path / "sd2-single", family="sd2", unet_batch=1)
+    result = _family_run(tmp_path, single, "--guidance-scale=0", "--step-count=2")
+    assert result.returncode == 0, result.stderr

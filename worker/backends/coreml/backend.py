@@ -22,7 +22,9 @@ from protocol.errors import (
     UnsupportedFeatureData,
 )
 from worker.backends.base import JobPlan, Rendered
-from worker.backends.coreml.checks import check_image_encoder, locate_installation, model_id
+from worker.backends.coreml.bundle_files import read_bundle
+from worker.backends.coreml.catalog import SD3_SCHEDULERS
+from worker.backends.coreml.checks import MODEL_ID_PREFIX, check_image_encoder, locate_installation
 from worker.backends.coreml.sampler.command import SamplerCommand
 from worker.backends.coreml.sampler.output_layout import (
     OUTPUT_ROOT,
@@ -98,15 +100,33 @@ class CoreMLBackend:
         save after the whole run: -32602 naming the field, the limit and the fix; and
         image-to-image without the encoder it needs: -32001. The plan's step total is
         the `M` of the sampler's `Step N of M` lines."""
-        scheduler = parameters.sampling.scheduler
-        if scheduler not in SCHEDULERS:
-            raise UnsupportedFeature(
-                f"Unsupported feature: scheduler {scheduler!r}: StableDiffusionSample has "
-                f"{' and '.join(SCHEDULERS)} only. Choose one of them, or use the diffusers "
-                "backend, which has it.",
-                UnsupportedFeatureData(feature="scheduler", supported=list(SCHEDULERS)),
-            )
         resource_path = parameters.resource_path or self._section.resource_path
+        bundle = read_bundle(resource_path)
+        scheduler = parameters.sampling.scheduler
+        schedulers = SD3_SCHEDULERS if bundle.pipeline == "sd3" else SCHEDULERS
+        if scheduler not in schedulers:
+            if bundle.pipeline == "sd3":
+                why = (
+                    "SD3 bundles always run their discrete flow scheduler (the sampler "
+                    "ignores --scheduler for them). Leave scheduler out, or ask for "
+                    "flow_match"
+                )
+            else:
+                why = (
+                    f"StableDiffusionSample has {' and '.join(SCHEDULERS)} only. Choose one "
+                    "of them, or use the diffusers backend, which has it"
+                )
+            raise UnsupportedFeature(
+                f"Unsupported feature: scheduler {scheduler!r}: {why}.",
+                UnsupportedFeatureData(feature="scheduler", supported=list(schedulers)),
+            )
+        if bundle.refiner and parameters.reference is None:
+            raise UnsupportedFeature(
+                f"Unsupported feature: text-to-image: {resource_path} is an SDXL refiner "
+                "(no TextEncoder.mlmodelc), which makes images only from a reference; give "
+                "inputImages, or choose a base model",
+                UnsupportedFeatureData(feature="textToImage", supported=[]),
+            )
         if parameters.reference is not None:
             encoder = check_image_encoder(resource_path)
             if encoder.status == "fail":
@@ -121,6 +141,20 @@ class CoreMLBackend:
                 parameters.sampling.step_count, parameters.sampling.scheduler, parameters.strength
             )
         ]
+        guidance = parameters.sampling.guidance_scale
+        if guidance < 1 and (bundle.pipeline != "sd" or bundle.unet_batch == 2):
+            why = (
+                "its pipeline always runs guidance, so below 1 the image ignores the prompt"
+                if bundle.pipeline != "sd"
+                else "its UNet was converted to run with guidance (batch 2), and Core ML "
+                "fails without it"
+            )
+            errors.append(
+                FieldError(
+                    field="guidanceScale",
+                    message=f"{guidance:g} is below 1 for this bundle: {why}; use 1 or more",
+                )
+            )
         layout = _output_layout(parameters)
         job_name = f"{PREFIX}{os.getpid()}-{'x' * 8}"  # as make_directory names it
         longest_output_path = Path(tempfile.gettempdir(), job_name, OUTPUT_ROOT)
@@ -170,6 +204,7 @@ class CoreMLBackend:
                 output_path=prepare_output_path(job_directory, _output_layout(parameters)),
                 parameters=parameters,
                 reference_path=reference_path,
+                pipeline=read_bundle(installation.resource_path).pipeline,
             )
             withheld: list[int] = []
             outcome, stdout_tail = await self._run(command, parameters, progress, withheld)
@@ -181,7 +216,8 @@ class CoreMLBackend:
         return Rendered(
             images=images,
             warnings=warnings,
-            model_id=model_id(parameters.sampling.compute_units),
+            model_id=f"{parameters.model.result_id if parameters.model else MODEL_ID_PREFIX}:"
+            f"{parameters.sampling.compute_units}",
             backend=BACKEND_ID,
             sample_binary=str(installation.sample_binary),
             resource_path=str(installation.resource_path),

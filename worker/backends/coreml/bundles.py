@@ -18,11 +18,11 @@ import re
 from pathlib import Path
 
 from protocol.errors import ConfigInvalidData
+from worker.backends.coreml.bundle_files import DECODER, decoder_size
 from worker.backends.coreml.settings import ENV_MODEL_MANIFEST, ENV_RESOURCE_PATH, CoreMLSettings
-from worker.sizes import LATENT_SCALE, STANDARD_SIZES, SizeOption, SizeTable
+from worker.sizes import STANDARD_SIZES, SizeOption, SizeTable
 
 MANIFEST_SCHEMA = "studio.local-diffusion.model-manifest.v1"
-DECODER = "VAEDecoder.mlmodelc"
 FIXED_SIZES = "Core ML bundles make the size they were converted for"
 OTHER_SIZES = "use the diffusers backend, which makes any size"
 
@@ -106,7 +106,7 @@ def _checked(
 ) -> SizeOption:
     """The bundle with `present` and, where it declares its size, the size checked."""
     present = (bundle.resource_path / DECODER).is_dir()
-    declared = declared_size(bundle.resource_path)
+    declared = decoder_size(bundle.resource_path)
     problem = ""
     if declared is not None and declared != (bundle.width, bundle.height):
         problem = (
@@ -130,18 +130,3 @@ def _checked(
         present,
         problem,
     )
-
-
-def declared_size(resource_path: Path) -> tuple[int, int] | None:
-    """The image size a compiled bundle makes, from its VAE decoder's input shape
-    (`metadata.json` of the compiled model); None where it does not say."""
-    try:
-        metadata = json.loads((resource_path / DECODER / "metadata.json").read_text())
-        inputs = metadata[0]["inputSchema"]
-        shape = next(item["shape"] for item in inputs if item.get("name") == "z")
-        dimensions = [int(part) for part in re.findall(r"\d+", str(shape))]
-    except (OSError, ValueError, KeyError, IndexError, TypeError, StopIteration):
-        return None
-    if len(dimensions) != 4:
-        return None
-    return dimensions[3] * LATENT_SCALE, dimensions[2] * LATENT_SCALE

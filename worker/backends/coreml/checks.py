@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from protocol.models import ComputeUnits
+from protocol.models import FAMILY_NAMES, ComputeUnits
+from worker.backends.coreml.bundle_files import ENCODER, missing_files, read_bundle
 from worker.backends.coreml.settings import (
     BUNDLE_NAME,
     ENV_MODEL_MANIFEST,
@@ -29,16 +30,6 @@ from worker.sizes import SizeTable
 
 MODEL_ID_PREFIX = "local/macos-coreml-stable-diffusion-2-1-base-palettized"
 
-UNET = "Unet.mlmodelc"
-REQUIRED_RESOURCES = (
-    "TextEncoder.mlmodelc",
-    UNET,
-    "VAEDecoder.mlmodelc",
-    "vocab.json",
-    "merges.txt",
-)
-"""In the original provider's order; the Unet may also be split in two chunks."""
-UNET_CHUNKS = ("UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc")
 
 SAMPLER_REPOSITORY = "https://github.com/apple/ml-stable-diffusion"
 BUILT_BINARY_IN_CHECKOUT = ".build/release/StableDiffusionSample"
@@ -121,8 +112,46 @@ def locate_installation(
             check_platform(host, explicit),
             check_sampler(settings, binary),
             check_resources(resources),
+            *check_family(host, resources),
         ),
     )
+
+
+FAMILY_MACOS = (14, 0)
+"""The sampler builds its SDXL and SD3 pipelines on macOS 14 or later only."""
+
+
+def check_family(host: HostPlatform, resource_path: Path) -> list[Check]:
+    """What the bundle's family needs beyond its files: on a Mac, macOS 14 for SDXL and
+    SD3 (below it the sampler ignores --xl and --sd3 and runs the SD 1.x/2.x pipeline on
+    the bundle, making the wrong image or failing); for SD3, T5 whole or not at all."""
+    if not resource_path.is_dir():
+        return []
+    bundle = read_bundle(resource_path)
+    checks = []
+    if bundle.pipeline != "sd" and host.is_macos and host.version < FAMILY_MACOS:
+        name = FAMILY_NAMES[bundle.family] if bundle.family else "this family"
+        checks.append(
+            Check(
+                "model family",
+                "fail",
+                f"{resource_path} is a {name} bundle, which needs macOS 14 or later; "
+                f"{host.os_version} would run it with the SD 1.x/2.x pipeline and make the "
+                "wrong image.",
+                fix="update macOS to 14 or later, or use an SD 1.x/2.x bundle",
+            )
+        )
+    if bundle.partial_t5:
+        checks.append(
+            Check(
+                "model family",
+                "fail",
+                f"{resource_path} has some of SD3's T5 encoder files but not all of "
+                "TextEncoderT5.mlmodelc, tokenizer.json and tokenizer_config.json.",
+                fix="add the missing ones, or remove the others (SD3 runs without T5)",
+            )
+        )
+    return checks
 
 
 def check_platform(host: HostPlatform, explicit_binary: bool) -> Check:
@@ -203,7 +232,7 @@ def check_sampler(settings: CoreMLSettings, binary: Path | None) -> Check:
     return Check("sampler", "ok", f"{binary} ({where}), executable.")
 
 
-IMAGE_ENCODER = "VAEEncoder.mlmodelc"
+IMAGE_ENCODER = ENCODER
 
 
 def check_image_encoder(resource_path: Path) -> Check:
@@ -265,16 +294,12 @@ def _find_binary(settings: CoreMLSettings, which: Callable[[str], str | None]) -
 
 
 def _missing_resources(resource_path: Path) -> list[str]:
+    """What the sampler's pipeline for this bundle's family would not find, as paths (the
+    original provider's order for SD 1.x/2.x)."""
     if not resource_path.is_dir():
         return [str(resource_path)]
-    has_unet = (resource_path / UNET).exists() or all(
-        (resource_path / chunk).exists() for chunk in UNET_CHUNKS
-    )
-    return [
-        str(resource_path / name)
-        for name in REQUIRED_RESOURCES
-        if not (has_unet if name == UNET else (resource_path / name).exists())
-    ]
+    pipeline = read_bundle(resource_path).pipeline
+    return [str(resource_path / name) for name in missing_files(resource_path, pipeline)]
 
 
 SAMPLER_HELP_TIMEOUT_SECONDS = 20

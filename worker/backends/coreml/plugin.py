@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from worker.checks import Check
     from worker.host import HostPlatform
     from worker.live import LiveSamplers
+    from worker.models import Model
 
 
 class CoreMLInstaller:
@@ -93,6 +94,13 @@ class CoreMLPlugin:
 
     def sizes(self, settings: Settings) -> SizeTable:
         return load_manifest(settings.section(CoreMLSettings))
+
+    def models(
+        self, settings: Settings, host: HostPlatform, running: Backend | None
+    ) -> list[Model]:
+        from worker.backends.coreml.catalog import find_models
+
+        return find_models(settings.section(CoreMLSettings), host)
 
     def image_to_image_problem(self, settings: Settings) -> str:
         encoder = check_image_encoder(settings.section(CoreMLSettings).resource_path)

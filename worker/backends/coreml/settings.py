@@ -17,6 +17,8 @@ ENV_RESOURCE_PATH = "SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH"
 ENV_MODEL_MANIFEST = "SYSTEMSCULPT_LOCAL_DIFFUSION_MODEL_MANIFEST"
 ENV_LEGACY_MANIFEST = "SYSTEMSCULPT_LOCAL_DIFFUSION_MANIFEST_PATH"
 """What Studio's later provider read; installs it made may still set it."""
+ENV_MODELS_DIR = "SYSTEMSCULPT_LOCAL_DIFFUSION_MODELS_DIR"
+"""The folder whose bundles are listed as models (each one a folder holding a denoiser)."""
 
 DEFAULT_CHECKOUT = "gits/apps/ml-stable-diffusion"
 """Relative to the home directory, where the original installer cloned the sampler."""
@@ -42,12 +44,14 @@ class CoreMLSettings:
     """True when SYSTEMSCULPT_LOCAL_DIFFUSION_RESOURCE_PATH names it (the 1:1 bundle)."""
     model_manifest: Path = Path(DEFAULT_MODEL_MANIFEST)
     model_manifest_explicit: bool = False
+    models_dir: Path = Path(DEFAULT_MODELS_DIR)
 
     @classmethod
     def read(cls, reader: EnvironmentReader, home: Path) -> CoreMLSettings:
         sample_bin = reader.raw(ENV_SAMPLE_BIN)
         resources = reader.raw(ENV_RESOURCE_PATH)
         manifest = reader.raw(ENV_MODEL_MANIFEST) or reader.raw(ENV_LEGACY_MANIFEST)
+        models = reader.raw(ENV_MODELS_DIR)
         return cls(
             sample_bin=Path(sample_bin).expanduser() if sample_bin else None,
             default_sample_bin=home / DEFAULT_SAMPLE_BIN,
@@ -59,4 +63,5 @@ class CoreMLSettings:
                 Path(manifest).expanduser() if manifest else home / DEFAULT_MODEL_MANIFEST
             ),
             model_manifest_explicit=bool(manifest),
+            models_dir=Path(models).expanduser() if models else home / DEFAULT_MODELS_DIR,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from worker.parameters import JobParameters
 
@@ -18,6 +19,8 @@ class SamplerCommand:
     parameters: JobParameters
     reference_path: Path | None = None
     """The prepared reference image, for image-to-image."""
+    pipeline: Literal["sd", "sdxl", "sd3"] = "sd"
+    """Which of the sampler's pipelines the bundle needs (`--xl`, `--sd3`)."""
 
     def argv(self) -> list[str]:
         """No shell is involved. Values go as `--option=value`, and the prompt after `--`,
@@ -34,8 +37,13 @@ class SamplerCommand:
             f"--image-count={job.count}",
             f"--seed={job.seed}",
             f"--guidance-scale={sampling.guidance_scale:g}",
-            f"--scheduler={sampling.scheduler}",
         ]
+        if self.pipeline == "sdxl":
+            argv.append("--xl")
+        elif self.pipeline == "sd3":
+            argv.append("--sd3")  # which runs its own scheduler: --scheduler is not passed
+        if self.pipeline != "sd3":
+            argv.append(f"--scheduler={sampling.scheduler}")
         if job.preview_every:
             argv.append(f"--save-every={job.preview_every}")
         if self.reference_path is not None and job.strength is not None:

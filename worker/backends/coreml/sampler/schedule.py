@@ -61,12 +61,13 @@ def schedule_problems(
             )
         elif start_step(step_count, strength) >= scheduler_length(step_count, scheduler):
             lowest = math.ceil(1 / step_count * 1000) / 1000
+            other = "" if scheduler == "flow_match" else ", or the pndm scheduler"
             problems.append(
                 (
                     "strength",
-                    f"with {step_count} dpmpp steps a strength of {strength:g} runs no step "
-                    f"and the sampler crashes; use a strength of at least {lowest:g}, more "
-                    "steps, or the pndm scheduler",
+                    f"with {step_count} {scheduler} steps a strength of {strength:g} runs no "
+                    f"step and the sampler crashes; use a strength of at least {lowest:g} or "
+                    f"more steps{other}",
                 )
             )
     return problems

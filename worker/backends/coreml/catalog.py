@@ -1,0 +1,198 @@
+"""The Core ML models on this machine: the configured one (the resource path, with the
+bundles the model manifest adds for other ratios), and every other bundle in the models
+folder (`SYSTEMSCULPT_LOCAL_DIFFUSION_MODELS_DIR`), each folder holding a denoiser being
+one model. Read from the files only, and cached by their modification times."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from protocol.models import COMPUTE_UNITS, FAMILY_NAMES, Scheduler
+from worker.backends.coreml.bundle_files import (
+    BundleFiles,
+    is_bundle,
+    read_bundle,
+)
+from worker.backends.coreml.bundles import FIXED_SIZES, OTHER_SIZES, load_manifest
+from worker.backends.coreml.checks import (
+    MODEL_ID_PREFIX,
+    SamplerInstallation,
+    check_image_encoder,
+    locate_installation,
+)
+from worker.backends.coreml.settings import BACKEND_ID, SCHEDULERS, CoreMLSettings
+from worker.host import HostPlatform
+from worker.models import Model
+from worker.sizes import SizeOption, SizeTable, ratio_of
+
+SD3_SCHEDULERS: tuple[Scheduler, ...] = ("flow_match",)
+"""The sampler runs SD3 with its discrete flow scheduler whatever `--scheduler` says."""
+SCAN_DEPTH = 4
+"""How deep below the models folder bundles are looked for (zips unpack into a folder or
+two of their own)."""
+ATTENTION_NOTES = {
+    "split_einsum": "split-einsum attention: made for the Neural Engine (cpuAndNeuralEngine)",
+    "original": "original attention: runs best on the GPU (cpuAndGPU)",
+}
+
+
+def find_models(settings: CoreMLSettings, host: HostPlatform) -> list[Model]:
+    """The configured model first (the default when Core ML is the backend), then the
+    other bundles of the models folder, by name."""
+    installation = locate_installation(settings, host)
+    sizes = load_manifest(settings)
+    configured = {settings.resource_path.resolve(strict=False)} | {
+        option.resource_path.resolve(strict=False) for option in sizes.options.values()
+    }
+    models = [_configured_model(settings, installation, sizes)]
+    labels = {models[0].label}
+    for folder in _bundles_in(settings.models_dir):
+        if folder.resolve() in configured:
+            continue
+        label = _label(settings.models_dir, folder, labels)
+        labels.add(label)
+        models.append(_bundle_model(settings, host, folder, label))
+    return models
+
+
+def _configured_model(
+    settings: CoreMLSettings, installation: SamplerInstallation, sizes: SizeTable
+) -> Model:
+    bundle = read_bundle(settings.resource_path) if settings.resource_path.is_dir() else None
+    label = settings.resource_path.name or "default"
+    encoder = check_image_encoder(settings.resource_path)
+    return _model(
+        bundle,
+        label,
+        settings.resource_path,
+        sizes,
+        problem="" if installation.available else installation.reason,
+        fix=installation.install_hint,
+        image_to_image_problem=""
+        if encoder.status == "ok"
+        else f"{encoder.detail} To fix: {encoder.fix_text}.",
+        result_id=MODEL_ID_PREFIX,
+    )
+
+
+def _bundle_model(settings: CoreMLSettings, host: HostPlatform, folder: Path, label: str) -> Model:
+    bundle = read_bundle(folder)
+    installation = locate_installation(settings, host, resource_path=folder)
+    if bundle.size is not None:
+        width, height = bundle.size
+        option = SizeOption(ratio_of(width, height), width, height, folder, "models folder", True)
+        sizes = SizeTable(
+            {option.ratio: option},
+            fixed_sizes_reason=FIXED_SIZES,
+            fixed_sizes_alternative=OTHER_SIZES,
+        )
+    else:
+        sizes = SizeTable({}, fixed_sizes_reason=FIXED_SIZES)
+    problem = "" if installation.available else installation.reason
+    fix = installation.install_hint if problem else ""
+    if bundle.missing:  # a bundle of the folder, not the one install fetches
+        kind = FAMILY_NAMES[bundle.family] if bundle.family else "Core ML"
+        problem = f"{folder} is an incomplete {kind} bundle: {', '.join(bundle.missing)} missing"
+        fix = f"unzip its download again into {settings.models_dir}, or remove {folder}"
+    elif not problem and bundle.size is None:
+        problem = (
+            f"{folder} does not say which size it makes (its VAEDecoder.mlmodelc has no "
+            "metadata.json)"
+        )
+        fix = f"convert or download the bundle again, or remove {folder}"
+    encoder = check_image_encoder(folder)
+    return _model(
+        bundle,
+        label,
+        folder,
+        sizes,
+        problem=problem,
+        fix=fix,
+        image_to_image_problem=""
+        if encoder.status == "ok"
+        else f"{encoder.detail} To fix: {encoder.fix_text}.",
+        result_id=f"local/macos-coreml-{label}",
+    )
+
+
+def _model(
+    bundle: BundleFiles | None,
+    label: str,
+    path: Path,
+    sizes: SizeTable,
+    *,
+    problem: str,
+    fix: str,
+    image_to_image_problem: str,
+    result_id: str,
+) -> Model:
+    family = bundle.family if bundle else None
+    pipeline = bundle.pipeline if bundle else "sd"
+    square = sizes.options.get("1:1") or next(iter(sizes.options.values()), None)
+    native = (square.width, square.height) if square else (512, 512)
+    notes = []
+    guidance_min = 0.0
+    if pipeline != "sd":
+        guidance_min = 1.0  # its pipeline always runs guidance: below 1 is unconditioned
+        notes.append(f"{FAMILY_NAMES[family] if family else 'it'} always runs guidance (1 or more)")
+    elif bundle is not None and bundle.unet_batch == 2:
+        guidance_min = 1.0  # a UNet of batch 2 fails without guidance's second half
+        notes.append("its UNet was converted for guidance: guidance below 1 would fail")
+    if bundle is not None and bundle.refiner:
+        notes.append("a refiner: it makes images only from a reference (inputImages)")
+    if bundle is not None and bundle.attention is not None:
+        notes.append(ATTENTION_NOTES[bundle.attention])
+    return Model(
+        id=f"{BACKEND_ID}/{label}",
+        label=label,
+        backend=BACKEND_ID,
+        family=family,
+        path=path,
+        sizes=sizes,
+        schedulers=SD3_SCHEDULERS if pipeline == "sd3" else SCHEDULERS,
+        native=native,
+        variant="refiner" if bundle is not None and bundle.refiner else "base",
+        guidance_min=guidance_min,
+        image_to_image_problem=image_to_image_problem,
+        compute_units=COMPUTE_UNITS,
+        attention=bundle.attention if bundle else None,
+        preferred_compute_units="cpuAndGPU"
+        if bundle is not None and bundle.attention == "original"
+        else None,
+        problem=problem,
+        fix=fix,
+        notes=tuple(notes),
+        result_id=result_id,
+        details=bundle,
+    )
+
+
+def _bundles_in(root: Path) -> list[Path]:
+    """Every folder below `root` that holds a denoiser, not looking inside one."""
+    found: list[Path] = []
+    if not root.is_dir():
+        return found
+    for folder, subfolders, _files in os.walk(root):
+        here = Path(folder)
+        depth = len(here.relative_to(root).parts)
+        if here != root and is_bundle(here):
+            found.append(here)
+            subfolders.clear()
+            continue
+        subfolders[:] = sorted(
+            name
+            for name in subfolders
+            if depth < SCAN_DEPTH and not name.endswith(".mlmodelc") and name != "controlnet"
+        )
+    return sorted(found)
+
+
+def _label(root: Path, folder: Path, taken: set[str]) -> str:
+    """The bundle's name: its first folder below the models folder (a zip unpacks as
+    `<name>/<name>/` or `<name>/compiled/`), made unique."""
+    parts = folder.relative_to(root).parts
+    label = parts[0]
+    if label in taken:
+        label = "-".join(parts)
+    return label
