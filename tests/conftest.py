@@ -12,6 +12,17 @@ from tests.standin import StandIn
 from tests.worker_clients import WorkerProcess, start_worker_process
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hugging_face_cache_of_the_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The diffusers backend lists the pipelines of the Hugging Face cache: the suite's
+    answers must not depend on what this machine has downloaded. Tests that want a cache
+    give HF_HOME themselves."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+        patch.delenv("HF_HUB_CACHE", raising=False)
+        yield
+
+
 @pytest.fixture
 def worker_process() -> Iterator[Callable[..., WorkerProcess]]:
     """Start workers as real subprocesses; any left running are killed after the test."""
@@ -47,3 +58,17 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Stable Diffusion pipeline with random weights, built once per session."""
     require_extra()
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL pipeline (two text encoders, added conditioning), built once."""
+    require_extra()
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", "--family", "sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD3 pipeline (a one-layer transformer, no T5), built once."""
+    require_extra()
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd3", "--family", "sd3")

@@ -55,6 +55,8 @@ class DiffusersSetup:
         self.env: dict[str, str] = {
             "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
             "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL": str(model),
+            "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODELS_DIR": str(root / "diffusers-models"),
+            "SYSTEMSCULPT_LOCAL_DIFFUSION_MODELS_DIR": str(root / "coreml-models"),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "4",
             "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS": "10000",
             "DIFFUSERS_TEST_MARKER": self.marker,

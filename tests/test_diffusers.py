@@ -387,7 +387,7 @@ def test_a_killed_host_fails_its_job_and_the_next_gets_a_new_one(
     after, notifications = generate(warm, {"prompt": "reborn", "stepCount": 3})
     assert "result" in after
     loading = [n["params"]["message"] for n in notifications if n["params"]["phase"] == "loading"]
-    assert any("the last load took" in message for message in loading)
+    assert any("its last load took" in message for message in loading)
     new = host_of(warm)
     assert new["loaded"] and new["pid"] != old
     assert setup.host_processes() == [new["pid"]]
@@ -527,7 +527,7 @@ def test_a_missing_model_is_reported_before_any_job(tmp_path: Path) -> None:
         worker.close()
 
 
-def test_a_model_that_is_not_stable_diffusion_is_refused(tmp_path: Path) -> None:
+def test_a_pipeline_of_a_family_it_does_not_run_is_refused(tmp_path: Path) -> None:
     require_extra()  # without it, that is what is reported first
     model = tmp_path / "other-model"
     model.mkdir()
@@ -537,7 +537,9 @@ def test_a_model_that_is_not_stable_diffusion_is_refused(tmp_path: Path) -> None
     try:
         response, _ = generate(worker, {"prompt": "anything"})
         assert response["error"]["code"] == -32002
-        assert "not a Stable Diffusion pipeline" in response["error"]["message"]
+        message = response["error"]["message"]
+        assert "holds a FluxPipeline, not a pipeline this backend runs" in message
+        assert "StableDiffusionXLPipeline" in message
     finally:
         worker.close()
 
@@ -561,7 +563,7 @@ def test_a_broken_model_fails_to_load_with_the_reason(tiny_model: Path, tmp_path
         assert "install --backend diffusers" in response["error"]["data"]["installHint"]
         host = worker.call("capabilities")["result"]["backend"]["modelHost"]
         assert host["loaded"] is False
-        assert "could not be loaded as a Stable Diffusion pipeline" in host["lastLoadError"]
+        assert "could not be loaded as a Stable Diffusion 1.x pipeline" in host["lastLoadError"]
         assert wait_for(lambda: not setup.host_processes(), 10)
     finally:
         worker.close()

@@ -20,6 +20,7 @@ from protocol.errors import (
     FieldError,
     InvalidParamsData,
     TimedOutData,
+    UnsupportedFeatureData,
 )
 from protocol.models import ModelHostStatus
 from worker.backends.base import JobPlan, Rendered
@@ -28,14 +29,14 @@ from worker.backends.diffusers.checks import (
     install_extra_hint,
     locate_model,
     missing_modules,
-    model_id,
 )
 from worker.backends.diffusers.follower import JobFollower, image_name
+from worker.backends.diffusers.host.families import FAMILIES
 from worker.backends.diffusers.host.messages import HostJob
 from worker.backends.diffusers.host_process import HostGone
 from worker.backends.diffusers.settings import BACKEND_ID, DiffusersSettings
 from worker.backends.diffusers.supervisor import ModelHostSupervisor, host_failed
-from worker.errors import BackendUnavailable, InvalidParams, TimedOut
+from worker.errors import BackendUnavailable, InvalidParams, TimedOut, UnsupportedFeature
 from worker.images import account_for
 from worker.live import LiveSamplers
 from worker.parameters import JobParameters
@@ -68,7 +69,22 @@ class DiffusersBackend:
         """-32002 when the extra or the model is missing; -32602 for a strength that
         leaves no step to run. The plan counts the steps as the pipeline runs them (the
         host confirms the total when it accepts the job)."""
-        self._usable_model()
+        location = self._usable_model(parameters)
+        family = FAMILIES[location.family or "sd1"]
+        scheduler = parameters.sampling.scheduler
+        if scheduler not in family.schedulers:
+            raise UnsupportedFeature(
+                f"Unsupported feature: scheduler {scheduler!r}: {location.label} is a "
+                f"{family.title} model, which takes {', '.join(family.schedulers)}.",
+                UnsupportedFeatureData(feature="scheduler", supported=list(family.schedulers)),
+            )
+        if location.refiner and parameters.reference is None:
+            raise UnsupportedFeature(
+                f"Unsupported feature: text-to-image: {location.label} is an SDXL refiner, "
+                "which makes images only from a reference; give inputImages, or choose a base "
+                "model",
+                UnsupportedFeatureData(feature="textToImage", supported=[]),
+            )
         strength = parameters.strength
         step_count = parameters.sampling.step_count
         if strength is not None and int(step_count * strength) < 1:
@@ -86,7 +102,8 @@ class DiffusersBackend:
             file_names=tuple(image_name(parameters, i) for i in range(parameters.count)),
         )
 
-    def _usable_model(self) -> ModelLocation:
+    def _usable_model(self, parameters: JobParameters) -> ModelLocation:
+        """The job's model (the configured one where the job names none), if it can run."""
         missing = missing_modules()
         if missing:
             reason = f"the diffusers extra is not installed (missing: {', '.join(missing)})"
@@ -99,7 +116,12 @@ class DiffusersBackend:
                     install_hint=install_extra_hint(),
                 ),
             )
-        location = locate_model(self._settings)
+        model = parameters.model
+        location = (
+            model.details
+            if model is not None and isinstance(model.details, ModelLocation)
+            else locate_model(self._settings)
+        )
         if not location.usable:
             raise BackendUnavailable(
                 f"Diffusers backend unavailable: {location.problem}. To fix: {location.fix}.",
@@ -113,7 +135,7 @@ class DiffusersBackend:
         return location
 
     async def render(self, parameters: JobParameters, progress: ProgressReporter) -> Rendered:
-        location = self._usable_model()
+        location = self._usable_model(parameters)
         async with self._one_job:
             started = time.monotonic()
             job_directory = make_directory()
@@ -129,7 +151,7 @@ class DiffusersBackend:
         return Rendered(
             images=job.images,
             warnings=warnings,
-            model_id=model_id(location, self.supervisor.device),
+            model_id=f"{BACKEND_ID}/{location.label}:{self.supervisor.device}",
             backend=BACKEND_ID,
             sample_binary=None,
             resource_path=str(location.path),
@@ -196,9 +218,12 @@ def host_job(parameters: JobParameters, job_directory: Path) -> HostJob:
 
 def pipeline_steps(parameters: JobParameters) -> int:
     """The steps the pipeline runs for one image: its scheduler's timesteps (PNDM has one
-    more than asked), cut by a reference's strength as image-to-image cuts them."""
+    more than asked), cut by a reference's strength as image-to-image cuts them (SD3 keeps
+    the fraction of a step that Stable Diffusion rounds away)."""
     steps = parameters.sampling.step_count
     length = steps + 1 if parameters.sampling.scheduler == "pndm" else steps
     if parameters.strength is None:
         return length
+    if parameters.model is not None and parameters.model.family == "sd3":
+        return length - int(max(steps - steps * parameters.strength, 0))
     return length - (steps - min(int(steps * parameters.strength), steps))

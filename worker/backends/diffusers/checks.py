@@ -18,11 +18,17 @@ import re
 import shlex
 import sys
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
-from protocol.models import ModelHostStatus
+from protocol.models import ModelFamily, ModelHostStatus
+from worker.backends.diffusers.host.families import (
+    FAMILIES,
+    PIPELINE_FAMILIES,
+    checkpoint_family,
+    directory_family,
+)
 from worker.backends.diffusers.settings import DEFAULT_MODEL, DiffusersSettings
 from worker.backends.diffusers.variables import ENV_MODEL, INSTALL_MODEL
 
@@ -32,7 +38,6 @@ CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 DEFAULT_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
 """The commit of the default model that `install` downloads and the worker then uses."""
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-PIPELINE_CLASS = "StableDiffusionPipeline"
 DEFAULT_NATIVE_SIDE = 512
 """What Stable Diffusion 1.x makes, for a checkpoint that does not say."""
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -58,6 +63,10 @@ class ModelLocation:
     """The side of the square images it was trained on."""
     safety_checker: bool = False
     """It ships a safety checker."""
+    family: ModelFamily | None = None
+    """sd1, sd2, sdxl, sd3: from its files; None where they do not say (a .ckpt)."""
+    refiner: bool = False
+    """An SDXL refiner: it makes images from a reference only."""
 
     @property
     def usable(self) -> bool:
@@ -148,7 +157,7 @@ def locate_model(settings: DiffusersSettings) -> ModelLocation:
                 f"{path} is not a checkpoint (.safetensors or .ckpt)",
                 f"point {ENV_MODEL} at a .safetensors checkpoint or a diffusers directory",
             )
-        return ModelLocation(text, "single_file", path, path.stem)
+        return single_file(text, path, path.stem)
     if _REPO_ID.fullmatch(text) and not text.startswith((".", "~")):
         revision = DEFAULT_REVISION if text == DEFAULT_MODEL else None
         snapshot = cached_snapshot(text, revision)
@@ -191,16 +200,17 @@ def _directory(text: str, path: Path, label: str, kind: ModelKind = "directory")
             f"{path} is not a diffusers model: its model_index.json {reason}",
             f"point {ENV_MODEL} at a directory saved by diffusers, or run {INSTALL_MODEL}",
         )
-    if not isinstance(declared, dict) or declared.get("_class_name") != PIPELINE_CLASS:
+    identified = directory_family(path, declared) if isinstance(declared, dict) else None
+    if identified is None:
         found = declared.get("_class_name") if isinstance(declared, dict) else None
         return ModelLocation(
             text,
             kind,
             None,
             label,
-            f"{path} holds a {found or 'model of no known class'}, not a Stable Diffusion "
-            f"pipeline ({PIPELINE_CLASS})",
-            f"point {ENV_MODEL} at a Stable Diffusion 1.x or 2.x model",
+            f"{path} holds a {found or 'model of no known class'}, not a pipeline this "
+            f"backend runs ({', '.join(PIPELINE_FAMILIES)})",
+            f"point {ENV_MODEL} at a Stable Diffusion 1.x, 2.x, XL or 3 model",
         )
     missing = missing_component(path, declared)
     if missing:
@@ -219,9 +229,56 @@ def _directory(text: str, path: Path, label: str, kind: ModelKind = "directory")
         kind,
         path,
         label,
-        native_side=_native_side(path),
+        native_side=_native_side(path, identified.family),
         safety_checker=isinstance(checker, list) and checker[:1] != [None],
+        family=cast(ModelFamily, identified.family),  # one of FAMILIES' keys
+        refiner=identified.refiner,
     )
+
+
+def read_location(text: str, path: Path, label: str, kind: str) -> ModelLocation:
+    """A model found in a folder or the cache, read as the configured one is."""
+    if kind == "single_file":
+        return single_file(text, path, label)
+    return _directory(text, path, label, kind="hub" if kind == "hub" else "directory")
+
+
+def single_file(text: str, path: Path, label: str) -> ModelLocation:
+    """A checkpoint: its family from its tensor names, and whether the configuration it is
+    built with is in the Hugging Face cache (the worker never downloads while generating)."""
+    identified = checkpoint_family(path)
+    if identified is None:  # a pickled .ckpt: the model host tells its family when loading
+        return ModelLocation(text, "single_file", path, label)
+    family = FAMILIES[identified.family]
+    location = ModelLocation(
+        text,
+        "single_file",
+        path,
+        label,
+        native_side=family.native_side,
+        family=cast(ModelFamily, family.name),  # one of FAMILIES' keys
+        refiner=identified.refiner,
+    )
+    repo = identified.config_repo
+    if _cached_configuration(repo) is None:
+        return replace(
+            location,
+            path=None,
+            problem=f"{path.name} is a single-file {family.title} checkpoint, "
+            f"which diffusers builds with the configuration of {repo} (its json and tokenizer "
+            "files, a few MB); that is not in the Hugging Face cache, and the worker never "
+            "downloads while generating",
+            fix=f"fetch it once: {INSTALL_MODEL} --model {repo} --config-only",
+        )
+    return location
+
+
+def _cached_configuration(repo: str) -> Path | None:
+    """Any cached snapshot of `repo` with its model_index.json (its main branch, or a
+    pinned revision)."""
+    snapshots = hub_cache() / f"models--{repo.replace('/', '--')}" / "snapshots"
+    found = sorted(s for s in snapshots.glob("*") if (s / "model_index.json").is_file())
+    return found[0] if found else None
 
 
 COMPONENT_FILES = {
@@ -258,15 +315,17 @@ def missing_component(path: Path, declared: dict[str, object]) -> str:
     return ""
 
 
-def _native_side(path: Path) -> int:
-    """The UNet's latent size times the VAE's scale (2 to the number of its levels - 1)."""
+def _native_side(path: Path, family: str) -> int:
+    """The denoiser's latent size (the UNet's, or SD3's transformer's) times the VAE's
+    scale (2 to the number of its levels - 1)."""
+    denoiser = "transformer" if family == "sd3" else "unet"
     try:
-        unet = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((path / denoiser / "config.json").read_text(encoding="utf-8"))
         vae = json.loads((path / "vae" / "config.json").read_text(encoding="utf-8"))
-        side = int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        side = int(config["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
     except (OSError, ValueError, KeyError, TypeError):
-        return DEFAULT_NATIVE_SIDE
-    return side if side > 0 else DEFAULT_NATIVE_SIDE
+        return FAMILIES[family].native_side
+    return side if side > 0 else FAMILIES[family].native_side
 
 
 def not_loaded(

@@ -58,7 +58,14 @@ class HostGone(Exception):
 
 
 def host_command(
-    model: Path, label: str, device: str, dtype: str, idle_ms: int, safety: bool
+    model: Path,
+    label: str,
+    device: str,
+    dtype: str,
+    idle_ms: int,
+    safety: bool,
+    family: str | None = None,
+    refiner: bool = False,
 ) -> list[str]:
     command = [
         sys.executable,
@@ -75,6 +82,10 @@ def host_command(
         "--idle-ms",
         str(idle_ms),
     ]
+    if family is not None:
+        command += ["--family", family]
+    if refiner:
+        command.append("--refiner")
     return [*command, "--safety"] if safety else command
 
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from worker.checks import Check
     from worker.host import HostPlatform
     from worker.live import LiveSamplers
+    from worker.models import Model
 
 
 class DiffusersInstaller:
@@ -116,6 +117,19 @@ class DiffusersPlugin:
         model = locate_model(section)
         source = "environment" if section.model_explicit else "default"
         return standard_table(model.path or Path(model.text), source, model.native_side)
+
+    def models(
+        self, settings: Settings, host: HostPlatform, running: Backend | None
+    ) -> list[Model]:
+        from worker.backends.diffusers.catalog import find_models
+
+        loaded = None
+        if running is not None:  # loaded by a generate already: no import is added here
+            from worker.backends.diffusers.backend import DiffusersBackend
+
+            if isinstance(running, DiffusersBackend):
+                loaded = running.supervisor.loaded_model
+        return find_models(settings.section(DiffusersSettings), missing_modules(), loaded)
 
     def image_to_image_problem(self, settings: Settings) -> str:
         return ""  # every Stable Diffusion model does it, whenever it runs at all

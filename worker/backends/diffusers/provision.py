@@ -105,7 +105,14 @@ def check_load(location: ModelLocation, settings: DiffusersSettings, safety: boo
     tokenizer does), and only a render shows it."""
     assert location.path is not None
     command = host_command(
-        location.path, location.label, settings.device, settings.dtype, idle_ms=0, safety=safety
+        location.path,
+        location.label,
+        settings.device,
+        settings.dtype,
+        idle_ms=0,
+        safety=safety,
+        family=location.family,
+        refiner=location.refiner,
     )
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}host-{os.getpid()}-") as scratch:
         trial = messages.HostJob(

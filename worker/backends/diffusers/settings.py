@@ -13,6 +13,7 @@ from worker.backends.diffusers.variables import (
     ENV_IDLE_MS,
     ENV_LOAD_TIMEOUT_MS,
     ENV_MODEL,
+    ENV_MODELS_DIR,
 )
 from worker.settings import EnvironmentReader
 
@@ -26,6 +27,8 @@ MAX_IDLE_MS = 7 * 24 * 3_600_000
 DEFAULT_LOAD_TIMEOUT_MS = 900_000
 """A first load of a real model can take minutes (imports compiled, weights read from disk)."""
 LOAD_TIMEOUT_MS_RANGE = (1_000, 3_600_000)
+DEFAULT_MODELS_DIR = ".systemsculpt/diffusers-models"
+"""Relative to the home directory: where model directories and checkpoints are listed from."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class DiffusersSettings:
     load_timeout_ms: int = DEFAULT_LOAD_TIMEOUT_MS
     """How long the model host may take to load the model: a limit of its own, since a
     request's `timeoutMs` counts only the work it asked for."""
+    models_dir: Path = Path(DEFAULT_MODELS_DIR)
 
     def summary(self) -> str:
         """For `doctor`'s settings line."""
@@ -60,4 +64,7 @@ class DiffusersSettings:
             load_timeout_ms=reader.number(
                 ENV_LOAD_TIMEOUT_MS, int, *LOAD_TIMEOUT_MS_RANGE, DEFAULT_LOAD_TIMEOUT_MS
             ),
+            models_dir=Path(
+                reader.text(ENV_MODELS_DIR, str(home / DEFAULT_MODELS_DIR))
+            ).expanduser(),
         )

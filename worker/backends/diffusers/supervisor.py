@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 
@@ -55,6 +56,17 @@ class ModelHostSupervisor:
         self._kill_grace_seconds = kill_grace_ms / 1000
         self._host: ModelHostProcess | None = None
         self._state = HostState()
+        self._model: ModelLocation | None = None
+        """What the host holds (or is loading)."""
+        self._load_ms: dict[Path, int] = {}
+        """How long each model's last load took, for the next load's progress."""
+
+    @property
+    def loaded_model(self) -> Path | None:
+        """The model the host holds now; None while none is loaded."""
+        if self._host is None or self._host.exited or not self._state.loaded:
+            return None
+        return self._model.path if self._model is not None else None
 
     @property
     def device(self) -> str:
@@ -105,6 +117,11 @@ class ModelHostSupervisor:
             if isinstance(reply, messages.Accepted):
                 return host, reply
             await self.discard()
+            if isinstance(reply, messages.Failed):
+                raise SamplerFailed(
+                    f"The diffusers model host could not start the job: {reply.reason}",
+                    SamplerFailedData(exit_code=None, signal=None, stderr=reply.reason),
+                )
             if not isinstance(reply, messages.Unloaded):
                 raise SamplerFailed(
                     f"The diffusers model host answered a job with {reply.type!r} "
@@ -119,21 +136,28 @@ class ModelHostSupervisor:
     async def _loaded_host(
         self, location: ModelLocation, progress: ProgressReporter
     ) -> ModelHostProcess:
+        """A host holding `location`'s model: the one that runs, or a new one (the host
+        keeps one model: another is a reload)."""
         if self._host is not None and self._host.exited:
             await self.discard()  # it unloaded itself after being idle
+        switching_from = None
+        if self._host is not None and self._model is not None and self._model.path != location.path:
+            switching_from = self._model.label
+            await self.discard()
         if self._host is not None:
             return self._host
         assert location.path is not None
         settings = self._settings
         limit_ms = settings.load_timeout_ms
-        if self._state.last_load_ms is not None:
-            last = f" (the last load took {self._state.last_load_ms / 1000:.1f} s)"
-        else:
-            last = ""
-        progress.loading(
-            f"Starting the model host for {location.label}{last}; a load may take up to "
-            f"{_duration(limit_ms)}"
+        last_ms = self._load_ms.get(location.path)
+        last = f" (its last load took {last_ms / 1000:.1f} s)" if last_ms is not None else ""
+        starting = (
+            f"Switching from {switching_from} to {location.label}: starting a model host"
+            if switching_from
+            else f"Starting the model host for {location.label}"
         )
+        progress.loading(f"{starting}{last}; a load may take up to {_duration(limit_ms)}")
+        self._model = location
         host = await ModelHostProcess.start(
             host_command(
                 location.path,
@@ -142,6 +166,8 @@ class ModelHostSupervisor:
                 settings.dtype,
                 settings.idle_ms,
                 safety=self._safety,
+                family=location.family,
+                refiner=location.refiner,
             ),
             self._live,
         )
@@ -165,6 +191,7 @@ class ModelHostSupervisor:
             with anyio.CancelScope(shield=True):
                 await self.discard()
             raise
+        self._load_ms[location.path] = loaded.load_ms
         self._state = HostState(
             device=loaded.device,
             dtype=loaded.dtype,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, NoReturn
 
 from worker.backends.diffusers.host import messages
+from worker.backends.diffusers.host.families import FAMILIES
 
 logger = logging.getLogger("worker.backends.diffusers.host")
 
@@ -92,6 +93,8 @@ def serve(arguments: argparse.Namespace, channel: Channel) -> int:
             arguments.safety,
             say,
             arguments.label,
+            arguments.family,
+            arguments.refiner,
         )
     except pipeline.LoadError as exc:
         channel.send(messages.LoadFailed(reason=exc.reason, fix=exc.fix))
@@ -135,6 +138,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--idle-ms", type=int, default=0, help="Exit after this long idle")
     parser.add_argument("--safety", action="store_true", help="Run the safety checker")
+    parser.add_argument(
+        "--family", choices=sorted(FAMILIES), help="sd1, sd2, sdxl, sd3 (default: read it)"
+    )
+    parser.add_argument("--refiner", action="store_true", help="An SDXL refiner")
     arguments = parser.parse_args(argv)
     channel = Channel(claim_reply_stream())
     die_with_parent()

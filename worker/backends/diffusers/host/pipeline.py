@@ -1,4 +1,5 @@
-"""The model host's torch side: load a Stable Diffusion pipeline once, render jobs with it.
+"""The model host's torch side: load a pipeline of a family it runs (SD 1.x/2.x, SDXL,
+SD3) once, render jobs with it.
 
 Runs only in the host process. Every image of a job has its own CPU generator seeded
 `seed + i`, so any image of a batch can be made again alone, with the same bytes on the
@@ -16,20 +17,37 @@ from pathlib import Path
 from typing import Any
 
 from worker.backends.diffusers.host import messages
+from worker.backends.diffusers.host.families import (
+    FAMILIES,
+    Identified,
+    checkpoint_family,
+    directory_family,
+)
 from worker.backends.diffusers.host.messages import HostJob, image_seed
 from worker.backends.diffusers.variables import ENV_DEVICE, ENV_MODEL, INSTALL_MODEL
 
 logger = logging.getLogger(__name__)
 
 Emit = Callable[[messages.Message], None]
-SCHEDULER_CLASSES = {
-    "pndm": ("PNDMScheduler", {}),
+SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
     "dpmpp": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
     "ddim": ("DDIMScheduler", {}),
+    "dpmpp_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "euler_karras": ("EulerDiscreteScheduler", {"use_karras_sigmas": True}),
+    "euler_a_trailing": ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "lcm": ("LCMScheduler", {}),
 }
-"""The protocol's scheduler names and the diffusers schedulers they stand for."""
+"""The protocol's scheduler names and the diffusers schedulers they stand for, built from
+the model's own scheduler configuration (SD3 runs its own flow-matching scheduler,
+`flow_match`, whatever its configuration holds). PNDM skips its Runge-Kutta warm-up, as
+every Stable Diffusion release ships it: built from SDXL's Euler configuration it would
+otherwise run the warm-up, which fails below a few steps."""
 
 
 class LoadError(Exception):
@@ -54,6 +72,7 @@ class LoadedModel:
     load_ms: int
     safety_checker: bool
     schedulers: dict[str, Any]
+    family: str = "sd1"
 
 
 def choose_device(torch: Any, name: str) -> str:
@@ -99,102 +118,101 @@ def load(
     safety: bool,
     say: Callable[[str], None] = logger.info,
     label: str = "the model",
+    family: str | None = None,
+    refiner: bool = False,
 ) -> LoadedModel:
-    """Load the pipeline at `model` (a diffusers directory or a single-file checkpoint),
-    saying what it is doing as it goes. That it is a Stable Diffusion pipeline at all was
-    checked by whoever started the host (the backend's `checks.locate_model`)."""
+    """Load the pipeline at `model` (a diffusers directory or a single-file checkpoint) as
+    its `family` (read from its files where not given), saying what it is doing as it
+    goes. That it is a pipeline of a family this host runs was checked by whoever started
+    it (the backend's `checks.locate_model`)."""
     started = time.monotonic()
     say("Importing torch and diffusers")
     import diffusers
     import torch
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
+    identified = Identified(family, refiner) if family is not None else _identify(model)
+    kind = FAMILIES[identified.family]
     device = choose_device(torch, device_name)
     dtype = choose_dtype(torch, dtype_name, device)
-    say(f"Loading {label} on {device} ({str(dtype).removeprefix('torch.')})")
+    say(f"Loading {label} ({kind.title}) on {device} ({str(dtype).removeprefix('torch.')})")
     options: dict[str, Any] = {"torch_dtype": dtype}
-    if not safety:
+    if kind.safety_checker and not safety:
         options |= {"safety_checker": None, "requires_safety_checker": False}
+    if kind.name == "sdxl":
+        options["add_watermarker"] = False  # needs the invisible-watermark package
+    if kind.name == "sd3" and not (model / "text_encoder_3").is_dir() and model.is_dir():
+        options |= {"text_encoder_3": None, "tokenizer_3": None}  # T5 is optional
+    first = kind.image_to_image if identified.refiner else kind.text_to_image
+    pipeline_class = getattr(diffusers, first)
     if model.is_file():
-        options["config"] = str(single_file_config(model))
+        options["config"] = str(single_file_config(model, identified))
     try:
         if model.is_file():
-            pipe = StableDiffusionPipeline.from_single_file(
-                str(model), local_files_only=True, **options
-            )
+            pipe = pipeline_class.from_single_file(str(model), local_files_only=True, **options)
         else:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                str(model), local_files_only=True, **options
-            )
+            pipe = pipeline_class.from_pretrained(str(model), local_files_only=True, **options)
         pipe = pipe.to(device)
     except Exception as exc:  # a library's reason, whichever it is, is the reason
         raise LoadError(
-            f"{model} could not be loaded as a Stable Diffusion pipeline "
+            f"{model} could not be loaded as a {kind.title} pipeline "
             f"({type(exc).__name__}: {_first_line(exc)})",
             f"point {ENV_MODEL} at a complete diffusers directory or .safetensors "
             f"checkpoint, or run: {INSTALL_MODEL}",
         ) from exc
     pipe.set_progress_bar_config(disable=True)
-    image_to_image = StableDiffusionImg2ImgPipeline(**pipe.components)
+    image_to_image = getattr(diffusers, kind.image_to_image)(**pipe.components)
     image_to_image.set_progress_bar_config(disable=True)
-    base_config = pipe.scheduler.config
-    schedulers = {
-        name: getattr(diffusers, class_name).from_config(base_config, **extra)
-        for name, (class_name, extra) in SCHEDULER_CLASSES.items()
-    }
+    if kind.name == "sd3":
+        schedulers = {"flow_match": pipe.scheduler}
+    else:
+        base_config = pipe.scheduler.config
+        schedulers = {
+            name: getattr(diffusers, class_name).from_config(base_config, **extra)
+            for name, (class_name, extra) in SCHEDULER_CLASSES.items()
+        }
     return LoadedModel(
-        text_to_image=pipe,
+        text_to_image=None if identified.refiner else pipe,
         image_to_image=image_to_image,
         device=device,
         dtype=str(dtype).removeprefix("torch."),
         load_ms=round((time.monotonic() - started) * 1000),
-        safety_checker=pipe.safety_checker is not None,
+        safety_checker=getattr(pipe, "safety_checker", None) is not None,
         schedulers=schedulers,
+        family=kind.name,
     )
+
+
+def _identify(model: Path) -> Identified:
+    """The family of a model the worker did not name one for (read as the worker does)."""
+    import json
+
+    if model.is_file():
+        return checkpoint_family(model) or Identified("sd1")
+    try:
+        declared = json.loads((model / "model_index.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        declared = {}
+    return directory_family(model, declared) or Identified("sd1")
 
 
 CONFIG_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model"]
 """A pipeline's configuration without its weights: what a single-file checkpoint needs."""
-FAMILIES = {
-    "v1": "Stable Diffusion 1.x",
-    "v2": "Stable Diffusion 2.x",
-    "inpainting": "Stable Diffusion 1.x inpainting",
-    "inpainting_v2": "Stable Diffusion 2.x inpainting",
-    "xl_base": "SDXL",
-    "xl_refiner": "SDXL refiner",
-    "xl_inpaint": "SDXL inpainting",
-}
 
 
-def single_file_config(model: Path) -> Path:
+def single_file_config(model: Path, identified: Identified) -> Path:
     """The local diffusers configuration a single-file checkpoint is built with: that of
-    the model family its keys say it is, from the Hugging Face cache (nothing is
-    downloaded while generating). LoadError naming the family and the command that
-    fetches it when it is not there."""
-    from diffusers.loaders.single_file_utils import (
-        fetch_diffusers_config,
-        infer_diffusers_model_type,
-        load_single_file_checkpoint,
-    )
-
-    try:
-        checkpoint = load_single_file_checkpoint(str(model))
-        kind = infer_diffusers_model_type(checkpoint)
-        repo = str(fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"])
-    except Exception as exc:
-        raise LoadError(
-            f"{model} could not be read as a checkpoint ({type(exc).__name__}: {_first_line(exc)})",
-            f"point {ENV_MODEL} at a .safetensors checkpoint of Stable Diffusion, or a "
-            "diffusers directory",
-        ) from exc
-    del checkpoint
-    family = FAMILIES.get(kind, kind)
+    its family (as the worker told it from the checkpoint's keys), from the Hugging Face
+    cache, since nothing is downloaded while generating. LoadError naming the family and
+    the command that fetches it when it is not there."""
+    kind = FAMILIES[identified.family]
+    repo = identified.config_repo
     config = _cached_config(repo)
     if config is None:
         raise LoadError(
-            f"{model.name} is a single-file {family} checkpoint, which diffusers builds with "
-            f"the configuration of {repo} (its json and tokenizer files, a few MB); that is "
-            "not in the Hugging Face cache, and the worker never downloads while generating",
+            f"{model.name} is a single-file {kind.title} checkpoint, which diffusers builds "
+            f"with the configuration of {repo} (its json and tokenizer files, a few MB); "
+            "that is not in the Hugging Face cache, and the worker never downloads while "
+            "generating",
             f"fetch it once: {INSTALL_MODEL} --model {repo} --config-only",
         )
     return config
@@ -219,15 +237,14 @@ def _first_line(exc: BaseException) -> str:
 
 def timestep_total(pipe: Any, scheduler: Any, job: HostJob) -> int:
     """The steps the pipeline will run for one image: the scheduler's own timestep list
-    (PNDM has one more than asked), cut as image-to-image cuts it by the strength."""
+    (PNDM has one more than asked), cut as the image-to-image pipeline itself cuts it by
+    the strength (each family rounds its own way)."""
     steps = job.sampling.step_count
     scheduler.set_timesteps(steps)
-    length = len(scheduler.timesteps)
     if job.strength is None:
-        return length
-    kept = min(int(steps * job.strength), steps)
-    start = max(steps - kept, 0)
-    return len(scheduler.timesteps[start * scheduler.order :])
+        return len(scheduler.timesteps)
+    timesteps, _ = pipe.get_timesteps(steps, job.strength, "cpu")
+    return len(timesteps)
 
 
 def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) -> None:
@@ -268,7 +285,8 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
         else:
             arguments |= {"image": reference, "strength": job.strength}
         result = pipe(**arguments)
-        flagged = bool(result.nsfw_content_detected and result.nsfw_content_detected[0])
+        verdicts = getattr(result, "nsfw_content_detected", None)  # SD 1.x/2.x only
+        flagged = bool(verdicts and verdicts[0])
         path = output / f"image.{index}.png"
         if not flagged:
             result.images[0].save(path, format="PNG")
@@ -301,10 +319,22 @@ def _step_callback(
 
 
 def _decode(pipe: Any, latents: Any) -> Any:
-    """The image the latents would make now (a preview): one VAE decode."""
+    """The image the latents would make now (a preview): one VAE decode, as the pipeline
+    makes its final one (SD3's latents are shifted; a float16 VAE that overflows, as
+    SDXL's does, decodes in float32)."""
     import torch
 
+    vae = pipe.vae
+    config = vae.config
+    scaled = latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+    upcast = vae.dtype == torch.float16 and getattr(config, "force_upcast", False)
+    dtype = torch.float32 if upcast else vae.dtype
     with torch.no_grad():
-        scaled = latents / pipe.vae.config.scaling_factor
-        image = pipe.vae.decode(scaled.to(pipe.vae.dtype), return_dict=False)[0]
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            image = vae.decode(scaled.to(dtype), return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(torch.float16)
     return pipe.image_processor.postprocess(image, output_type="pil")[0]

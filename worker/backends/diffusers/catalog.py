@@ -1,0 +1,141 @@
+"""The diffusers models on this machine: the configured one, every model directory and
+single-file checkpoint in the models folder (`SYSTEMSCULPT_LOCAL_DIFFUSERS_MODELS_DIR`),
+and every pipeline of a family it runs in the Hugging Face cache. Read from their files
+(no model is loaded to list it), and cached by their modification times."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from protocol.models import Scheduler
+from worker.backends.diffusers.checks import (
+    CHECKPOINT_SUFFIXES,
+    DEFAULT_REVISION,
+    ModelLocation,
+    hub_cache,
+    install_extra_hint,
+    locate_model,
+    read_location,
+)
+from worker.backends.diffusers.host.families import FAMILIES, SD_SCHEDULERS
+from worker.backends.diffusers.settings import BACKEND_ID, DEFAULT_MODEL, DiffusersSettings
+from worker.models import Model
+from worker.sizes import standard_table
+
+_CACHE: dict[Path, tuple[int, ModelLocation]] = {}
+
+
+def find_models(
+    settings: DiffusersSettings, missing_extra: list[str], loaded: Path | None
+) -> list[Model]:
+    """The configured model first, then the models folder's and the cache's, by name;
+    each once, whichever way it was found."""
+    configured = locate_model(settings)
+    models = [_model(configured, missing_extra, loaded, default_source(settings))]
+    seen = {configured.path.resolve() if configured.path else None}
+    for location in [*_folder_models(settings.models_dir), *_cached_pipelines()]:
+        where = (location.path or Path(location.text)).resolve()  # no path: it is broken
+        if where in seen:
+            continue
+        seen.add(where)
+        models.append(_model(location, missing_extra, loaded, "models folder"))
+    labels: set[str] = set()
+    unique = []
+    for model in models:
+        if model.label in labels:  # the same name in the folder and the cache
+            model = replace(model, id=f"{model.id}@{len(labels)}")
+        labels.add(model.label)
+        unique.append(model)
+    return unique
+
+
+def default_source(settings: DiffusersSettings) -> str:
+    return "environment" if settings.model_explicit else "default"
+
+
+def _model(
+    location: ModelLocation, missing_extra: list[str], loaded: Path | None, source: str
+) -> Model:
+    family = FAMILIES.get(location.family or "sd1", FAMILIES["sd1"])
+    where = location.path or Path(location.text)
+    problem, fix = location.problem, location.fix
+    if missing_extra:
+        problem = f"the diffusers extra is not installed (missing: {', '.join(missing_extra)})"
+        fix = install_extra_hint()
+    schedulers: tuple[Scheduler, ...] = ("flow_match",) if family.name == "sd3" else SD_SCHEDULERS
+    notes = []
+    if location.refiner:
+        notes.append("an SDXL refiner: it makes images only from a reference (inputImages)")
+    if location.family is None and location.path is not None:
+        notes.append("a pickled checkpoint: its family is told when it loads (SD 1.x assumed)")
+    return Model(
+        id=f"{BACKEND_ID}/{location.label}",
+        label=location.label,
+        backend=BACKEND_ID,
+        family=location.family,
+        path=where,
+        sizes=standard_table(where, source, location.native_side),
+        schedulers=schedulers,
+        native=(location.native_side, location.native_side),
+        variant="refiner" if location.refiner else "base",
+        problem=problem,
+        fix=fix,
+        notes=tuple(notes),
+        result_id=f"{BACKEND_ID}/{location.label}",
+        loaded=loaded is not None and location.path is not None and location.path == loaded,
+        details=location,
+    )
+
+
+def _folder_models(folder: Path) -> list[ModelLocation]:
+    """The model directories and checkpoints directly in `folder`."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        if entry.is_dir() and (entry / "model_index.json").is_file():
+            found.append(_read(entry, entry.name, "directory"))
+        elif entry.is_file() and entry.suffix.lower() in CHECKPOINT_SUFFIXES:
+            found.append(_read(entry, entry.stem, "single_file"))
+    return found
+
+
+def _cached_pipelines() -> list[ModelLocation]:
+    """Each repository of the Hugging Face cache whose snapshot (its main branch, or the
+    default model's pinned revision) is a pipeline of a family this backend runs."""
+    found = []
+    for repository in sorted(hub_cache().glob("models--*")):
+        repo_id = repository.name.removeprefix("models--").replace("--", "/")
+        revision = DEFAULT_REVISION if repo_id == DEFAULT_MODEL else None
+        if revision is None:
+            try:
+                revision = (repository / "refs" / "main").read_text("utf-8").strip()
+            except OSError:
+                continue
+        snapshot = repository / "snapshots" / revision
+        if not (snapshot / "model_index.json").is_file():
+            continue
+        location = _read(snapshot, repo_id, "hub")
+        if location.family is not None:  # other pipelines (not this backend's) are left out
+            found.append(location)
+    return found
+
+
+def _read(path: Path, label: str, kind: str) -> ModelLocation:
+    stamp = _mtime(path / "model_index.json" if path.is_dir() else path)
+    cached = _CACHE.get(path)
+    if cached is not None and cached[0] == stamp:
+        return replace(cached[1], label=label)
+    location = read_location(str(path), path, label, kind)
+    _CACHE[path] = (stamp, location)
+    return location
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0

@@ -1,0 +1,176 @@
+"""The model families the diffusers backend runs, and how to tell a model's family from
+its files without loading it: the pipelines' class names, the configuration a single-file
+checkpoint of the family is built with, the schedulers it takes.
+
+Torch-free and worker-free: the worker reads it to list models, the model host to load
+them. A single-file checkpoint's family comes from the tensor names in its safetensors
+header, as diffusers' `infer_diffusers_model_type` tells them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+SD_SCHEDULERS: tuple[
+    Literal[
+        "pndm",
+        "dpmpp",
+        "euler",
+        "euler_a",
+        "ddim",
+        "dpmpp_karras",
+        "euler_karras",
+        "euler_a_trailing",
+        "lcm",
+    ],
+    ...,
+] = (
+    "pndm",
+    "dpmpp",
+    "euler",
+    "euler_a",
+    "ddim",
+    "dpmpp_karras",
+    "euler_karras",
+    "euler_a_trailing",
+    "lcm",
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    """As the protocol names it: sd1, sd2, sdxl, sd3."""
+    title: str
+    text_to_image: str
+    image_to_image: str
+    """The diffusers pipeline classes."""
+    config_repo: str
+    """The hub repository whose configuration builds a single-file checkpoint of it."""
+    native_side: int
+    schedulers: tuple[str, ...]
+    """The first is its own when a request names none it takes."""
+    safety_checker: bool = False
+    """Its pipelines take a safety checker."""
+
+
+FAMILIES = {
+    "sd1": Family(
+        "sd1",
+        "Stable Diffusion 1.x",
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        512,
+        SD_SCHEDULERS,
+        safety_checker=True,
+    ),
+    "sd2": Family(
+        "sd2",
+        "Stable Diffusion 2.x",
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+        "stabilityai/stable-diffusion-2-1",
+        768,
+        SD_SCHEDULERS,
+        safety_checker=True,
+    ),
+    "sdxl": Family(
+        "sdxl",
+        "Stable Diffusion XL",
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        1024,
+        SD_SCHEDULERS,
+    ),
+    "sd3": Family(
+        "sd3",
+        "Stable Diffusion 3",
+        "StableDiffusion3Pipeline",
+        "StableDiffusion3Img2ImgPipeline",
+        "stabilityai/stable-diffusion-3-medium-diffusers",
+        1024,
+        ("flow_match",),
+    ),
+}
+REFINER_CONFIG = "stabilityai/stable-diffusion-xl-refiner-1.0"
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd1",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+}
+"""A saved pipeline's `_class_name` and its family (SD 2.x is told by its text encoder)."""
+REFINER_CLASSES = frozenset({"StableDiffusionXLImg2ImgPipeline"})
+
+_SD3_KEY = "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"
+_XL_BASE_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_fc.weight"
+_XL_REFINER_KEY = "conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_fc.weight"
+_SD2_KEY = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Identified:
+    family: str
+    refiner: bool = False
+
+    @property
+    def config_repo(self) -> str:
+        return REFINER_CONFIG if self.refiner else FAMILIES[self.family].config_repo
+
+
+def checkpoint_family(path: Path) -> Identified | None:
+    """The family of a single-file checkpoint from its tensor names (a .safetensors
+    header, read without loading a weight); None when the file says nothing readable (a
+    pickled .ckpt, which diffusers then takes for SD 1.x)."""
+    header = safetensors_header(path)
+    if header is None:
+        return None
+    if _SD3_KEY in header:
+        return Identified("sd3")
+    if _XL_BASE_KEY in header:
+        return Identified("sdxl")
+    if _XL_REFINER_KEY in header:
+        return Identified("sdxl", refiner=True)
+    shape = (
+        header.get(_SD2_KEY, {}).get("shape") if isinstance(header.get(_SD2_KEY), dict) else None
+    )
+    if isinstance(shape, list) and shape and shape[-1] == 1024:
+        return Identified("sd2")
+    return Identified("sd1")
+
+
+def safetensors_header(path: Path) -> dict[str, dict[str, object]] | None:
+    """The JSON header of a .safetensors file: each tensor's dtype, shape and offsets."""
+    try:
+        with open(path, "rb") as file:
+            (length,) = struct.unpack("<Q", file.read(8))
+            if length > MAX_HEADER_BYTES:
+                return None
+            header = json.loads(file.read(length))
+    except (OSError, ValueError, struct.error):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def directory_family(path: Path, declared: dict[str, object]) -> Identified | None:
+    """The family of a diffusers directory from its `model_index.json` (`declared`) and,
+    for Stable Diffusion, its text encoder's width (768: 1.x, 1024: 2.x)."""
+    family = PIPELINE_FAMILIES.get(str(declared.get("_class_name")))
+    if family is None:
+        return None
+    refiner = declared.get("_class_name") in REFINER_CLASSES
+    if family == "sd1":
+        try:
+            encoder = json.loads((path / "text_encoder" / "config.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            encoder = {}
+        if isinstance(encoder, dict) and encoder.get("hidden_size") == 1024:
+            family = "sd2"
+    return Identified(family, refiner)
