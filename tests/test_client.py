@@ -59,9 +59,10 @@ def test_capabilities_summary_shows_the_diffusers_model_host(tmp_path: Path) -> 
     assert "Model      diffusers/my-model:auto" in lines
     assert "Model host not loaded (device auto, dtype auto) · last load - · unloads never" in lines
     assert f"Model path {model}" in lines
-    assert "schedulers pndm, dpmpp, euler, euler_a, ddim · compute units - (not Core ML)" in (
-        result.stdout
+    schedulers = (
+        "pndm, dpmpp, euler, euler_a, ddim, dpmpp_karras, euler_karras, euler_a_trailing, lcm"
     )
+    assert f"schedulers {schedulers} · compute units - (not Core ML)" in result.stdout
 
 
 def test_capabilities_json_is_the_raw_result(standin: StandIn) -> None:
