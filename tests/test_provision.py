@@ -25,17 +25,26 @@ from worker.backends.coreml.install import (
     MODEL_ARCHIVE_SIZE,
     MODEL_ARCHIVE_URL,
     MODEL_REVISION,
+    SAMPLER_COMMIT,
 )
+from worker.backends.coreml.published import SDXL
 from worker.backends.coreml.settings import BUNDLE_NAME
 
 MACOS = "macos:14.5:arm64"
 
 GIT_SHIM = """#!/bin/sh
 echo "git $*" >> "$SHIM_LOG"
-if [ "$1" = clone ]; then
-  echo "Cloning into '$3'..."
-  mkdir -p "$3/.git" && echo "// swift-tools-version:5.8" > "$3/Package.swift"
-fi
+dir=.
+if [ "$1" = -C ]; then dir=$2; shift 2; fi
+case "$1" in
+  clone)
+    echo "Cloning into '$3'..."
+    mkdir -p "$3/.git" && echo "// swift-tools-version:5.8" > "$3/Package.swift"
+    echo 5a170d2eeac2ba6e8d2aa9a7c7a0f1e1d2c3b4a5 > "$3/.git/HEAD-commit" ;;
+  rev-parse) cat "$dir/.git/HEAD-commit" ;;
+  status) cat "$dir/.git/changes" 2>/dev/null || true ;;
+  checkout) echo "$4" > "$dir/.git/HEAD-commit" ;;
+esac
 """
 SWIFT_SHIM = """#!/bin/sh
 echo "swift $*" >> "$SHIM_LOG"
@@ -219,8 +228,12 @@ def test_install_from_nothing_then_again_changes_nothing(
     assert "Cloning into" in first.stderr and "Build complete!" in first.stderr
     assert "ready: the local provider can generate images" in first.stderr
     assert "downloading 100.0%" in first.stderr
-    assert [c.split()[:2] for c in machine.calls()] == [["git", "clone"], ["swift", "build"]]
-    assert "swift build -c release --product StableDiffusionSample" in machine.calls()[1]
+    checkout = machine.home / "gits/apps/ml-stable-diffusion"
+    assert machine.calls() == [
+        f"git clone https://github.com/apple/ml-stable-diffusion {checkout}",
+        f"git -C {checkout} checkout --quiet --detach {SAMPLER_COMMIT}",
+        "swift build -c release --product StableDiffusionSample",
+    ]
     assert (machine.resource_path / "Unet.mlmodelc").is_dir()
     assert machine.binary.is_file()
     assert _leftovers(machine) == [], "the zip, a .part or a staging directory was left"
@@ -232,7 +245,8 @@ def test_install_from_nothing_then_again_changes_nothing(
     assert "already cloned: reusing it" in second.stderr
     assert "already built" in second.stderr
     assert "already in place" in second.stderr
-    assert machine.calls() == calls and bundle_server.requests == downloads
+    assert machine.calls()[len(calls) :] == [f"git -C {checkout} rev-parse HEAD"]
+    assert bundle_server.requests == downloads
 
 
 def test_a_dropped_connection_is_resumed_with_a_range_request(
@@ -310,6 +324,92 @@ def test_the_bundle_is_pinned_to_a_revision_size_and_checksum() -> None:
         1_141_379_936,
         "90c532943d460c559a8d84b7a0f05a4d265fee78ca355fdd5aa734fd43e08972",
     )
+
+
+def test_the_sdxl_bundle_and_the_sampler_are_pinned() -> None:
+    assert (SDXL.size, SDXL.sha256) == (
+        6_711_666_087,
+        "a00f335d990588c97c347d97f7e92080f8cb23342c454f4a4d853a59bea1e2b5",
+    )
+    assert SDXL.url == (
+        "https://huggingface.co/apple/coreml-stable-diffusion-mixed-bit-palettization/"
+        "resolve/main/coreml-stable-diffusion-mixed-bit-palettization_original_compiled.zip"
+    )
+    assert SAMPLER_COMMIT == "e12202c1f6405b83918b58a5d097cd61e3e1f702"  # has --sd3
+
+
+def _sdxl_zip(root: Path) -> bytes:
+    """Apple's SDXL zip layout: `<name>/compiled/<the bundle's files>`."""
+    top = root / "sdxl-source" / SDXL.folder
+    make_resource_dir(top / "compiled", size=(1024, 1024), family="sdxl", attention="original")
+    archive = root / "sdxl.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(top.rglob("*")):
+            bundle.write(path, path.relative_to(top.parent).as_posix())
+    return archive.read_bytes()
+
+
+def test_install_bundle_sdxl_finds_the_bundle_in_its_zip_and_names_the_model(
+    machine: Machine, bundle_server: BundleServer, tmp_path: Path
+) -> None:
+    bundle_server.data = _sdxl_zip(tmp_path)
+    result = _install(machine, bundle_server, "--bundle", "sdxl")
+    assert result.returncode in (0, 1), result.stderr  # 1: the SD 2.1 default is not there
+    bundle = machine.models_dir / SDXL.folder / SDXL.folder / "compiled"  # unzipped as SD 2.1
+    assert (bundle / "TextEncoder2.mlmodelc").is_dir()
+    assert sorted(p.name for p in machine.models_dir.iterdir()) == [SDXL.folder]
+    model = f"coreml_diffusion/{SDXL.folder}"
+    assert f'ask for it with "model": "{model}"' in result.stderr
+    assert "Stable Diffusion XL base" in result.stderr
+
+    listed = _worker(
+        machine,
+        "doctor",
+        "--platform",
+        MACOS,
+        "--json",
+        env={"SYSTEMSCULPT_LOCAL_DIFFUSION_SAMPLE_BIN": str(machine.binary)},
+    )
+    report = json.loads(listed.stdout)
+    models = {check["detail"] for check in report["checks"] if check["name"] == "listed model"}
+    assert any(model in detail and "Stable Diffusion XL" in detail for detail in models)
+
+    again = _install(machine, bundle_server, "--bundle", "sdxl")
+    assert "already in place" in again.stderr and len(bundle_server.requests) == 1
+
+
+def test_a_clone_at_another_commit_is_moved_to_the_pinned_one_and_rebuilt(
+    machine: Machine, bundle_server: BundleServer
+) -> None:
+    assert _install(machine, bundle_server).returncode == 0
+    checkout = machine.home / "gits/apps/ml-stable-diffusion"
+    (checkout / ".git" / "HEAD-commit").write_text("5a170d2" + "0" * 33 + "\n")  # tag 1.1.1
+    before = len(machine.calls())
+    moved = _install(machine, bundle_server)
+    assert moved.returncode == 0, moved.stderr
+    assert f"cloned at 5a170d200000: moving it to {SAMPLER_COMMIT[:12]}" in moved.stderr
+    assert [call.split()[:4] for call in machine.calls()[before:]] == [
+        ["git", "-C", str(checkout), "rev-parse"],
+        ["git", "-C", str(checkout), "status"],
+        ["git", "-C", str(checkout), "fetch"],
+        ["git", "-C", str(checkout), "checkout"],
+        ["swift", "build", "-c", "release"],
+    ]
+
+
+def test_a_clone_with_local_changes_is_left_alone(
+    machine: Machine, bundle_server: BundleServer
+) -> None:
+    assert _install(machine, bundle_server).returncode == 0
+    checkout = machine.home / "gits/apps/ml-stable-diffusion"
+    (checkout / ".git" / "HEAD-commit").write_text("1" * 40 + "\n")
+    (checkout / ".git" / "changes").write_text(" M swift/StableDiffusionCLI/main.swift\n")
+    refused = _install(machine, bundle_server)
+    assert refused.returncode == 2
+    assert "has local changes; commit or stash them" in refused.stderr
+    assert f"--sampler-commit {'1' * 40}" in refused.stderr
+    kept = _install(machine, bundle_server, "--sampler-commit", "1" * 40)
+    assert kept.returncode == 0 and "already cloned: reusing it" in kept.stderr
 
 
 def test_a_file_of_another_size_than_the_pin_is_refused_before_it_is_downloaded(
@@ -399,7 +499,11 @@ def test_doctor_json_and_an_intel_mac_warning(machine: Machine, tmp_path: Path) 
     assert result.returncode == 0, result.stdout
     report = json.loads(result.stdout)
     assert report["ready"] is True
-    statuses = {check["name"]: check["status"] for check in report["checks"]}
+    statuses = {
+        check["name"]: check["status"]
+        for check in report["checks"]
+        if check["name"] != "listed model"
+    }
     assert statuses == {
         "platform": "warn",
         "sampler": "ok",
@@ -410,6 +514,13 @@ def test_doctor_json_and_an_intel_mac_warning(machine: Machine, tmp_path: Path) 
         "free disk": "ok",
         "settings": "ok",
     }
+    models = [check for check in report["checks"] if check["name"] == "listed model"]
+    assert models[0]["status"] == "ok"
+    assert models[0]["detail"].startswith("coreml_diffusion/resources: Stable Diffusion 2.x")
+    assert "the default; ready" in models[0]["detail"]
+    diffusers = [check for check in models if check["detail"].startswith("diffusers/")]
+    assert diffusers and diffusers[0]["status"] == "warn"  # not installed: not ready's cause
+    assert "install --backend diffusers" in diffusers[0]["fix"]
 
 
 def test_doctor_reports_image_to_image_and_the_manifests_bundles(

@@ -1,9 +1,11 @@
 """`studio-imagegen-worker install`: from nothing to a working Core ML provider.
 
 Four idempotent steps, each announced and skipped when already done: clone
-apple/ml-stable-diffusion, build StableDiffusionSample, download and unpack the compiled
-SD 2.1 bundle, verify with doctor's checks. Every command and address can be replaced
-(flags or SYSTEMSCULPT_LOCAL_INSTALL_* variables), which is how it is tested off a Mac.
+apple/ml-stable-diffusion at a pinned commit (one that has SDXL and SD3), build
+StableDiffusionSample, download and unpack a compiled bundle (SD 2.1 unless `--bundle`
+names another of `published.PUBLISHED`), verify with doctor's checks. Every command and
+address can be replaced (flags or SYSTEMSCULPT_LOCAL_INSTALL_* variables), which is how it
+is tested off a Mac.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
+from worker.backends.coreml.bundle_files import is_bundle, read_bundle
 from worker.backends.coreml.bundles import load_manifest
-from worker.backends.coreml.checks import check_resources, doctor_checks
+from worker.backends.coreml.checks import doctor_checks
 from worker.backends.coreml.download import DownloadError, PinMismatch, download_verified
+from worker.backends.coreml.published import PUBLISHED, SD21, PublishedBundle
 from worker.backends.coreml.settings import (
+    BACKEND_ID,
     BUNDLE_NAME,
     DEFAULT_CHECKOUT,
     DEFAULT_MODELS_DIR,
@@ -41,16 +46,14 @@ from worker.settings import EnvironmentReader, Settings
 from worker.status_line import StatusLine, bar
 
 SAMPLER_REPOSITORY_URL = "https://github.com/apple/ml-stable-diffusion"
-MODEL_REPOSITORY = "apple/coreml-stable-diffusion-2-1-base-palettized"
-MODEL_REVISION = "bf4734c9f67dc7b7f9ced335d1cee9a860bf3a85"
-"""A commit of the model repository, not `main`: the pinned checksum cannot drift."""
-MODEL_ARCHIVE_URL = (
-    f"https://huggingface.co/{MODEL_REPOSITORY}/resolve/{MODEL_REVISION}/{BUNDLE_NAME}.zip"
-)
-MODEL_ARCHIVE_SIZE = 1_141_379_936
-MODEL_ARCHIVE_SHA256 = "90c532943d460c559a8d84b7a0f05a4d265fee78ca355fdd5aa734fd43e08972"
-"""The bundle zip at that revision. The SHA-256 decides; the size lets a wrong file be
-refused before it is downloaded whole."""
+SAMPLER_COMMIT = "e12202c1f6405b83918b58a5d097cd61e3e1f702"
+"""The sampler's default branch in July 2025: SD3 landed after the last tag (1.1.1), so an
+unpinned clone would not be reproducible and a tagged one would lack `--sd3`."""
+MODEL_REPOSITORY = SD21.repository
+MODEL_REVISION = SD21.revision
+MODEL_ARCHIVE_URL = SD21.url
+MODEL_ARCHIVE_SIZE = SD21.size
+MODEL_ARCHIVE_SHA256 = SD21.sha256
 SHA256_HEX_DIGITS = 64
 
 BUILD_PRODUCT = "StableDiffusionSample"
@@ -62,6 +65,17 @@ ENV_PREFIX = "SYSTEMSCULPT_LOCAL_INSTALL_"
 
 class InstallError(Exception):
     """A step failed; the message says which, why, and what to do."""
+
+
+def find_bundle(root: Path) -> Path | None:
+    """The complete bundle in `root` (itself, or a folder below it that holds a UNet and
+    every file its family needs), however its zip laid it out."""
+    if not root.is_dir():
+        return None
+    for folder in sorted([root, *root.rglob("*")], key=lambda path: len(path.parts)):
+        if folder.is_dir() and not folder.name.endswith(".mlmodelc") and is_bundle(folder):
+            return folder if not read_bundle(folder).missing else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -77,14 +91,41 @@ class InstallPlan:
     archive_size: int
     archive_sha256: str
     retry_delay_seconds: float = 2.0
+    bundle: PublishedBundle = SD21
+    sampler_commit: str = SAMPLER_COMMIT
 
     @property
     def binary(self) -> Path:
         return self.checkout / BUILT_BINARY
 
     @property
+    def bundle_root(self) -> Path:
+        """Where the bundle's zip unpacks: a folder of the models folder named for it."""
+        return self.models_dir / self.bundle.folder
+
+    @property
     def resource_path(self) -> Path:
+        """The bundle's own folder, once unpacked (SD 2.1's is known in advance)."""
+        found = find_bundle(self.bundle_root)
+        if found is not None or not self.bundle.default:
+            return found or self.bundle_root
         return self.models_dir / BUNDLE_NAME / BUNDLE_NAME
+
+    def for_bundle(self, name: str, environ: Mapping[str, str]) -> InstallPlan:
+        """The plan for another published bundle: its own pins, unless the environment
+        replaces them."""
+        bundle = PUBLISHED[name]
+        return replace(
+            self,
+            bundle=bundle,
+            archive_url=environ.get(ENV_PREFIX + "MODEL_URL") or bundle.url,
+            archive_size=bundle.size
+            if not environ.get(ENV_PREFIX + "MODEL_SIZE")
+            else self.archive_size,
+            archive_sha256=bundle.sha256
+            if not environ.get(ENV_PREFIX + "MODEL_SHA256")
+            else self.archive_sha256,
+        )
 
     @classmethod
     def defaults(cls, home: Path, environ: Mapping[str, str]) -> InstallPlan:
@@ -107,6 +148,7 @@ class InstallPlan:
             retry_delay_seconds=reader.number(
                 ENV_PREFIX + "RETRY_DELAY_SECONDS", float, 0.0, 600.0, 2.0
             ),
+            sampler_commit=reader.text(ENV_PREFIX + "SAMPLER_COMMIT", SAMPLER_COMMIT),
         )
         if reader.problems:
             raise InstallError(
@@ -133,6 +175,8 @@ class Installer:
         self._host = host
         self._home = home
         self._out = out
+        self._moved_checkout = False
+        """The clone was moved to the pinned commit: what was built is out of date."""
 
     def run(self, verify_only: bool = False) -> DoctorReport:
         if not verify_only:
@@ -152,21 +196,37 @@ class Installer:
     def _clone(self) -> None:
         plan = self._plan
         self._say(f"[1/4] apple/ml-stable-diffusion in {plan.checkout}")
+        git = [*plan.git, "-C", str(plan.checkout)]
         if (plan.checkout / ".git").exists():
-            self._say("      already cloned: reusing it")
-            return
-        if plan.checkout.exists() and any(plan.checkout.iterdir()):
-            raise InstallError(
-                f"{plan.checkout} exists and is not a git clone; move it away or choose "
-                "another place with --prefix"
-            )
-        plan.checkout.parent.mkdir(parents=True, exist_ok=True)
-        self._stream([*plan.git, "clone", plan.repository_url, str(plan.checkout)], "git clone")
+            head = self._output([*git, "rev-parse", "HEAD"], "git rev-parse")
+            if head == plan.sampler_commit:
+                self._say("      already cloned: reusing it")
+                return
+            if self._output([*git, "status", "--porcelain"], "git status"):
+                raise InstallError(
+                    f"{plan.checkout} is at {head[:12]}, not the pinned {plan.sampler_commit[:12]} "
+                    "(which has --xl and --sd3), and has local changes; commit or stash them "
+                    "and run install again, or keep that commit with --sampler-commit "
+                    f"{head}"
+                )
+            self._say(f"      cloned at {head[:12]}: moving it to {plan.sampler_commit[:12]}")
+            self._stream([*git, "fetch", "--quiet", "origin"], "git fetch")
+        else:
+            if plan.checkout.exists() and any(plan.checkout.iterdir()):
+                raise InstallError(
+                    f"{plan.checkout} exists and is not a git clone; move it away or choose "
+                    "another place with --prefix"
+                )
+            plan.checkout.parent.mkdir(parents=True, exist_ok=True)
+            self._stream([*plan.git, "clone", plan.repository_url, str(plan.checkout)], "git clone")
+        self._stream([*git, "checkout", "--quiet", "--detach", plan.sampler_commit], "git checkout")
+        self._moved_checkout = True
 
     def _build(self) -> None:
         plan = self._plan
         self._say(f"[2/4] build {BUILD_PRODUCT} (release)")
-        if plan.binary.is_file() and os.access(plan.binary, os.X_OK):
+        built = plan.binary.is_file() and os.access(plan.binary, os.X_OK)
+        if built and not self._moved_checkout:
             self._say(f"      already built: {plan.binary}")
             return
         self._stream(
@@ -179,12 +239,12 @@ class Installer:
 
     def _fetch_model(self) -> None:
         plan = self._plan
-        self._say(f"[3/4] Core ML model bundle in {plan.resource_path}")
-        if check_resources(plan.resource_path).status == "ok":
+        self._say(f"[3/4] Core ML model bundle ({plan.bundle.title}) in {plan.bundle_root}")
+        if find_bundle(plan.bundle_root) is not None:
             self._say("      already in place")
             return
         plan.models_dir.mkdir(parents=True, exist_ok=True)
-        archive = plan.models_dir / f"{BUNDLE_NAME}.zip"
+        archive = plan.models_dir / plan.bundle.file
         bar = ProgressBar(self._out)
         try:
             download_verified(
@@ -214,10 +274,12 @@ class Installer:
             archive.unlink(missing_ok=True)
 
     def _unpack(self, archive: Path) -> None:
-        """Extract next to the target, check, then move into place in one rename."""
+        """Extract next to the target, find the bundle in it and check it, then move it
+        into place in one rename."""
         plan = self._plan
-        target = plan.models_dir / BUNDLE_NAME
-        staging = Path(tempfile.mkdtemp(prefix=f".{BUNDLE_NAME}.unpacking-", dir=plan.models_dir))
+        target = plan.bundle_root
+        name = plan.bundle.folder
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.unpacking-", dir=plan.models_dir))
         try:
             with zipfile.ZipFile(archive) as bundle:
                 root = staging.resolve()
@@ -225,12 +287,11 @@ class Installer:
                     if not (staging / member).resolve().is_relative_to(root):
                         raise InstallError(f"the archive has an unsafe path: {member}")
                 bundle.extractall(staging)
-            check = check_resources(staging / BUNDLE_NAME)
-            if check.status != "ok":
-                raise InstallError(f"the archive does not hold a usable bundle: {check.detail}")
+            if find_bundle(staging) is None:
+                raise InstallError(f"the archive does not hold a usable bundle: {_why(staging)}")
             if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{BUNDLE_NAME}.old-", dir=plan.models_dir))
-                os.replace(target, old / BUNDLE_NAME)
+                old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=plan.models_dir))
+                os.replace(target, old / name)
                 os.replace(staging, target)
                 shutil.rmtree(old, ignore_errors=True)
             else:
@@ -259,13 +320,36 @@ class Installer:
         lines = []
         if plan.binary != default_binary:
             lines.append(f"export {ENV_SAMPLE_BIN}={shlex.quote(str(plan.binary))}")
-        if plan.resource_path != configured.resource_path:
+        default_bundle = plan.bundle.default
+        if default_bundle and plan.resource_path != configured.resource_path:
             lines.append(f"export {ENV_RESOURCE_PATH}={shlex.quote(str(plan.resource_path))}")
         if lines:
             self._say("\nThese locations are not the defaults; start the worker with:")
             for line in lines:
                 self._say("  " + line)
+        if not default_bundle:
+            model = f"{BACKEND_ID}/{plan.bundle.folder}"
+            self._say(
+                f'\nThe bundle is the model {model}: ask for it with "model": '
+                f'"{model}" in a generate (studio-imagegen --model {model}), or make it '
+                f"the default with\n  export {ENV_RESOURCE_PATH}="
+                f"{shlex.quote(str(plan.resource_path))}"
+            )
         return report
+
+    def _output(self, argv: Sequence[str], what: str) -> str:
+        """A quick command's stdout, stripped; InstallError with its stderr if it fails."""
+        try:
+            done = subprocess.run(
+                list(argv), capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+            )
+        except OSError as exc:
+            raise InstallError(f"{what} could not start ({exc.strerror or exc})") from exc
+        if done.returncode != 0:
+            raise InstallError(
+                f"{what} failed with exit code {done.returncode}: {done.stderr.strip()}"
+            )
+        return done.stdout.strip()
 
     def _stream(self, argv: Sequence[str], what: str, cwd: Path | None = None) -> None:
         """Run a command, echoing its output as it comes; fail with its tail."""
@@ -295,6 +379,15 @@ class Installer:
         if code != 0:
             last = "\n".join(tail)
             raise InstallError(f"{what} failed with exit code {code}; its last lines:\n{last}")
+
+
+def _why(staging: Path) -> str:
+    """What is wrong with an unpacked archive that holds no complete bundle."""
+    for folder in sorted(staging.rglob("*"), key=lambda path: len(path.parts)):
+        if folder.is_dir() and not folder.name.endswith(".mlmodelc") and is_bundle(folder):
+            missing = ", ".join(read_bundle(folder).missing)
+            return f"{folder.relative_to(staging)} is missing {missing}"
+    return "no folder in it holds Unet.mlmodelc, its chunks or a diffusion transformer"
 
 
 class ProgressBar:
@@ -359,6 +452,9 @@ def run_install(args: argparse.Namespace, settings: Settings, host: HostPlatform
         "archive_size": args.model_size,
         "archive_sha256": args.model_sha256,
     }
+    if args.bundle:
+        plan = plan.for_bundle(args.bundle, os.environ)
+    overrides["sampler_commit"] = args.sampler_commit
     plan = replace(plan, **{k: v for k, v in overrides.items() if v is not None})
     installer = Installer(plan, settings, host, home)
     try:

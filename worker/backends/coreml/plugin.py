@@ -15,6 +15,7 @@ from worker.backends.coreml.checks import (
     locate_installation,
     model_id,
 )
+from worker.backends.coreml.published import PUBLISHED
 from worker.backends.coreml.settings import BACKEND_ID, SCHEDULERS, CoreMLSettings
 from worker.settings import EnvironmentReader, Settings
 from worker.sizes import SizeTable
@@ -34,7 +35,7 @@ class CoreMLInstaller:
     description = (
         "Core ML: every step is skipped when already done. Commands and addresses can also "
         "be set with SYSTEMSCULPT_LOCAL_INSTALL_{PREFIX,MODELS_DIR,GIT,SWIFT,REPOSITORY_URL,"
-        "MODEL_URL,MODEL_SIZE,MODEL_SHA256}."
+        "MODEL_URL,MODEL_SIZE,MODEL_SHA256,SAMPLER_COMMIT}."
     )
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> list[str]:
@@ -54,6 +55,18 @@ class CoreMLInstaller:
             ),
             parser.add_argument(
                 "--model-sha256", help="override the pinned SHA-256 of the bundle zip"
+            ),
+            parser.add_argument(
+                "--bundle",
+                choices=sorted(PUBLISHED),
+                help="which published bundle to fetch: "
+                + "; ".join(f"{b.name}: {b.title}" for b in PUBLISHED.values())
+                + " (default: sd21, the one the worker runs unless told otherwise)",
+            ),
+            parser.add_argument(
+                "--sampler-commit",
+                help="the apple/ml-stable-diffusion commit to build (default: a pinned one "
+                "that has --xl and --sd3)",
             ),
         ]
         return [action.dest for action in added]
