@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from client.display import ProgressDisplay, capabilities_summary, error_report
+from client.display import ProgressDisplay, capabilities_summary, error_report, models_table
 from client.process import WorkerProcess, open_worker
 from client.session import Message, SessionClosed
 from protocol.errors import ErrorCode
@@ -119,6 +119,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     caps.add_argument("--json", action="store_true", help="print the raw result")
 
+    menu = commands.add_parser(
+        "models",
+        help="the models the worker can run, and which is the default",
+        formatter_class=HelpWithDefaults,
+    )
+    menu.add_argument("--json", action="store_true", help="print the models as JSON")
+
     gen = commands.add_parser(
         "generate",
         help="generate images with live progress",
@@ -128,6 +135,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         formatter_class=HelpWithDefaults,
     )
     gen.add_argument("prompt", help="what to draw")
+    gen.add_argument(
+        "--model", help="a model id from `studio-imagegen models` (default: the worker's)"
+    )
     gen.add_argument("--count", type=int, default=1, help="how many images (1 to 8)")
     gen.add_argument(
         "--quality",
@@ -244,7 +254,7 @@ async def _run(args: argparse.Namespace) -> int:
     display = ProgressDisplay(sys.stderr)
     try:
         async with open_worker(command, raw_log=raw_log, on_stderr_line=display.log) as worker:
-            if args.command == "capabilities":
+            if args.command in ("capabilities", "models"):
                 return await _answered_within(args.wait, worker, _capabilities(worker, args))
             return await _answered_within(args.wait, worker, _generate(worker, args, display))
     except* (SessionClosed, anyio.BrokenResourceError, anyio.ClosedResourceError) as group:
@@ -288,11 +298,14 @@ async def _capabilities(worker: WorkerProcess, args: argparse.Namespace) -> int:
     response = await worker.session.call("capabilities")
     if "error" in response:
         return _report_error(response)
+    result = response["result"]
     if args.json:
-        print(json.dumps(response["result"], indent=2), flush=True)
-    else:
-        caps = CapabilitiesResult.model_validate(response["result"], by_alias=True, by_name=False)
-        print(terminal_safe(capabilities_summary(caps)), flush=True)
+        shown = result["models"] if args.command == "models" else result
+        print(json.dumps(shown, indent=2), flush=True)
+        return 0
+    caps = CapabilitiesResult.model_validate(result, by_alias=True, by_name=False)
+    summary = models_table if args.command == "models" else capabilities_summary
+    print(terminal_safe(summary(caps)), flush=True)
     return 0
 
 
@@ -317,6 +330,7 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ("compute_units", "computeUnits"),
         ("seed", "seed"),
         ("timeout_ms", "timeoutMs"),
+        ("model", "model"),
     ]:
         if getattr(args, name) is not None:
             params[key] = getattr(args, name)

@@ -1,11 +1,12 @@
-"""What a person sees: a progress bar, a capabilities summary, an error with its hint."""
+"""What a person sees: a progress bar, a capabilities summary, the model menu, an error
+with its hint."""
 
 from __future__ import annotations
 
 from typing import Any, TextIO
 
 from protocol.errors import ErrorCode
-from protocol.models import CapabilitiesResult, ProgressParams
+from protocol.models import FAMILY_NAMES, CapabilitiesResult, ProgressParams
 from worker.status_line import StatusLine, bar
 from worker.text import terminal_safe
 
@@ -55,6 +56,11 @@ def capabilities_summary(caps: CapabilitiesResult) -> str:
     if backend.install_hint:
         lines.append(f"Fix        {backend.install_hint}")
     lines.append(f"Model      {backend.model_id or '-'}")
+    usable = sum(model.usable for model in caps.models)
+    lines.append(
+        f"Models     {len(caps.models)} listed, {usable} can run, default "
+        f"{caps.default_model or '-'} (studio-imagegen models)"
+    )
     host = backend.model_host
     if host is not None:
         if host.loaded:
@@ -106,6 +112,30 @@ def capabilities_summary(caps: CapabilitiesResult) -> str:
         f"Worker     {caps.worker.name} {caps.worker.version} · protocol {caps.protocol_version}"
         f" · {platform.os} {platform.os_version} ({platform.machine}) · Python {platform.python}"
     )
+    return "\n".join(lines)
+
+
+def models_table(caps: CapabilitiesResult) -> str:
+    """The model menu: one line per model (`*` the default, `-` one that cannot run now,
+    with why and the fix below it), as `--model` takes their ids."""
+    if not caps.models:
+        return "No models."
+    width = max(len(model.id) for model in caps.models)
+    lines = []
+    for model in caps.models:
+        mark = "*" if model.default else " " if model.usable else "-"
+        family = FAMILY_NAMES[model.family] if model.family else "family unknown"
+        traits = [family, f"{model.native_width}x{model.native_height}"]
+        if model.variant == "refiner":
+            traits.append("refiner")
+        if model.loaded:
+            traits.append("loaded")
+        lines.append(f"{mark} {model.id:<{width}}  {' · '.join(traits)}")
+        if not model.usable:
+            lines.append(f"  {'':<{width}}  cannot run: {model.problem}")
+            if model.fix:
+                lines.append(f"  {'':<{width}}  fix: {model.fix}")
+    lines.append("* the default (what a request without --model runs); - cannot run now")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from fixtures.resources import make_resource_dir
 from tests.standin import StandIn
 from tests.worker_clients import worker_environment
 from worker.status_line import ERASE_LINE, StatusLine
@@ -69,6 +70,52 @@ def test_capabilities_json_is_the_raw_result(standin: StandIn) -> None:
     result = _client(["capabilities", "--json"], standin.env)
     assert result.returncode == 0
     assert json.loads(result.stdout)["backend"]["available"] is True
+
+
+def test_models_lists_the_menu_and_generate_model_picks_one(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    make_resource_dir(standin.models / "sdxl-base", size=(1024, 1024), family="sdxl")
+    make_resource_dir(standin.models / "half-xl", ["Unet.mlmodelc"], family="sdxl")
+    (standin.models / "half-xl" / "UnetChunk1.mlmodelc").mkdir()  # one chunk of two
+    listed = _client(["models"], standin.env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert any(
+        line.startswith("* coreml_diffusion/resources") and "Stable Diffusion 2.x · 512x512" in line
+        for line in lines
+    )
+    assert any(
+        line.startswith("  coreml_diffusion/sdxl-base")
+        and "Stable Diffusion XL · 1024x1024" in line
+        for line in lines
+    )
+    assert any(line.startswith("- coreml_diffusion/half-xl") for line in lines)
+    assert any("cannot run:" in line and "Unet.mlmodelc missing" in line for line in lines)
+    as_json = json.loads(_client(["models", "--json"], standin.env).stdout)
+    assert "coreml_diffusion/sdxl-base" in [model["id"] for model in as_json]
+
+    out = tmp_path / "images"
+    made = _client(
+        [
+            "generate",
+            "fox",
+            "--model",
+            "coreml_diffusion/sdxl-base",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ],
+        standin.env,
+    )
+    assert made.returncode == 0, made.stderr
+    (path,) = made.stdout.split()
+    with Image.open(path) as image:
+        assert image.size == (1024, 1024)
+    refused = _client(["generate", "fox", "--model", "sdxl", "--out", str(out)], standin.env)
+    assert refused.returncode != 0
+    assert "coreml_diffusion/sdxl-base" in refused.stderr  # the usable ids are named
 
 
 def test_generate_shows_progress_and_prints_the_image_paths(
