@@ -30,16 +30,16 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     missing = missing_modules()
     if missing:
         return [Row("diffusers: skipped", "-", [0.0], "extra missing", None, notes=str(missing))]
-    model = setup.tmp.parent / "tiny-sd"
-    if not model.exists():
-        await anyio.run_process(
-            [sys.executable, "-m", "fixtures.tiny_diffusers", str(model)],
-            cwd=REPO_ROOT,
-            env={**os.environ, "TMPDIR": str(setup.tmp)},
-        )
+    model = await _tiny_model(setup, "tiny-sd", "sd1")
+    sdxl = await _tiny_model(setup, "tiny-sdxl", "sdxl")
+    folder = setup.tmp.parent / "diffusers-models"
+    folder.mkdir(exist_ok=True)
+    if not (folder / sdxl.name).exists():
+        (folder / sdxl.name).symlink_to(sdxl, target_is_directory=True)
     env = setup.env(
         SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="diffusers",
         SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL=str(model),
+        SYSTEMSCULPT_LOCAL_DIFFUSERS_MODELS_DIR=str(folder),
         HF_HUB_OFFLINE="1",
     )
     steps = sizes.diffusers_steps
@@ -83,8 +83,9 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
             )
         )
         rows.append(await _cancel_row(session, sizes.cancel_runs))
+        host_peak = proc_status_kib(int(status["pid"]), "VmHWM") / 1024  # before a switch
+        rows += await _sdxl_rows(session, sdxl, request, sizes, setup.tmp)
         worker_rss = proc_status_kib(worker.pid, "VmRSS") / 1024
-        host_peak = proc_status_kib(int(status["pid"]), "VmHWM") / 1024
     async with running_worker(setup.env(SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="mock")) as mock:
         await mock.session.call("generate", {"prompt": "fox", "stepCount": 2})
         mock_rss = proc_status_kib(mock.pid, "VmRSS") / 1024
@@ -100,6 +101,60 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         )
     )
     return rows
+
+
+async def _tiny_model(setup: StandInSetup, name: str, family: str) -> Path:
+    model = setup.tmp.parent / name
+    if not model.exists():
+        await anyio.run_process(
+            [sys.executable, "-m", "fixtures.tiny_diffusers", str(model), "--family", family],
+            cwd=REPO_ROOT,
+            env={**os.environ, "TMPDIR": str(setup.tmp)},
+        )
+    return model
+
+
+async def _sdxl_rows(
+    session: WorkerSession, sdxl: Path, request: dict[str, object], sizes: Sizes, tmp: Path
+) -> list[Row]:
+    """The tiny SDXL model through the worker against the same call made directly, and
+    what switching models costs: the first job after the other model against a warm one."""
+    chosen = {**request, "model": f"diffusers/{sdxl.name}"}
+    switches, warm = [], []
+    for _ in range(sizes.switch_runs):
+        await session.call("generate", {**request, "stepCount": 2})  # the SD 1.x model back
+        started = time.perf_counter()
+        response = await session.call("generate", chosen)
+        switches.append(time.perf_counter() - started)
+        assert "result" in response, response
+    for _ in range(sizes.diffusers_runs):
+        started = time.perf_counter()
+        response = await session.call("generate", chosen)
+        warm.append(time.perf_counter() - started)
+        assert "result" in response, response
+    steps = sizes.diffusers_steps
+    direct = _direct_seconds(sdxl, steps, sizes.diffusers_runs, tmp)
+    ratios = [w / d for w, d in zip(warm, direct, strict=True)]
+    return [
+        Row(
+            f"diffusers: tiny SDXL warm generate / direct call ({steps} steps)",
+            "x",
+            ratios,
+            "<= 1.05",
+            median(ratios) <= 1.05,
+            notes=f"direct median {median(direct) * 1000:.0f} ms, through the worker "
+            f"{median(warm) * 1000:.0f} ms",
+        ),
+        Row(
+            "diffusers: switching model (reload) / warm job",
+            "x",
+            [switch / median(warm) for switch in switches],
+            "reported",
+            None,
+            notes=f"a job for the other model {median(switches):.2f} s (a new host "
+            f"loads it), a warm one {median(warm) * 1000:.0f} ms",
+        ),
+    ]
 
 
 def _direct_seconds(model: Path, steps: int, runs: int, tmp: Path) -> list[float]:

@@ -22,6 +22,7 @@ class Sizes:
     reference_runs: int = 5
     diffusers_steps: int = 20
     diffusers_runs: int = 5
+    switch_runs: int = 3
 
 
 SMOKE = Sizes(
@@ -40,4 +41,5 @@ SMOKE = Sizes(
     reference_runs=1,
     diffusers_steps=3,
     diffusers_runs=1,
+    switch_runs=1,
 )

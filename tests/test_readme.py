@@ -34,6 +34,7 @@ EXPECTED: dict[str, int | str] = {
     ".venv/bin/studio-imagegen-worker install --verify": 1,
     ".venv/bin/studio-imagegen capabilities": 0,
     ".venv/bin/studio-imagegen capabilities --json": 0,
+    ".venv/bin/studio-imagegen models": 0,
     "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
     '"a red fox in snow" --count 2 --seed 7': 0,
     'SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen --raw generate "a fox"': 0,
@@ -68,6 +69,10 @@ EXPECTED: dict[str, int | str] = {
     'eval "$(.venv/bin/python -m fixtures.tiny_diffusers "${TMPDIR:-/tmp}/tiny-sd")"': 0,
     '.venv/bin/studio-imagegen generate "a red fox in snow" --count 2 --steps 8 --ratio 16:9 '
     "--scheduler euler_a": 0,
+    'eval "$(.venv/bin/python -m fixtures.tiny_diffusers --family sdxl '
+    '"${TMPDIR:-/tmp}/tiny-sdxl")"': 0,
+    '.venv/bin/studio-imagegen generate "a red fox" --model diffusers/tiny-sdxl --steps 1 '
+    "--scheduler euler_a_trailing --guidance 0": 0,
     ".venv/bin/python -m bench": NOT_RUN
     + ": the full run takes minutes; tests/test_bench.py runs every suite with --smoke",
 }

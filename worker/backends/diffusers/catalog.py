@@ -57,6 +57,8 @@ def default_source(settings: DiffusersSettings) -> str:
 def _model(
     location: ModelLocation, missing_extra: list[str], loaded: Path | None, source: str
 ) -> Model:
+    if location.family is None and location.text == DEFAULT_MODEL:  # known, if not there
+        location = replace(location, family="sd1")
     family = FAMILIES.get(location.family or "sd1", FAMILIES["sd1"])
     where = location.path or Path(location.text)
     problem, fix = location.problem, location.fix
