@@ -235,3 +235,26 @@ def test_image_to_image_starts_from_the_reference(backend: Contracted) -> None:
     # Half the strength runs about half the steps of the same job from noise.
     assert sampling(notifications)[-1]["totalSteps"] < sampling(plain_progress)[-1]["totalSteps"]
     assert "result" in plain
+
+
+def test_the_default_model_is_listed_and_naming_it_changes_nothing(backend: Contracted) -> None:
+    caps = capabilities(backend)
+    defaults = [model for model in caps.models if model.default]
+    assert len(defaults) == 1
+    (default,) = defaults
+    assert (default.backend, default.usable, caps.default_model) == (
+        backend.backend,
+        True,
+        default.id,
+    )
+    params = {"prompt": "the same either way", "seed": 9, "stepCount": 2}
+    plain, _ = backend.generate(params)
+    named, _ = backend.generate({**params, "model": default.id})
+    assert (
+        named["result"]["metadata"]["model"] == default.id == plain["result"]["metadata"]["model"]
+    )
+    first, second = (decoded(r["result"]["images"][0]) for r in (plain, named))
+    assert first.tobytes() == second.tobytes()
+    unknown, _ = backend.generate({**params, "model": f"{backend.backend}/no-such-model"})
+    assert unknown["error"]["code"] == -32001
+    assert default.id in unknown["error"]["data"]["supported"]

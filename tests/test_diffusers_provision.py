@@ -4,6 +4,7 @@ server that answers as the Hugging Face hub does (the real hub is not reachable 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import pytest
 
 from fixtures.fake_hub import COMMIT, Repository, serving
 from tests.diffusers_setup import DiffusersSetup, require_extra
-from tests.worker_clients import start_worker_process, worker_environment
+from tests.worker_clients import REPO_ROOT, start_worker_process, worker_environment
+from worker.backends.diffusers.checks import DEFAULT_REVISION
 
 pytestmark = pytest.mark.diffusers
 REPO_ID = "studio-tests/tiny-sd"
@@ -234,3 +236,81 @@ def test_an_option_of_another_backends_install_is_a_usage_error() -> None:
     result = run_worker("install", "--backend", "coreml", "--config-only", env={})
     assert result.returncode == 2
     assert "--config-only is for --backend diffusers" in result.stderr
+
+
+NO_NETWORK = """
+import os, socket
+
+_connect = socket.socket.connect
+
+
+def _refused(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        with open(os.environ["NETWORK_ATTEMPTS"], "a") as log:
+            log.write(f"{os.getpid()} {address}\\n")
+        raise OSError("network blocked by the test")
+    return _connect(self, address)
+
+
+socket.socket.connect = _refused
+"""
+"""A `sitecustomize` for every Python process the worker starts: a TCP or IPv6
+connection fails, and is written down."""
+
+
+def test_a_single_file_checkpoint_loads_and_generates_with_no_network(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    config_repo = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # SD 1.x's configuration
+    hf_home = str(tmp_path / "hf")
+    with serving(Repository(config_repo, tiny_model, commit=DEFAULT_REVISION)) as address:
+        fetched = run_worker(
+            "install",
+            *("--backend", "diffusers", "--model", config_repo, "--config-only"),
+            env={"HF_HOME": hf_home, "HF_ENDPOINT": address},
+        )
+    assert fetched.returncode == 0, fetched.stderr
+    checkpoint = tmp_path / "downloaded-model.safetensors"
+    subprocess.run(
+        [sys.executable, "-m", "fixtures.ldm_checkpoint", str(tiny_model), str(checkpoint)],
+        check=True,
+        capture_output=True,
+        env=worker_environment(),
+        timeout=120,
+    )
+    blocker = tmp_path / "no-network"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_NETWORK)
+    attempts = tmp_path / "network-attempts.log"
+    attempts.touch()
+    blocked = {
+        "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO_ROOT)]),
+        "NETWORK_ATTEMPTS": str(attempts),
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+        capture_output=True,
+        text=True,
+        env=worker_environment(blocked),
+        check=False,
+    )
+    assert "network blocked by the test" in probe.stderr  # the block is in force
+    attempts.write_text("")
+
+    setup = DiffusersSetup(tmp_path, checkpoint, HF_HOME=hf_home, **blocked)
+    worker = start_worker_process(setup.env)
+    try:
+        models = worker.call("capabilities")["result"]["models"]
+        listed = next(model for model in models if model["default"])
+        assert (listed["family"], listed["usable"]) == ("sd1", True)
+        response, _ = worker.exchange(
+            "generate", {"prompt": "a red fox", "stepCount": 2, "seed": 3}, timeout=300
+        )
+    finally:
+        worker.close()
+    assert "result" in response, response
+    result = response["result"]
+    assert result["images"][0]["width"] == 64
+    assert result["metadata"]["family"] == "sd1"
+    assert result["modelId"] == "diffusers/downloaded-model:cpu"
+    assert attempts.read_text() == ""  # nothing even tried the network

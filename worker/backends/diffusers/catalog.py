@@ -127,6 +127,8 @@ def _cached_pipelines() -> list[ModelLocation]:
 
 
 def _read(path: Path, label: str, kind: str) -> ModelLocation:
+    if kind == "single_file":  # its family is cached; its configuration may come any time
+        return read_location(str(path), path, label, kind)
     stamp = _mtime(path / "model_index.json" if path.is_dir() else path)
     cached = _CACHE.get(path)
     if cached is not None and cached[0] == stamp:

@@ -26,6 +26,7 @@ from protocol.models import ModelFamily, ModelHostStatus
 from worker.backends.diffusers.host.families import (
     FAMILIES,
     PIPELINE_FAMILIES,
+    Identified,
     checkpoint_family,
     directory_family,
 )
@@ -246,7 +247,7 @@ def read_location(text: str, path: Path, label: str, kind: str) -> ModelLocation
 def single_file(text: str, path: Path, label: str) -> ModelLocation:
     """A checkpoint: its family from its tensor names, and whether the configuration it is
     built with is in the Hugging Face cache (the worker never downloads while generating)."""
-    identified = checkpoint_family(path)
+    identified = _checkpoint_family(path)
     if identified is None:  # a pickled .ckpt: the model host tells its family when loading
         return ModelLocation(text, "single_file", path, label)
     family = FAMILIES[identified.family]
@@ -260,17 +261,37 @@ def single_file(text: str, path: Path, label: str) -> ModelLocation:
         refiner=identified.refiner,
     )
     repo = identified.config_repo
-    if _cached_configuration(repo) is None:
-        return replace(
-            location,
-            path=None,
-            problem=f"{path.name} is a single-file {family.title} checkpoint, "
-            f"which diffusers builds with the configuration of {repo} (its json and tokenizer "
-            "files, a few MB); that is not in the Hugging Face cache, and the worker never "
-            "downloads while generating",
-            fix=f"fetch it once: {INSTALL_MODEL} --model {repo} --config-only",
-        )
-    return location
+    configuration = _cached_configuration(repo)
+    if configuration is not None:  # the size it makes is its configuration's
+        return replace(location, native_side=_native_side(configuration, family.name))
+    return replace(
+        location,
+        path=None,
+        problem=f"{path.name} is a single-file {family.title} checkpoint, "
+        f"which diffusers builds with the configuration of {repo} (its json and tokenizer "
+        "files, a few MB); that is not in the Hugging Face cache, and the worker never "
+        "downloads while generating",
+        fix=f"fetch it once: {INSTALL_MODEL} --model {repo} --config-only",
+    )
+
+
+_FAMILIES: dict[Path, tuple[tuple[int, int], Identified | None]] = {}
+
+
+def _checkpoint_family(path: Path) -> Identified | None:
+    """`checkpoint_family`, read once while the file is unchanged (a real checkpoint's
+    header is a few hundred kB of JSON)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    stamp = (status.st_mtime_ns, status.st_size)
+    cached = _FAMILIES.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    identified = checkpoint_family(path)
+    _FAMILIES[path] = (stamp, identified)
+    return identified
 
 
 def _cached_configuration(repo: str) -> Path | None:
