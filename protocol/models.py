@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -33,18 +33,7 @@ Scheduler = Literal[
     "flow_match",
 ]
 ComputeUnits = Literal["all", "cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine"]
-SCHEDULERS: tuple[Scheduler, ...] = (
-    "pndm",
-    "dpmpp",
-    "euler",
-    "euler_a",
-    "ddim",
-    "dpmpp_karras",
-    "euler_karras",
-    "euler_a_trailing",
-    "lcm",
-    "flow_match",
-)
+SCHEDULERS: tuple[Scheduler, ...] = get_args(Scheduler)
 """Every scheduler some backend serves; `capabilities.features.schedulers` lists the
 configured backend's (Core ML: pndm and dpmpp), and each model's `schedulers` its own.
 The Karras ones space their sigmas as Karras et al.; `euler_a_trailing` and `lcm` are for

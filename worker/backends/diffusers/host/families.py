@@ -13,32 +13,11 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-SD_SCHEDULERS: tuple[
-    Literal[
-        "pndm",
-        "dpmpp",
-        "euler",
-        "euler_a",
-        "ddim",
-        "dpmpp_karras",
-        "euler_karras",
-        "euler_a_trailing",
-        "lcm",
-    ],
-    ...,
-] = (
-    "pndm",
-    "dpmpp",
-    "euler",
-    "euler_a",
-    "ddim",
-    "dpmpp_karras",
-    "euler_karras",
-    "euler_a_trailing",
-    "lcm",
-)
+from protocol.models import SCHEDULERS, Scheduler
+
+SD_SCHEDULERS: tuple[Scheduler, ...] = tuple(name for name in SCHEDULERS if name != "flow_match")
+"""What Stable Diffusion 1.x, 2.x and XL take: every scheduler but SD3's own."""
 
 
 @dataclass(frozen=True)
