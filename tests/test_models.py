@@ -428,3 +428,59 @@ def test_few_step_settings_call_the_denoiser_once_a_step_without_guidance(
     assert ran.returncode == 0, ran.stderr[-2000:]
     counted = json.loads(ran.stdout.splitlines()[-1])
     assert counted == {"batches": batches, "images": 1}
+
+
+REFERENCE_PHOTO = Path(__file__).resolve().parents[1] / "fixtures" / "reference-photo.jpg"
+
+
+@pytest.mark.diffusers
+@pytest.mark.parametrize("model", ["diffusers/tiny-sdxl", "diffusers/tiny-sd3"])
+def test_sdxl_and_sd3_do_image_to_image_with_progress_previews_and_seeds(
+    three_families: tuple[WorkerProcess, Path], model: str
+) -> None:
+    worker, _ = three_families
+    reference = {
+        "mimeType": "image/jpeg",
+        "base64": base64.b64encode(REFERENCE_PHOTO.read_bytes()).decode(),
+    }
+    params = {"prompt": "a photo", "model": model, "seed": 40, "stepCount": 4, "count": 2}
+    plain = worker.exchange("generate", params, timeout=300)[0]["result"]
+    response, notifications = worker.exchange(
+        "generate",
+        {**params, "inputImages": [reference], "strength": 0.5, "previewEvery": 1},
+        timeout=300,
+    )
+    result = response["result"]
+    assert result["metadata"]["usedReferenceImage"] is True
+    assert [image["seed"] for image in result["images"]] == [40, 41]
+    steps = [
+        (n["params"]["step"], n["params"]["totalSteps"])
+        for n in notifications
+        if n["method"] == "progress" and n["params"]["phase"] == "sampling"
+    ]
+    total = steps[-1][1]
+    assert steps[-1] == (total, total) and [s for s, _ in steps] == sorted({s for s, _ in steps})
+    assert total < 2 * len([n for n in steps if n[0]]) + 2  # the strength cut the schedule
+    previews = [n["params"] for n in notifications if n["method"] == "preview"]
+    assert {p["index"] for p in previews} == {0, 1} and all(p["base64"] for p in previews)
+    assert pixels(result) != pixels(plain)
+
+
+@pytest.mark.diffusers
+def test_an_sdxl_job_is_cancelled_at_a_step(three_families: tuple[WorkerProcess, Path]) -> None:
+    worker, _ = three_families
+    params = {"prompt": "long", "model": "diffusers/tiny-sdxl", "stepCount": 80}
+    worker.send({"jsonrpc": "2.0", "id": "long", "method": "generate", "params": params})
+    for message in worker.messages(timeout=300):
+        params_ = message.get("params", {})
+        if message.get("method") == "progress" and params_.get("step", 0) >= 1:
+            break  # sampling
+    worker.send({"jsonrpc": "2.0", "id": "c", "method": "cancel", "params": {"requestId": "long"}})
+    answers: dict[str, Any] = {}
+    for message in worker.messages(timeout=60):
+        if "id" in message:
+            answers[message["id"]] = message
+        if len(answers) == 2:
+            break
+    assert answers["c"]["result"]["cancelled"] == ["long"]
+    assert answers["long"]["error"]["code"] == -32800
