@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from protocol.errors import UnsupportedFeatureData
 from protocol.models import (
     GUIDANCE_SCALE_MAX,
     GUIDANCE_SCALE_MIN,
@@ -21,6 +22,7 @@ from protocol.models import (
     ModelSize,
     Scheduler,
 )
+from worker.errors import UnsupportedFeature
 from worker.sizes import SizeTable
 
 
@@ -38,6 +40,10 @@ class Model:
     variant: str = "base"
     guidance_min: float = GUIDANCE_SCALE_MIN
     """Where a bundle always runs guidance, 1: below it the image would be unconditioned."""
+    guidance_note: str = ""
+    """Why guidance below `guidance_min` is refused (its backend refuses it)."""
+    scheduler_note: str = ""
+    """Why it takes `schedulers` only, where its backend can say more than the list."""
     step_min: int = STEP_COUNT_MIN
     image_to_image_problem: str = ""
     compute_units: tuple[ComputeUnits, ...] = ()
@@ -60,6 +66,22 @@ class Model:
     @property
     def usable(self) -> bool:
         return not self.problem
+
+    def check_controls(self, scheduler: Scheduler, has_reference: bool) -> None:
+        """-32001, before anything runs, for what this model does not take: a scheduler
+        not its own, text-to-image on a refiner."""
+        if scheduler not in self.schedulers:
+            why = self.scheduler_note or f"{self.label} takes {', '.join(self.schedulers)}"
+            raise UnsupportedFeature(
+                f"Unsupported feature: scheduler {scheduler!r}: {why}.",
+                UnsupportedFeatureData(feature="scheduler", supported=list(self.schedulers)),
+            )
+        if self.variant == "refiner" and not has_reference:
+            raise UnsupportedFeature(
+                f"Unsupported feature: text-to-image: {self.label} is an SDXL refiner, which "
+                "makes images only from a reference; give inputImages, or choose a base model",
+                UnsupportedFeatureData(feature="textToImage", supported=[]),
+            )
 
     def describe(self, defaults: Defaults) -> ModelInfo:
         """As `capabilities.models` lists it; `defaults`: the worker's sampling defaults."""

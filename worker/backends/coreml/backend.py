@@ -23,7 +23,6 @@ from protocol.errors import (
 )
 from worker.backends.base import JobPlan, Rendered
 from worker.backends.coreml.bundle_files import read_bundle
-from worker.backends.coreml.catalog import SD3_SCHEDULERS
 from worker.backends.coreml.checks import MODEL_ID_PREFIX, check_image_encoder, locate_installation
 from worker.backends.coreml.sampler.command import SamplerCommand
 from worker.backends.coreml.sampler.output_layout import (
@@ -44,7 +43,7 @@ from worker.backends.coreml.sampler.output_parser import (
 )
 from worker.backends.coreml.sampler.process import SamplerExit, SamplerStartError, run_sampler
 from worker.backends.coreml.sampler.schedule import schedule_problems, timestep_count
-from worker.backends.coreml.settings import BACKEND_ID, SCHEDULERS, CoreMLSettings
+from worker.backends.coreml.settings import BACKEND_ID, CoreMLSettings
 from worker.errors import (
     BackendUnavailable,
     InvalidParams,
@@ -101,32 +100,6 @@ class CoreMLBackend:
         image-to-image without the encoder it needs: -32001. The plan's step total is
         the `M` of the sampler's `Step N of M` lines."""
         resource_path = parameters.resource_path or self._section.resource_path
-        bundle = read_bundle(resource_path)
-        scheduler = parameters.sampling.scheduler
-        schedulers = SD3_SCHEDULERS if bundle.pipeline == "sd3" else SCHEDULERS
-        if scheduler not in schedulers:
-            if bundle.pipeline == "sd3":
-                why = (
-                    "SD3 bundles always run their discrete flow scheduler (the sampler "
-                    "ignores --scheduler for them). Leave scheduler out, or ask for "
-                    "flow_match"
-                )
-            else:
-                why = (
-                    f"StableDiffusionSample has {' and '.join(SCHEDULERS)} only. Choose one "
-                    "of them, or use the diffusers backend, which has it"
-                )
-            raise UnsupportedFeature(
-                f"Unsupported feature: scheduler {scheduler!r}: {why}.",
-                UnsupportedFeatureData(feature="scheduler", supported=list(schedulers)),
-            )
-        if bundle.refiner and parameters.reference is None:
-            raise UnsupportedFeature(
-                f"Unsupported feature: text-to-image: {resource_path} is an SDXL refiner "
-                "(no TextEncoder.mlmodelc), which makes images only from a reference; give "
-                "inputImages, or choose a base model",
-                UnsupportedFeatureData(feature="textToImage", supported=[]),
-            )
         if parameters.reference is not None:
             encoder = check_image_encoder(resource_path)
             if encoder.status == "fail":
@@ -141,18 +114,13 @@ class CoreMLBackend:
                 parameters.sampling.step_count, parameters.sampling.scheduler, parameters.strength
             )
         ]
-        guidance = parameters.sampling.guidance_scale
-        if guidance < 1 and (bundle.pipeline != "sd" or bundle.unet_batch == 2):
-            why = (
-                "its pipeline always runs guidance, so below 1 the image ignores the prompt"
-                if bundle.pipeline != "sd"
-                else "its UNet was converted to run with guidance (batch 2), and Core ML "
-                "fails without it"
-            )
+        guidance, model = parameters.sampling.guidance_scale, parameters.model
+        if model is not None and guidance < model.guidance_min:
             errors.append(
                 FieldError(
                     field="guidanceScale",
-                    message=f"{guidance:g} is below 1 for this bundle: {why}; use 1 or more",
+                    message=f"{guidance:g} is below {model.guidance_min:g} for this bundle: "
+                    f"{model.guidance_note}; use {model.guidance_min:g} or more",
                 )
             )
         layout = _output_layout(parameters)

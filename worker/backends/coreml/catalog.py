@@ -28,6 +28,14 @@ from worker.sizes import SizeOption, SizeTable, ratio_of
 
 SD3_SCHEDULERS: tuple[Scheduler, ...] = ("flow_match",)
 """The sampler runs SD3 with its discrete flow scheduler whatever `--scheduler` says."""
+SCHEDULER_NOTE = (
+    f"StableDiffusionSample has {' and '.join(SCHEDULERS)} only. Choose one of them, or use "
+    "the diffusers backend, which has it"
+)
+SD3_SCHEDULER_NOTE = (
+    "SD3 bundles always run their discrete flow scheduler (the sampler ignores --scheduler "
+    "for them). Leave scheduler out, or ask for flow_match"
+)
 SCAN_DEPTH = 4
 """How deep below the models folder bundles are looked for (zips unpack into a folder or
 two of their own)."""
@@ -132,12 +140,16 @@ def _model(
     square = sizes.options.get("1:1") or next(iter(sizes.options.values()), None)
     native = (square.width, square.height) if square else (512, 512)
     notes = []
-    guidance_min = 0.0
+    guidance_min, guidance_note = 0.0, ""
     if pipeline != "sd":
         guidance_min = 1.0  # its pipeline always runs guidance: below 1 is unconditioned
+        guidance_note = "its pipeline always runs guidance, so below 1 the image ignores the prompt"
         notes.append(f"{FAMILY_NAMES[family] if family else 'it'} always runs guidance (1 or more)")
     elif bundle is not None and bundle.unet_batch == 2:
         guidance_min = 1.0  # a UNet of batch 2 fails without guidance's second half
+        guidance_note = (
+            "its UNet was converted to run with guidance (batch 2), and Core ML fails without it"
+        )
         notes.append("its UNet was converted for guidance: guidance below 1 would fail")
     if bundle is not None and bundle.refiner:
         notes.append("a refiner: it makes images only from a reference (inputImages)")
@@ -154,6 +166,8 @@ def _model(
         native=native,
         variant="refiner" if bundle is not None and bundle.refiner else "base",
         guidance_min=guidance_min,
+        guidance_note=guidance_note,
+        scheduler_note=SD3_SCHEDULER_NOTE if pipeline == "sd3" else SCHEDULER_NOTE,
         image_to_image_problem=image_to_image_problem,
         compute_units=COMPUTE_UNITS,
         attention=bundle.attention if bundle else None,

@@ -20,7 +20,6 @@ from protocol.errors import (
     FieldError,
     InvalidParamsData,
     TimedOutData,
-    UnsupportedFeatureData,
 )
 from protocol.models import ModelHostStatus
 from worker.backends.base import JobPlan, Rendered
@@ -31,12 +30,11 @@ from worker.backends.diffusers.checks import (
     missing_modules,
 )
 from worker.backends.diffusers.follower import JobFollower, image_name
-from worker.backends.diffusers.host.families import FAMILIES
 from worker.backends.diffusers.host.messages import HostJob
 from worker.backends.diffusers.host_process import HostGone
 from worker.backends.diffusers.settings import BACKEND_ID, DiffusersSettings
 from worker.backends.diffusers.supervisor import ModelHostSupervisor, host_failed
-from worker.errors import BackendUnavailable, InvalidParams, TimedOut, UnsupportedFeature
+from worker.errors import BackendUnavailable, InvalidParams, TimedOut
 from worker.images import account_for
 from worker.live import LiveSamplers
 from worker.parameters import JobParameters
@@ -69,22 +67,7 @@ class DiffusersBackend:
         """-32002 when the extra or the model is missing; -32602 for a strength that
         leaves no step to run. The plan counts the steps as the pipeline runs them (the
         host confirms the total when it accepts the job)."""
-        location = self._usable_model(parameters)
-        family = FAMILIES[location.family or "sd1"]
-        scheduler = parameters.sampling.scheduler
-        if scheduler not in family.schedulers:
-            raise UnsupportedFeature(
-                f"Unsupported feature: scheduler {scheduler!r}: {location.label} is a "
-                f"{family.title} model, which takes {', '.join(family.schedulers)}.",
-                UnsupportedFeatureData(feature="scheduler", supported=list(family.schedulers)),
-            )
-        if location.refiner and parameters.reference is None:
-            raise UnsupportedFeature(
-                f"Unsupported feature: text-to-image: {location.label} is an SDXL refiner, "
-                "which makes images only from a reference; give inputImages, or choose a base "
-                "model",
-                UnsupportedFeatureData(feature="textToImage", supported=[]),
-            )
+        self._usable_model(parameters)
         strength = parameters.strength
         step_count = parameters.sampling.step_count
         if strength is not None and int(step_count * strength) < 1:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from protocol.models import Scheduler
 from worker.backends.diffusers.checks import (
     CHECKPOINT_SUFFIXES,
     DEFAULT_REVISION,
@@ -18,7 +17,7 @@ from worker.backends.diffusers.checks import (
     locate_model,
     read_location,
 )
-from worker.backends.diffusers.host.families import FAMILIES, SD_SCHEDULERS
+from worker.backends.diffusers.host.families import FAMILIES
 from worker.backends.diffusers.settings import BACKEND_ID, DEFAULT_MODEL, DiffusersSettings
 from worker.models import Model
 from worker.sizes import standard_table
@@ -65,7 +64,6 @@ def _model(
     if missing_extra:
         problem = f"the diffusers extra is not installed (missing: {', '.join(missing_extra)})"
         fix = install_extra_hint()
-    schedulers: tuple[Scheduler, ...] = ("flow_match",) if family.name == "sd3" else SD_SCHEDULERS
     notes = []
     if location.refiner:
         notes.append("an SDXL refiner: it makes images only from a reference (inputImages)")
@@ -78,7 +76,9 @@ def _model(
         family=location.family,
         path=where,
         sizes=standard_table(where, source, location.native_side),
-        schedulers=schedulers,
+        schedulers=family.schedulers,
+        scheduler_note=f"{location.label} is a {family.title} model, which takes "
+        f"{', '.join(family.schedulers)}",
         native=(location.native_side, location.native_side),
         variant="refiner" if location.refiner else "base",
         problem=problem,

@@ -31,7 +31,7 @@ class Family:
     config_repo: str
     """The hub repository whose configuration builds a single-file checkpoint of it."""
     native_side: int
-    schedulers: tuple[str, ...]
+    schedulers: tuple[Scheduler, ...]
     """The first is its own when a request names none it takes."""
     safety_checker: bool = False
     """Its pipelines take a safety checker."""
