@@ -13,6 +13,7 @@ the models stays cheap.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,6 +69,32 @@ class BundleFiles:
 
 def is_bundle(folder: Path) -> bool:
     return any((folder / name).exists() for name in DENOISERS)
+
+
+SCAN_DEPTH = 4
+"""How deep below a folder bundles are looked for (zips unpack into a folder or two of
+their own)."""
+
+
+def bundles_below(root: Path, depth: int = SCAN_DEPTH) -> list[Path]:
+    """Every folder at or below `root`, to `depth` levels, that holds a denoiser, by path;
+    never looking inside one, a compiled model or a ControlNet folder."""
+    found: list[Path] = []
+    if not root.is_dir():
+        return found
+    for folder, subfolders, _files in os.walk(root):
+        here = Path(folder)
+        if is_bundle(here):
+            found.append(here)
+            subfolders.clear()
+            continue
+        level = len(here.relative_to(root).parts)
+        subfolders[:] = sorted(
+            name
+            for name in subfolders
+            if level < depth and not name.endswith(".mlmodelc") and name != "controlnet"
+        )
+    return sorted(found)
 
 
 def missing_files(folder: Path, pipeline: Literal["sd", "sdxl", "sd3"]) -> list[str]:

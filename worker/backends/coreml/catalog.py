@@ -5,13 +5,12 @@ one model. Read from the files only, and cached by their modification times."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from protocol.models import COMPUTE_UNITS, FAMILY_NAMES, Scheduler
 from worker.backends.coreml.bundle_files import (
     BundleFiles,
-    is_bundle,
+    bundles_below,
     read_bundle,
 )
 from worker.backends.coreml.bundles import FIXED_SIZES, OTHER_SIZES, load_manifest
@@ -36,9 +35,6 @@ SD3_SCHEDULER_NOTE = (
     "SD3 bundles always run their discrete flow scheduler (the sampler ignores --scheduler "
     "for them). Leave scheduler out, or ask for flow_match"
 )
-SCAN_DEPTH = 4
-"""How deep below the models folder bundles are looked for (zips unpack into a folder or
-two of their own)."""
 ATTENTION_NOTES = {
     "split_einsum": "split-einsum attention: made for the Neural Engine (cpuAndNeuralEngine)",
     "original": "original attention: runs best on the GPU (cpuAndGPU)",
@@ -55,12 +51,12 @@ def find_models(settings: CoreMLSettings, host: HostPlatform) -> list[Model]:
     }
     models = [_configured_model(settings, installation, sizes)]
     labels = {models[0].label}
-    for folder in _bundles_in(settings.models_dir):
+    for folder in bundles_below(settings.models_dir):
         if folder.resolve() in configured:
             continue
         label = _label(settings.models_dir, folder, labels)
         labels.add(label)
-        models.append(_bundle_model(settings, host, folder, label))
+        models.append(_bundle_model(settings, installation.with_resources(host, folder), label))
     return models
 
 
@@ -84,9 +80,9 @@ def _configured_model(
     )
 
 
-def _bundle_model(settings: CoreMLSettings, host: HostPlatform, folder: Path, label: str) -> Model:
+def _bundle_model(settings: CoreMLSettings, installation: SamplerInstallation, label: str) -> Model:
+    folder = installation.resource_path
     bundle = read_bundle(folder)
-    installation = locate_installation(settings, host, resource_path=folder)
     if bundle.size is not None:
         width, height = bundle.size
         option = SizeOption(ratio_of(width, height), width, height, folder, "models folder", True)
@@ -180,26 +176,6 @@ def _model(
         result_id=result_id,
         details=bundle,
     )
-
-
-def _bundles_in(root: Path) -> list[Path]:
-    """Every folder below `root` that holds a denoiser, not looking inside one."""
-    found: list[Path] = []
-    if not root.is_dir():
-        return found
-    for folder, subfolders, _files in os.walk(root):
-        here = Path(folder)
-        depth = len(here.relative_to(root).parts)
-        if here != root and is_bundle(here):
-            found.append(here)
-            subfolders.clear()
-            continue
-        subfolders[:] = sorted(
-            name
-            for name in subfolders
-            if depth < SCAN_DEPTH and not name.endswith(".mlmodelc") and name != "controlnet"
-        )
-    return sorted(found)
 
 
 def _label(root: Path, folder: Path, taken: set[str]) -> str:

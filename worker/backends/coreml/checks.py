@@ -82,6 +82,16 @@ class SamplerInstallation:
             )
         return f"Ready: {self.sample_binary} with the resources in {self.resource_path}."
 
+    def with_resources(self, host: HostPlatform, resource_path: Path) -> SamplerInstallation:
+        """The same platform and sampler with the bundle at `resource_path`: only the
+        checks of the bundle are made again."""
+        kept = tuple(check for check in self.checks if check.name in ("platform", "sampler"))
+        return replace(
+            self,
+            resource_path=resource_path,
+            checks=(*kept, check_resources(resource_path), *check_family(host, resource_path)),
+        )
+
     @property
     def install_hint(self) -> str:
         """Each distinct fix once, with the manual steps of every check it fixes."""

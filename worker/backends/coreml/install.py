@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
-from worker.backends.coreml.bundle_files import is_bundle, read_bundle
+from worker.backends.coreml.bundle_files import bundles_below, read_bundle
 from worker.backends.coreml.bundles import load_manifest
 from worker.backends.coreml.checks import doctor_checks
 from worker.backends.coreml.download import DownloadError, PinMismatch, download_verified
@@ -68,14 +68,15 @@ class InstallError(Exception):
 
 
 def find_bundle(root: Path) -> Path | None:
-    """The complete bundle in `root` (itself, or a folder below it that holds a UNet and
-    every file its family needs), however its zip laid it out."""
-    if not root.is_dir():
-        return None
-    for folder in sorted([root, *root.rglob("*")], key=lambda path: len(path.parts)):
-        if folder.is_dir() and not folder.name.endswith(".mlmodelc") and is_bundle(folder):
-            return folder if not read_bundle(folder).missing else None
-    return None
+    """The complete bundle in `root` (itself, or the folder nearest below it that holds a
+    UNet, with every file its family needs), however its zip laid it out."""
+    nearest = _nearest_bundle(root)
+    return nearest if nearest is not None and not read_bundle(nearest).missing else None
+
+
+def _nearest_bundle(root: Path) -> Path | None:
+    found = bundles_below(root)
+    return min(found, key=lambda path: len(path.parts)) if found else None
 
 
 @dataclass(frozen=True)
@@ -383,11 +384,10 @@ class Installer:
 
 def _why(staging: Path) -> str:
     """What is wrong with an unpacked archive that holds no complete bundle."""
-    for folder in sorted(staging.rglob("*"), key=lambda path: len(path.parts)):
-        if folder.is_dir() and not folder.name.endswith(".mlmodelc") and is_bundle(folder):
-            missing = ", ".join(read_bundle(folder).missing)
-            return f"{folder.relative_to(staging)} is missing {missing}"
-    return "no folder in it holds Unet.mlmodelc, its chunks or a diffusion transformer"
+    nearest = _nearest_bundle(staging)
+    if nearest is None:
+        return "no folder in it holds Unet.mlmodelc, its chunks or a diffusion transformer"
+    return f"{nearest.relative_to(staging)} is missing {', '.join(read_bundle(nearest).missing)}"
 
 
 class ProgressBar:
