@@ -66,12 +66,7 @@ def final_name(
 ) -> str:
     """The name the sampler gives image `index` (`imageName` in main.swift): the final
     one, or the intermediate one saved at the 0-based `step`."""
-    name = name_prefix(prompt)
-    if image_count != 1:
-        name += f".{index}"
-    if strength is not None:
-        name += f".str{strength_percent(strength)}"
-    return f"{name}.{seed}.{'final' if step is None else step}.png"
+    return _named(name_prefix(prompt), index, image_count, seed, strength, step)
 
 
 def image_file_name(
@@ -88,6 +83,18 @@ def image_file_name(
     hidden behind a leading dot)."""
     prompt_part = name_safe(name_prefix(prompt).rsplit("/", 1)[-1].replace("\\", "_"))
     prompt_part = prompt_part.lstrip(".") or NO_PROMPT_PART
+    return _named(prompt_part, index, image_count, seed, strength, step)
+
+
+def _named(
+    prompt_part: str,
+    index: int,
+    image_count: int,
+    seed: int,
+    strength: float | None,
+    step: int | None,
+) -> str:
+    """`<prompt part>[.<index>][.str<P>].<seed>.<final|step>.png`, as main.swift joins it."""
     name = prompt_part + (f".{index}" if image_count != 1 else "")
     if strength is not None:
         name += f".str{strength_percent(strength)}"
