@@ -286,14 +286,9 @@ def run_install(args: argparse.Namespace, settings: Settings, host: HostPlatform
     if args.config_only:
         return _install_config(repo_id)
     if not args.verify:
-        try:
-            download(repo_id, default_revision(repo_id))
-        except DownloadError as exc:
-            print(f"install: {exc}", file=sys.stderr)
-            return EXIT_INSTALL_FAILED
-        except KeyboardInterrupt:
-            print("\ninstall: interrupted; run it again to resume the download", file=sys.stderr)
-            return 130
+        fetched = _fetch(repo_id)
+        if isinstance(fetched, int):
+            return fetched
     print(f"==> loading {repo_id} once to verify it", file=sys.stderr, flush=True)
     target = replace(
         settings.with_section(replace(section, model=repo_id, model_explicit=True)),
@@ -313,17 +308,25 @@ def run_install(args: argparse.Namespace, settings: Settings, host: HostPlatform
     return 0 if report.ready else EXIT_NOT_READY
 
 
-def _install_config(repo_id: str) -> int:
-    """`--config-only`: the repository's configuration, for the single-file checkpoints
-    of its family."""
+def _fetch(repo_id: str, patterns: list[str] = ALLOW_PATTERNS) -> Path | int:
+    """The repository (or the files of it `patterns` match) in the cache at its pinned
+    revision, or the exit code of a download that failed or was interrupted, said why."""
     try:
-        path = download(repo_id, default_revision(repo_id), allow_patterns=CONFIG_PATTERNS)
+        return download(repo_id, default_revision(repo_id), allow_patterns=patterns)
     except DownloadError as exc:
         print(f"install: {exc}", file=sys.stderr)
         return EXIT_INSTALL_FAILED
     except KeyboardInterrupt:
         print("\ninstall: interrupted; run it again to resume the download", file=sys.stderr)
         return 130
+
+
+def _install_config(repo_id: str) -> int:
+    """`--config-only`: the repository's configuration, for the single-file checkpoints
+    of its family."""
+    path = _fetch(repo_id, CONFIG_PATTERNS)
+    if isinstance(path, int):
+        return path
     print(
         f"the configuration of {repo_id} is in {path}: single-file checkpoints of its "
         "family now load without a network"
