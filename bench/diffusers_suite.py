@@ -51,24 +51,14 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         await session.call("generate", {**request, "stepCount": 2})
         cold = time.perf_counter() - started
         status = (await session.call("capabilities"))["result"]["backend"]["modelHost"]
-        warm = []
-        for _ in range(sizes.diffusers_runs):
-            started = time.perf_counter()
-            response = await session.call("generate", request)
-            warm.append(time.perf_counter() - started)
-            assert "result" in response, response
+        warm = await _warm_seconds(session, request, sizes.diffusers_runs)
         direct = _direct_seconds(model, steps, sizes.diffusers_runs, setup.tmp)
-        ratios = [w / d for w, d in zip(warm, direct, strict=True)]
         rows.append(
-            Row(
+            _against_direct(
                 f"diffusers: warm generate / direct pipeline call ({steps} steps, "
                 f"{MODEL_SIDE}x{MODEL_SIDE})",
-                "x",
-                ratios,
-                "<= 1.05",
-                median(ratios) <= 1.05,
-                notes=f"direct median {median(direct) * 1000:.0f} ms, through the worker "
-                f"{median(warm) * 1000:.0f} ms",
+                warm,
+                direct,
             )
         )
         rows.append(
@@ -120,30 +110,19 @@ async def _sdxl_rows(
     """The tiny SDXL model through the worker against the same call made directly, and
     what switching models costs: the first job after the other model against a warm one."""
     chosen = {**request, "model": f"diffusers/{sdxl.name}"}
-    switches, warm = [], []
+    switches = []
     for _ in range(sizes.switch_runs):
         await session.call("generate", {**request, "stepCount": 2})  # the SD 1.x model back
         started = time.perf_counter()
         response = await session.call("generate", chosen)
         switches.append(time.perf_counter() - started)
         assert "result" in response, response
-    for _ in range(sizes.diffusers_runs):
-        started = time.perf_counter()
-        response = await session.call("generate", chosen)
-        warm.append(time.perf_counter() - started)
-        assert "result" in response, response
+    warm = await _warm_seconds(session, chosen, sizes.diffusers_runs)
     steps = sizes.diffusers_steps
     direct = _direct_seconds(sdxl, steps, sizes.diffusers_runs, tmp)
-    ratios = [w / d for w, d in zip(warm, direct, strict=True)]
     return [
-        Row(
-            f"diffusers: tiny SDXL warm generate / direct call ({steps} steps)",
-            "x",
-            ratios,
-            "<= 1.05",
-            median(ratios) <= 1.05,
-            notes=f"direct median {median(direct) * 1000:.0f} ms, through the worker "
-            f"{median(warm) * 1000:.0f} ms",
+        _against_direct(
+            f"diffusers: tiny SDXL warm generate / direct call ({steps} steps)", warm, direct
         ),
         Row(
             "diffusers: switching model (reload) / warm job",
@@ -155,6 +134,33 @@ async def _sdxl_rows(
             f"loads it), a warm one {median(warm) * 1000:.0f} ms",
         ),
     ]
+
+
+async def _warm_seconds(
+    session: WorkerSession, request: dict[str, object], runs: int
+) -> list[float]:
+    """Each of `runs` generates of `request` through the worker, in seconds."""
+    seconds = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        response = await session.call("generate", request)
+        seconds.append(time.perf_counter() - started)
+        assert "result" in response, response
+    return seconds
+
+
+def _against_direct(name: str, warm: list[float], direct: list[float]) -> Row:
+    """Through the worker against the same call made directly: at most 5 % more."""
+    ratios = [w / d for w, d in zip(warm, direct, strict=True)]
+    return Row(
+        name,
+        "x",
+        ratios,
+        "<= 1.05",
+        median(ratios) <= 1.05,
+        notes=f"direct median {median(direct) * 1000:.0f} ms, through the worker "
+        f"{median(warm) * 1000:.0f} ms",
+    )
 
 
 def _direct_seconds(model: Path, steps: int, runs: int, tmp: Path) -> list[float]:
