@@ -57,15 +57,24 @@ def prepare_reference(item: InputImage, index: int, size: tuple[int, int]) -> Re
     return _prepare(data, item.mime_type, index, size)
 
 
-def _refuse(index: int, field: str, reason: str) -> InvalidParams:
-    name = f"inputImages.{index}" + (f".{field}" if field else "")
+def read_upright(item: InputImage, where: str) -> tuple[Image.Image, bytes]:
+    """The image of `item` upright and RGB at its own size, and the bytes it came from,
+    with every check a reference gets; -32602 naming `where` (`mask`, `inputImages.0`)
+    and what is wrong with it."""
+    data = _read(item, where)
+    return _decoded(data, item.mime_type, where), data
+
+
+def _refuse(index: int | str, field: str, reason: str) -> InvalidParams:
+    where = index if isinstance(index, str) else f"inputImages.{index}"
+    name = where + (f".{field}" if field else "")
     return InvalidParams(
         f"Invalid params: {name}: {reason}.",
         InvalidParamsData(errors=[FieldError(field=name, message=reason)]),
     )
 
 
-def _read(item: InputImage, index: int) -> bytes:
+def _read(item: InputImage, index: int | str) -> bytes:
     if item.mime_type not in REFERENCE_MIME_TYPES:
         raise _refuse(
             index,
@@ -98,7 +107,7 @@ _DATA_URL = re.compile(r"data:([^,;]*)(;[^,]*)?,", re.IGNORECASE)
 _BASE64_CHARACTERS = frozenset(string.ascii_letters + string.digits + "+/=")
 
 
-def decode_base64(text: str, index: int, field: str = "base64") -> bytes:
+def decode_base64(text: str, index: int | str, field: str = "base64") -> bytes:
     """The bytes of base64 as browsers, Node and tools write it: a `data:` URL's prefix,
     line breaks and spaces, the URL-safe alphabet and missing padding are all taken;
     what is not base64 is named exactly (which character, where)."""
@@ -138,6 +147,31 @@ def _too_large(size: int) -> str:
 
 
 def _prepare(data: bytes, mime_type: str, index: int, size: tuple[int, int]) -> Reference:
+    rgb = _decoded(data, mime_type, index)
+    width, height = _header_size(data)
+    fitted = ImageOps.fit(rgb, size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    return Reference(
+        png=png_bytes(fitted),
+        sha256=hashlib.sha256(data).hexdigest(),
+        original_width=width,
+        original_height=height,
+        index=index,
+    )
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
+
+
+def _decoded(data: bytes, mime_type: str, index: int | str) -> Image.Image:
+    """`data` decoded, upright and RGB, or -32602 for what keeps it from being one."""
     if len(data) > MAX_REFERENCE_BYTES:
         raise _refuse(index, "", _too_large(len(data)))
     try:
@@ -167,19 +201,9 @@ def _prepare(data: bytes, mime_type: str, index: int, size: tuple[int, int]) -> 
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise _refuse(index, "", f"is corrupt or truncated ({exc})") from None
         try:
-            rgb = to_rgb(upright, FLATTEN_ONTO)
+            return to_rgb(upright, FLATTEN_ONTO)
         except UnsupportedMode as exc:
             raise _refuse(index, "", str(exc)) from None
-        fitted = ImageOps.fit(rgb, size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
-        buffer = io.BytesIO()
-        fitted.save(buffer, format="PNG")
-    return Reference(
-        png=buffer.getvalue(),
-        sha256=hashlib.sha256(data).hexdigest(),
-        original_width=width,
-        original_height=height,
-        index=index,
-    )
 
 
 def _too_many_pixels() -> str:
