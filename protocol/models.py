@@ -317,6 +317,9 @@ class ModelSize(WireModel):
     height: int
 
 
+InpaintingRoute = Literal["native", "controlnet", "none"]
+
+
 class ModelInfo(WireModel):
     """One model `generate` can be asked for by its `id` (`model`): what Studio's model
     menu shows, and the controls the inspector draws for it."""
@@ -338,6 +341,14 @@ class ModelInfo(WireModel):
     step_count: IntRange
     image_to_image: bool
     image_to_image_reason: str = Field(description="Why not, and the fix; empty when it can")
+    inpainting: InpaintingRoute = Field(
+        default="none",
+        description="How it repaints a masked region (`mask`, `outpaint`): `native` (an "
+        "inpainting pipeline), `controlnet` (a ControlNet inpaint model), `none`",
+    )
+    inpainting_reason: str = Field(
+        default="", description="Why it cannot, and the fix; empty when it can"
+    )
     compute_units: list[ComputeUnits] = Field(description="Core ML's; empty elsewhere")
     attention: str | None = Field(
         default=None,
@@ -437,6 +448,39 @@ class InputImage(WireModel):
         return self.staged_path if self.staged_path is not None else self.path
 
 
+MASK_BLUR_MAX = 256
+OUTPAINT_SIDE_MAX = IMAGE_SIDE_MAX
+OutpaintSide = Annotated[int, Field(ge=0, le=OUTPAINT_SIDE_MAX), BeforeValidator(_json_number)]
+
+
+class Outpaint(WireModel):
+    """How far to extend the reference's canvas: pixels per side, or to an aspect ratio
+    (the shorter way, evenly on both sides). The new area is generated, the reference kept."""
+
+    left: OutpaintSide = 0
+    right: OutpaintSide = 0
+    top: OutpaintSide = 0
+    bottom: OutpaintSide = 0
+    aspect_ratio: str | None = Field(
+        default=None, description='"W:H", instead of the sides: extend to this ratio'
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Outpaint:
+        sides = self.left + self.right + self.top + self.bottom
+        if self.aspect_ratio is not None:
+            if sides:
+                raise ValueError("give the sides or aspectRatio, not both")
+            parts = self.aspect_ratio.split(":")
+            if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+                raise ValueError(f'aspectRatio {self.aspect_ratio!r} is not "W:H" (as "16:9")')
+        elif not sides:
+            raise ValueError(
+                "extends nothing; give left, right, top or bottom (pixels) or aspectRatio"
+            )
+        return self
+
+
 ReferenceInfluence = Literal["subtle", "balanced", "strong"]
 REFERENCE_INFLUENCE_STRENGTHS: dict[ReferenceInfluence, float] = {
     "subtle": 0.75,
@@ -502,10 +546,23 @@ class GenerateParams(WireModel):
         description="Reference images: the first is used (image-to-image), the others are "
         "ignored with a warning",
     )
+    mask: InputImage | None = Field(
+        default=None,
+        description="With a reference: inpaint. White repaints, black keeps, grey partly; "
+        "scaled to the reference. Outside it the result is the reference's pixels exactly",
+    )
+    mask_blur: Annotated[int, Field(ge=0, le=MASK_BLUR_MAX), BeforeValidator(_json_number)] = Field(
+        default=0, description="Feathers the mask's edge by this radius in pixels"
+    )
+    outpaint: Outpaint | None = Field(
+        default=None,
+        description="With a reference: extend its canvas and generate the new area; the "
+        "result's size is the reference's plus the sides",
+    )
     strength: Strength | None = Field(
         default=None,
         description="With a reference: how far the result may move from it, 0 < s <= 1; "
-        "wins over referenceInfluence",
+        "wins over referenceInfluence (with a mask or outpaint: 1 unless given)",
     )
     reference_influence: InfluenceSpelling | None = Field(
         default=None,
@@ -594,6 +651,24 @@ class GenerateParams(WireModel):
         return self
 
     @model_validator(mode="after")
+    def _editing_has_a_reference(self) -> GenerateParams:
+        edits = [name for name, v in (("mask", self.mask), ("outpaint", self.outpaint)) if v]
+        if edits and not self.input_images:
+            raise ValueError(
+                f"{' and '.join(edits)} edit a reference image: give it in inputImages"
+            )
+        if len(edits) == 2:
+            raise ValueError("give mask or outpaint, not both (outpaint makes its own mask)")
+        if self.outpaint is not None and (
+            self.width is not None or "aspect_ratio" in self.model_fields_set
+        ):
+            raise ValueError(
+                "outpaint sets the size (the reference's plus the sides); drop width, height "
+                "and aspectRatio, or use outpaint.aspectRatio"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _output_dir_goes_with_path(self) -> GenerateParams:
         if self.output == "path" and not self.output_dir:
             raise ValueError('output "path" needs outputDir, an existing directory')
@@ -642,6 +717,14 @@ class GenerationMetadata(SamplingParameters):
     used_reference_image: bool = Field(description="Image-to-image from the first inputImage")
     strength: float | None = Field(description="With a reference: the sampler's strength")
     reference_sha256: str | None = Field(description="SHA-256 of the reference's bytes")
+    mask_sha256: str | None = Field(
+        default=None, description="With a mask: SHA-256 of the mask's bytes"
+    )
+    mask_blur: int | None = Field(default=None, description="With a mask: its feather radius")
+    outpaint: dict[str, int] | None = Field(
+        default=None,
+        description="With outpaint: the pixels added on each side (left, right, top, bottom)",
+    )
     sources: dict[str, ParameterSource] = Field(
         description="For each effective parameter (by its field name), where it came from"
     )

@@ -2,13 +2,15 @@
 
 from typing import Final
 
-PROTOCOL_VERSION = "1.4"
+PROTOCOL_VERSION = "1.5"
 """1.1: -32008, metadata with every sampling parameter and its source, any id cancellable.
 1.2: the diffusers backend: schedulers euler, euler_a and ddim, `backend.modelHost`, a
 seed per image, `width` and `height` (`limits.width`, `features.customSizes`).
 1.3: `limits.maxBatchMembers`, a bounded batch.
 1.4: `capabilities.models` and `defaultModel`, `generate.model`, `metadata.model` and
 `family`; schedulers dpmpp_karras, euler_karras, euler_a_trailing, lcm and flow_match;
-the parameter source `model`."""
+the parameter source `model`.
+1.5: masked editing: `generate.mask`, `maskBlur` and `outpaint`, `models[].inpainting`
+and `inpaintingReason`, `metadata.maskSha256`, `maskBlur` and `outpaint`."""
 REQUEST_SCHEMA_TAG: Final = "studio.local-image-generation.request.v1"
 RESPONSE_SCHEMA_TAG: Final = "studio.local-image-generation.response.v1"

@@ -46,6 +46,7 @@ from worker.images import (
 )
 from worker.jobs import Job, JobQueue
 from worker.live import LiveSamplers
+from worker.masks import edits_asked, prepare_edit
 from worker.models import Model
 from worker.parameters import JobParameters, requested_ratio, resolve_parameters
 from worker.progress import ProgressReporter
@@ -106,19 +107,24 @@ class Generator:
         check_request(params, self._settings)  # an unknown backend is a -32007 here
         models = list_models(self._settings, self._host, self.backends)
         model = choose_model(models, params.model)
+        model.check_editing(edits_asked(params))
         backend = self._backend_for(model)
         sizes = model.sizes
         size = _choose(sizes, params)
         progress = ProgressReporter(context, params.run_id, expected_total_steps=0)
         job = Job(request_id=context.request_id, run_id=params.run_id, progress=progress)
-        reference = None
+        reference = edit = None
         with queue.preparing(job):  # a cancel may come while a large photo is decoded
-            if params.input_images:
+            if edits_asked(params):
+                size, reference, edit = await anyio.to_thread.run_sync(
+                    prepare_edit, params, sizes, size
+                )
+            elif params.input_images:
                 reference = await anyio.to_thread.run_sync(
                     prepare_reference, params.input_images[0], 0, (size.width, size.height)
                 )
         parameters = resolve_parameters(
-            params, self._settings, reference, size, sizes.manifest_path, model
+            params, self._settings, reference, size, sizes.manifest_path, model, edit
         )
         model.check_controls(parameters.sampling.scheduler, reference is not None)
         plan = backend.check(parameters)
@@ -227,10 +233,13 @@ def deliver(
     await in here: once a job has rendered, nothing can cancel it halfway through."""
     images = []
     written: list[Path] = list(previews or [])
+    edit, reference = parameters.edit, parameters.reference
+    width, height = edit.crop if edit else (rendered.width, rendered.height)
     for image in rendered.images:
         seed = image.seed if image.seed is not None else parameters.seed
+        made = edit.composite(image.png, reference.png) if edit and reference else image.png
         png = with_text_chunks(
-            image.png, _text_chunks(params, parameters, rendered, image.index, seed)
+            made, _text_chunks(params, parameters, rendered, image.index, seed, (width, height))
         )
         delivered: dict[str, str] = {"file_name": image.file_name}
         if params.output == "path":
@@ -240,14 +249,14 @@ def deliver(
         else:
             delivered["base64"] = to_base64(png)
         generated = GeneratedImage(
-            width=image.width,
-            height=image.height,
+            width=width,
+            height=height,
             seed=seed,
             index=image.index,
             **delivered,
         )
         images.append(generated)
-    aspect = ratio_of(rendered.width, rendered.height)
+    aspect = ratio_of(width, height)
     return GenerateResult(
         model_id=rendered.model_id,
         images=images,
@@ -264,14 +273,15 @@ def deliver(
             quality_preset=parameters.quality,
             strength=parameters.strength,
             reference_sha256=parameters.reference.sha256 if parameters.reference else None,
+            **(edit.to_record_fields() if edit else {}),
             used_reference_image=parameters.reference is not None,
             sources=_sources(parameters, rendered),
             backend=rendered.backend,
             sample_binary=rendered.sample_binary,
             resource_path=rendered.resource_path,
             requested_aspect_ratio=parameters.requested_aspect_ratio,
-            width=rendered.width,
-            height=rendered.height,
+            width=width,
+            height=height,
             resource_path_source=parameters.resource_path_source,
             manifest_path=str(parameters.manifest_path) if parameters.manifest_path else None,
             actual_aspect_ratio=aspect,
@@ -355,7 +365,12 @@ def _ran_on_text(rendered: Rendered) -> str:
 
 
 def _text_chunks(
-    params: GenerateParams, parameters: JobParameters, rendered: Rendered, index: int, seed: int
+    params: GenerateParams,
+    parameters: JobParameters,
+    rendered: Rendered,
+    index: int,
+    seed: int,
+    size: tuple[int, int],
 ) -> list[tuple[str, str]]:
     """A `parameters` chunk in AUTOMATIC1111's layout, and the exact request as JSON."""
     sampling = parameters.sampling
@@ -365,7 +380,7 @@ def _text_chunks(
     lines.append(
         f"Steps: {sampling.step_count}, Sampler: {A1111_SAMPLER_NAMES[sampling.scheduler]}, "
         f"CFG scale: {sampling.guidance_scale:g}, Seed: {seed}, "
-        f"Size: {rendered.width}x{rendered.height}, Model: {rendered.model_id}, "
+        f"Size: {size[0]}x{size[1]}, Model: {rendered.model_id}, "
         f"{_ran_on_text(rendered)}, Batch size: {parameters.count}, "
         f"Batch pos: {index}, Version: studio-imagegen-worker {__version__}"
     )

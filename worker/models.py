@@ -16,6 +16,7 @@ from protocol.models import (
     ComputeUnits,
     Defaults,
     FloatRange,
+    InpaintingRoute,
     IntRange,
     ModelFamily,
     ModelInfo,
@@ -46,6 +47,10 @@ class Model:
     """Why it takes `schedulers` only, where its backend can say more than the list."""
     step_min: int = STEP_COUNT_MIN
     image_to_image_problem: str = ""
+    inpainting: InpaintingRoute = "none"
+    """How it repaints a masked region: `native`, `controlnet`, or `none`."""
+    inpainting_problem: str = ""
+    """Why it cannot (where `inpainting` is `none`), and the fix."""
     compute_units: tuple[ComputeUnits, ...] = ()
     attention: str | None = None
     preferred_compute_units: ComputeUnits | None = None
@@ -66,6 +71,16 @@ class Model:
     @property
     def usable(self) -> bool:
         return not self.problem
+
+    def check_editing(self, edits: list[str]) -> None:
+        """-32001, before anything is read, for a masked edit (`mask`, `outpaint`) this
+        model cannot make."""
+        if edits and self.inpainting == "none":
+            raise UnsupportedFeature(
+                f"Unsupported feature: {edits[0]}: {self.label} cannot repaint a masked "
+                f"region: {self.inpainting_problem or 'its backend has no inpainting'}.",
+                UnsupportedFeatureData(feature=edits[0], supported=[]),
+            )
 
     def check_controls(self, scheduler: Scheduler, has_reference: bool) -> None:
         """-32001, before anything runs, for what this model does not take: a scheduler
@@ -113,6 +128,8 @@ class Model:
             ),
             image_to_image=not self.image_to_image_problem,
             image_to_image_reason=self.image_to_image_problem,
+            inpainting=self.inpainting,
+            inpainting_reason=self.inpainting_problem,
             compute_units=list(self.compute_units),
             attention=self.attention,
             usable=self.usable,

@@ -29,10 +29,14 @@ from worker.settings import Settings
 from worker.sizes import STANDARD_SIZES, SizeOption, ratio_of
 
 if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
+    from worker.masks import Edit
     from worker.models import Model
     from worker.reference import Reference
 
 DEFAULT_REFERENCE_INFLUENCE: ReferenceInfluence = "balanced"
+EDIT_STRENGTH = 1.0
+"""A masked edit's strength unless the request gives one: the masked area is made anew
+(an outpaint's new area holds nothing to keep)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class JobParameters:
     """How far the result may move from the reference; set exactly when there is one."""
     model: Model | None = None
     """The model it runs (None: the backend's configured one, for callers that pick none)."""
+    edit: Edit | None = None
+    """A masked edit (inpaint, outpaint) of the reference: its mask, at the job's size."""
 
     @property
     def names(self) -> ImageNames:
@@ -87,6 +93,7 @@ class JobParameters:
             **self.sampling.to_wire(),
             "strength": self.strength,
             "referenceSha256": self.reference.sha256 if self.reference else None,
+            **(self.edit.to_record() if self.edit else {}),
             "sources": dict(self.sources),
         }
 
@@ -98,6 +105,7 @@ def resolve_parameters(
     size: SizeOption | None = None,
     manifest_path: Path | None = None,
     model: Model | None = None,
+    edit: Edit | None = None,
 ) -> JobParameters:
     """Each value from the first that sets it: the request's own field, a pinned variable,
     the request's preset (quality, reference influence), the default."""
@@ -151,6 +159,8 @@ def resolve_parameters(
         strength = (
             params.strength
             if params.strength is not None
+            else EDIT_STRENGTH
+            if edit is not None and params.chosen_influence is None
             else REFERENCE_INFLUENCE_STRENGTHS[influence]
         )
         sources["strength"] = (
@@ -183,6 +193,7 @@ def resolve_parameters(
         reference=reference,
         strength=strength,
         model=model,
+        edit=edit,
     )
 
 

@@ -105,6 +105,7 @@ class MockPlugin:
                 schedulers=SCHEDULERS,
                 native=STANDARD_SIZES["1:1"],
                 compute_units=COMPUTE_UNITS,
+                inpainting="native",  # its pattern, laid in where the mask repaints
                 notes=("test-only: deterministic patterns, not diffusion",),
                 result_id=MODEL_ID,
             )

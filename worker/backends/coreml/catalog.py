@@ -165,6 +165,7 @@ def _model(
         guidance_note=guidance_note,
         scheduler_note=SD3_SCHEDULER_NOTE if pipeline == "sd3" else SCHEDULER_NOTE,
         image_to_image_problem=image_to_image_problem,
+        inpainting_problem=inpainting_problem(bundle),
         compute_units=COMPUTE_UNITS,
         attention=bundle.attention if bundle else None,
         preferred_compute_units="cpuAndGPU"
@@ -176,6 +177,47 @@ def _model(
         result_id=result_id,
         details=bundle,
     )
+
+
+INPAINT_CONTROLNET_SOURCE = (
+    "CN/InPaint.zip, or InPaint-SE.zip for a split-einsum bundle, of "
+    "coreml-community/ControlNet-Models-For-Core-ML on Hugging Face"
+)
+
+
+def inpainting_problem(bundle: BundleFiles | None) -> str:
+    """Why this bundle cannot repaint a masked region, and the fix. The sampler has no
+    mask mode (its pipeline's inpainting case is commented out); the one route is a
+    ControlNet inpaint model beside a controlled UNet, of SD 1.x/2.x only."""
+    if bundle is not None and bundle.pipeline != "sd":
+        return (
+            "Core ML's sampler has no mask mode, and ControlNet, its one route to "
+            "inpainting, runs with Stable Diffusion 1.x/2.x bundles only; use the diffusers "
+            "backend for masked editing with this family"
+        )
+    inpaint = _inpaint_controlnets(bundle.path) if bundle is not None else []
+    if inpaint:
+        return (
+            f"the bundle has a ControlNet inpaint model ({inpaint[0].name}), which this worker "
+            "does not drive through the sampler yet; use the diffusers backend for masked "
+            "editing"
+        )
+    return (
+        "Core ML's sampler has no mask mode; the one route is a ControlNet inpaint model, "
+        "which this bundle lacks: put one (" + INPAINT_CONTROLNET_SOURCE + ") in its "
+        "controlnet/ folder beside a ControlledUnet.mlmodelc, or use the diffusers backend"
+    )
+
+
+def _inpaint_controlnets(bundle: Path) -> list[Path]:
+    try:
+        return sorted(
+            entry
+            for entry in (bundle / "controlnet").iterdir()
+            if entry.suffix == ".mlmodelc" and "inpaint" in entry.name.lower()
+        )
+    except OSError:
+        return []
 
 
 def _label(root: Path, folder: Path, taken: set[str]) -> str:

@@ -43,6 +43,7 @@ from worker.scratch import make_directory
 from worker.settings import ENV_TIMEOUT_MS, Settings
 
 REFERENCE_FILE_NAME = "reference.png"
+MASK_FILE_NAME = "mask.png"
 
 
 class DiffusersBackend:
@@ -187,16 +188,21 @@ class DiffusersBackend:
 
 def host_job(parameters: JobParameters, job_directory: Path) -> HostJob:
     """The job as the host runs it: the record's own fields, and where its files go."""
-    reference_path = None
+    files: dict[str, str | None] = {"reference_path": None, "mask_path": None}
     if parameters.reference is not None:
-        reference_path = job_directory / REFERENCE_FILE_NAME
-        reference_path.write_bytes(parameters.reference.png)
+        files["reference_path"] = _written(
+            job_directory / REFERENCE_FILE_NAME, parameters.reference.png
+        )
+    if parameters.edit is not None:
+        files["mask_path"] = _written(job_directory / MASK_FILE_NAME, parameters.edit.mask_png)
     return HostJob.model_validate(parameters).model_copy(
-        update={
-            "output_dir": str(job_directory),
-            "reference_path": str(reference_path) if reference_path else None,
-        }
+        update={"output_dir": str(job_directory), **files}
     )
+
+
+def _written(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
 
 
 def pipeline_steps(parameters: JobParameters) -> int:

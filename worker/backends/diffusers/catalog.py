@@ -81,6 +81,10 @@ def _model(
         f"{', '.join(family.schedulers)}",
         native=(location.native_side, location.native_side),
         variant="refiner" if location.refiner else "base",
+        inpainting="none" if location.refiner else "native",
+        inpainting_problem="an SDXL refiner does not inpaint here; choose a base model"
+        if location.refiner
+        else "",
         problem=problem,
         fix=fix,
         notes=tuple(notes),

@@ -27,6 +27,7 @@ class Family:
     title: str
     text_to_image: str
     image_to_image: str
+    inpainting: str
     """The diffusers pipeline classes."""
     config_repo: str
     """The hub repository whose configuration builds a single-file checkpoint of it."""
@@ -43,6 +44,7 @@ FAMILIES = {
         "Stable Diffusion 1.x",
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
+        "StableDiffusionInpaintPipeline",
         "stable-diffusion-v1-5/stable-diffusion-v1-5",
         512,
         SD_SCHEDULERS,
@@ -53,6 +55,7 @@ FAMILIES = {
         "Stable Diffusion 2.x",
         "StableDiffusionPipeline",
         "StableDiffusionImg2ImgPipeline",
+        "StableDiffusionInpaintPipeline",
         "stabilityai/stable-diffusion-2-1",
         768,
         SD_SCHEDULERS,
@@ -63,6 +66,7 @@ FAMILIES = {
         "Stable Diffusion XL",
         "StableDiffusionXLPipeline",
         "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
         "stabilityai/stable-diffusion-xl-base-1.0",
         1024,
         SD_SCHEDULERS,
@@ -72,6 +76,7 @@ FAMILIES = {
         "Stable Diffusion 3",
         "StableDiffusion3Pipeline",
         "StableDiffusion3Img2ImgPipeline",
+        "StableDiffusion3InpaintPipeline",
         "stabilityai/stable-diffusion-3-medium-diffusers",
         1024,
         ("flow_match",),

@@ -73,6 +73,8 @@ class HostJob(Message):
     output_dir: str = ""
     """Where the host writes the images and previews (the worker's job directory)."""
     reference_path: str | None = None
+    mask_path: str | None = None
+    """With a reference: inpaint where this greyscale image is white (the worker's mask)."""
 
 
 # --- worker to host ----------------------------------------------------------

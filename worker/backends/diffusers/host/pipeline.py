@@ -67,6 +67,7 @@ class Stopped(Exception):
 class LoadedModel:
     text_to_image: Any
     image_to_image: Any
+    inpainting: Any
     device: str
     dtype: str
     load_ms: int
@@ -160,8 +161,12 @@ def load(
             f"checkpoint, or run: {INSTALL_MODEL}",
         ) from exc
     pipe.set_progress_bar_config(disable=True)
-    image_to_image = getattr(diffusers, kind.image_to_image)(**pipe.components)
+    image_to_image, inpainting = (
+        getattr(diffusers, name)(**pipe.components)
+        for name in (kind.image_to_image, kind.inpainting)
+    )
     image_to_image.set_progress_bar_config(disable=True)
+    inpainting.set_progress_bar_config(disable=True)
     if kind.name == "sd3":
         schedulers = {"flow_match": pipe.scheduler}
     else:
@@ -173,6 +178,7 @@ def load(
     return LoadedModel(
         text_to_image=None if identified.refiner else pipe,
         image_to_image=image_to_image,
+        inpainting=inpainting,
         device=device,
         dtype=str(dtype).removeprefix("torch."),
         load_ms=round((time.monotonic() - started) * 1000),
@@ -253,12 +259,21 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
     import torch
     from PIL import Image
 
-    reference = None
+    reference = mask = None
     if job.reference_path is not None:
         with Image.open(job.reference_path) as opened:
             reference = opened.convert("RGB")
+    if job.mask_path is not None:
+        with Image.open(job.mask_path) as opened:
+            mask = opened.convert("L")
     sampling = job.sampling
-    pipe = model.text_to_image if reference is None else model.image_to_image
+    pipe = (
+        model.text_to_image
+        if reference is None
+        else model.image_to_image
+        if mask is None
+        else model.inpainting
+    )
     scheduler = model.schedulers[sampling.scheduler]
     pipe.scheduler = scheduler
     if sampling.reduce_memory:
@@ -280,10 +295,12 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
             "callback_on_step_end": on_step,
             "output_type": "pil",
         }
-        if reference is None:
+        if reference is None or mask is not None:
             arguments |= {"width": job.width, "height": job.height}
-        else:
+        if reference is not None:
             arguments |= {"image": reference, "strength": job.strength}
+        if mask is not None:
+            arguments["mask_image"] = mask
         result = pipe(**arguments)
         verdicts = getattr(result, "nsfw_content_detected", None)  # SD 1.x/2.x only
         flagged = bool(verdicts and verdicts[0])
