@@ -175,6 +175,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --image: subtle 0.75, balanced 0.55, strong 0.35 (the worker's default: "
         "balanced); --strength wins",
     )
+    gen.add_argument(
+        "--mask",
+        type=Path,
+        help="with --image: inpaint where this image is white (black keeps it exactly)",
+    )
+    gen.add_argument(
+        "--mask-blur", type=int, help="with --mask or --outpaint: feather the edge (pixels)"
+    )
+    gen.add_argument(
+        "--outpaint",
+        type=_outpaint,
+        help="with --image: extend the canvas, as LEFT,RIGHT,TOP,BOTTOM pixels (e.g. "
+        "0,256,0,0) or an aspect ratio (e.g. 16:9)",
+    )
     gen.add_argument("--ratio", dest="aspect_ratio", help="aspect ratio, e.g. 16:9 (default 1:1)")
     gen.add_argument(
         "--size",
@@ -331,15 +345,35 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ("seed", "seed"),
         ("timeout_ms", "timeoutMs"),
         ("model", "model"),
+        ("mask_blur", "maskBlur"),
+        ("outpaint", "outpaint"),
     ]:
         if getattr(args, name) is not None:
             params[key] = getattr(args, name)
     if args.size is not None:
         params["width"], params["height"] = args.size
     if args.image is not None:
-        image = args.image.expanduser().resolve()
-        params["inputImages"] = [{"mimeType": _image_type(image), "path": str(image)}]
+        params["inputImages"] = [_image_item(args.image)]
+    if args.mask is not None:
+        params["mask"] = _image_item(args.mask)
     return params
+
+
+def _image_item(path: Path) -> dict[str, str]:
+    image = path.expanduser().resolve()
+    return {"mimeType": _image_type(image), "path": str(image)}
+
+
+def _outpaint(text: str) -> dict[str, Any]:
+    """`0,256,0,0` (left, right, top, bottom) or `16:9`; the worker checks the values."""
+    if ":" in text:
+        return {"aspectRatio": text}
+    parts = text.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither LEFT,RIGHT,TOP,BOTTOM pixels (as 0,256,0,0) nor a ratio (16:9)"
+        )
+    return dict(zip(("left", "right", "top", "bottom"), map(int, parts), strict=True))
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -322,6 +322,29 @@ def test_image_to_image_ratio_and_previews_from_the_terminal(
     assert "supported: 1:1" in unsupported.stderr
 
 
+def test_inpaint_and_outpaint_from_the_terminal(tmp_path: Path) -> None:
+    """On the mock backend: the mask keeps what is black, the outpaint grows the canvas."""
+    env = {"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock", "SYSTEMSCULPT_LOCAL_MOCK_STEP_MS": "0"}
+    source, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(source)
+    painted = Image.new("L", (64, 48), 0)
+    painted.paste(255, (0, 0, 16, 48))
+    painted.save(mask)
+    out = tmp_path / "images"
+    common = ["generate", "a fox", "--image", str(source), "--seed", "2", "--out", str(out)]
+    inpainted = _client([*common, "--mask", str(mask)], env)
+    assert inpainted.returncode == 0, inpainted.stderr
+    with Image.open(inpainted.stdout.split()[0]) as made:
+        assert made.size == (64, 48)
+        assert made.convert("RGB").crop((16, 0, 64, 48)).getcolors() == [(48 * 48, (200, 30, 30))]
+    grown = _client([*common, "--outpaint", "0,32,0,0", "--mask-blur", "0"], env)
+    assert grown.returncode == 0, grown.stderr
+    with Image.open(grown.stdout.split()[0]) as made:
+        assert made.size == (96, 48)
+    bad = _client([*common, "--outpaint", "wide"], env)
+    assert bad.returncode == 2 and "nor a ratio (16:9)" in bad.stderr
+
+
 def test_the_worker_never_imports_the_client() -> None:
     code = (
         "import sys, worker.cli, worker.app; "
