@@ -328,8 +328,10 @@ class ModelInfo(WireModel):
     label: str
     backend: str = Field(description="The backend that runs it")
     family: ModelFamily | None = Field(description="None where its files do not say")
-    variant: Literal["base", "refiner"] = Field(
-        default="base", description="A refiner makes images only from a reference"
+    variant: Literal["base", "refiner", "inpainting"] = Field(
+        default="base",
+        description="A refiner makes images only from a reference, an inpainting model only "
+        "with a mask or outpaint",
     )
     path: str = Field(description="Where it is: a bundle or diffusers folder, a checkpoint")
     native_width: int

@@ -68,6 +68,13 @@ def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_inpainting(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD 1.x inpainting model (a 9-channel UNet), built once per session."""
+    require_extra()
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-inpaint", "--inpainting")
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD3 pipeline (a one-layer transformer, no T5), built once."""
     require_extra()

@@ -302,3 +302,35 @@ def test_diffusers_inpaints_and_outpaints_keeping_the_source(
     finally:
         worker.close()
     assert setup.leftover_temp_entries() == []
+
+
+@pytest.mark.diffusers
+def test_an_inpainting_checkpoint_inpaints_and_refuses_what_needs_no_mask(
+    tiny_inpainting: Path, tmp_path: Path
+) -> None:
+    setup = DiffusersSetup(tmp_path, tiny_inpainting)
+    worker = start_worker_process(setup.env)
+    try:
+        (listed,) = [
+            m
+            for m in worker.call("capabilities")["result"]["models"]
+            if m["path"] == str(tiny_inpainting)
+        ]
+        assert (listed["variant"], listed["inpainting"]) == ("inpainting", "native")
+        source = source_image()
+        refused = worker.call("generate", {"prompt": "a fox", "inputImages": [png_item(source)]})
+        assert refused["error"]["code"] == -32001
+        assert "makes images only with a mask" in refused["error"]["message"]
+        mask = square_mask(source.size, (0, 0, 32, 64))
+        answer, _ = worker.exchange(
+            "generate",
+            {"prompt": "a fox", "inputImages": [png_item(source)], "mask": png_item(mask)},
+            "inpaint",
+            timeout=LONG_WAIT,
+        )
+        made = result_image(answer["result"]["images"][0])
+        assert differing(made, source, mask, 0) == 0
+        assert differing(made, source, mask, 255) > 1500
+    finally:
+        worker.close()
+    assert setup.leftover_temp_entries() == []

@@ -126,7 +126,7 @@ class Generator:
         parameters = resolve_parameters(
             params, self._settings, reference, size, sizes.manifest_path, model, edit
         )
-        model.check_controls(parameters.sampling.scheduler, reference is not None)
+        model.check_controls(parameters.sampling.scheduler, reference is not None, edit is not None)
         plan = backend.check(parameters)
         if params.output == "path":
             _check_names(plan.file_names)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from protocol.errors import UnsupportedFeatureData
 from protocol.models import (
@@ -38,7 +39,7 @@ class Model:
     sizes: SizeTable
     schedulers: tuple[Scheduler, ...]
     native: tuple[int, int]
-    variant: str = "base"
+    variant: Literal["base", "refiner", "inpainting"] = "base"
     guidance_min: float = GUIDANCE_SCALE_MIN
     """Where a bundle always runs guidance, 1: below it the image would be unconditioned."""
     guidance_note: str = ""
@@ -82,9 +83,16 @@ class Model:
                 UnsupportedFeatureData(feature=edits[0], supported=[]),
             )
 
-    def check_controls(self, scheduler: Scheduler, has_reference: bool) -> None:
+    def check_controls(self, scheduler: Scheduler, has_reference: bool, edit: bool) -> None:
         """-32001, before anything runs, for what this model does not take: a scheduler
-        not its own, text-to-image on a refiner."""
+        not its own, text-to-image on a refiner, no mask on an inpainting model."""
+        if self.variant == "inpainting" and not edit:
+            raise UnsupportedFeature(
+                f"Unsupported feature: {'imageToImage' if has_reference else 'textToImage'}: "
+                f"{self.label} is an inpainting model, which makes images only with a mask; "
+                "give mask (or outpaint) with the reference, or choose a base model",
+                UnsupportedFeatureData(feature="mask", supported=[]),
+            )
         if scheduler not in self.schedulers:
             why = self.scheduler_note or f"{self.label} takes {', '.join(self.schedulers)}"
             raise UnsupportedFeature(
@@ -105,7 +113,7 @@ class Model:
             label=self.label,
             backend=self.backend,
             family=self.family,
-            variant="refiner" if self.variant == "refiner" else "base",
+            variant=self.variant,
             path=str(self.path),
             native_width=self.native[0],
             native_height=self.native[1],

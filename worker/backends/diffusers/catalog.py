@@ -67,6 +67,8 @@ def _model(
     notes = []
     if location.refiner:
         notes.append("an SDXL refiner: it makes images only from a reference (inputImages)")
+    if location.inpainting:
+        notes.append("an inpainting model: it makes images only with a mask or outpaint")
     if location.family is None and location.path is not None:
         notes.append("a pickled checkpoint: its family is told when it loads (SD 1.x assumed)")
     return Model(
@@ -80,7 +82,7 @@ def _model(
         scheduler_note=f"{location.label} is a {family.title} model, which takes "
         f"{', '.join(family.schedulers)}",
         native=(location.native_side, location.native_side),
-        variant="refiner" if location.refiner else "base",
+        variant="refiner" if location.refiner else "inpainting" if location.inpainting else "base",
         inpainting="none" if location.refiner else "native",
         inpainting_problem="an SDXL refiner does not inpaint here; choose a base model"
         if location.refiner

@@ -68,6 +68,8 @@ class ModelLocation:
     """sd1, sd2, sdxl, sd3: from its files; None where they do not say (a .ckpt)."""
     refiner: bool = False
     """An SDXL refiner: it makes images from a reference only."""
+    inpainting: bool = False
+    """An inpainting checkpoint: it makes images with a mask only."""
 
     @property
     def usable(self) -> bool:
@@ -234,6 +236,7 @@ def _directory(text: str, path: Path, label: str, kind: ModelKind = "directory")
         safety_checker=isinstance(checker, list) and checker[:1] != [None],
         family=cast(ModelFamily, identified.family),  # one of FAMILIES' keys
         refiner=identified.refiner,
+        inpainting=identified.inpainting,
     )
 
 

@@ -88,9 +88,16 @@ PIPELINE_FAMILIES = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLImg2ImgPipeline": "sdxl",
     "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusionInpaintPipeline": "sd1",
+    "StableDiffusionXLInpaintPipeline": "sdxl",
 }
 """A saved pipeline's `_class_name` and its family (SD 2.x is told by its text encoder)."""
 REFINER_CLASSES = frozenset({"StableDiffusionXLImg2ImgPipeline"})
+INPAINTING_CLASSES = frozenset(
+    {"StableDiffusionInpaintPipeline", "StableDiffusionXLInpaintPipeline"}
+)
+INPAINTING_UNET_CHANNELS = 9
+"""An inpainting checkpoint's UNet takes the latents, the mask and the masked image."""
 
 _SD3_KEY = "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias"
 _XL_BASE_KEY = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_fc.weight"
@@ -103,6 +110,8 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 class Identified:
     family: str
     refiner: bool = False
+    inpainting: bool = False
+    """An inpainting checkpoint (a 9-channel UNet): it makes images with a mask only."""
 
     @property
     def config_repo(self) -> str:
@@ -150,6 +159,9 @@ def directory_family(path: Path, declared: dict[str, object]) -> Identified | No
     if family is None:
         return None
     refiner = declared.get("_class_name") in REFINER_CLASSES
+    inpainting = declared.get("_class_name") in INPAINTING_CLASSES or (
+        _json_of(path / "unet" / "config.json").get("in_channels") == INPAINTING_UNET_CHANNELS
+    )
     if family == "sd1":
         try:
             encoder = json.loads((path / "text_encoder" / "config.json").read_text("utf-8"))
@@ -157,4 +169,12 @@ def directory_family(path: Path, declared: dict[str, object]) -> Identified | No
             encoder = {}
         if isinstance(encoder, dict) and encoder.get("hidden_size") == 1024:
             family = "sd2"
-    return Identified(family, refiner)
+    return Identified(family, refiner, inpainting)
+
+
+def _json_of(path: Path) -> dict[str, object]:
+    try:
+        read = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return read if isinstance(read, dict) else {}
