@@ -73,6 +73,11 @@ EXPECTED: dict[str, int | str] = {
     '"${TMPDIR:-/tmp}/tiny-sdxl")"': 0,
     '.venv/bin/studio-imagegen generate "a red fox" --model diffusers/tiny-sdxl --steps 1 '
     "--scheduler euler_a_trailing --guidance 0": 0,
+    "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
+    '"a fox" --image fixtures/reference-photo.jpg --mask fixtures/reference-mask.png '
+    "--mask-blur 8": 0,
+    "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
+    '"a wide beach" --image fixtures/reference-photo.jpg --outpaint 16:9': 0,
     ".venv/bin/python -m bench": NOT_RUN
     + ": the full run takes minutes; tests/test_bench.py runs every suite with --smoke",
 }
