@@ -6,6 +6,8 @@ add shows plainly. Skipped, with a row that says so, where the extra is not inst
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
 import json
 import os
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 import anyio
+from PIL import Image
 
 from bench.harness import REPO_ROOT, Row, StandInSetup, median, running_worker, timed_cancel
 from bench.sizes import Sizes
@@ -72,6 +75,7 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
                 f"load {status['lastLoadMs']} ms",
             )
         )
+        rows.append(await _inpaint_row(session, request, warm, sizes.diffusers_runs))
         rows.append(await _cancel_row(session, sizes.cancel_runs))
         host_peak = proc_status_kib(int(status["pid"]), "VmHWM") / 1024  # before a switch
         rows += await _sdxl_rows(session, sdxl, request, sizes, setup.tmp)
@@ -147,6 +151,33 @@ async def _warm_seconds(
         seconds.append(time.perf_counter() - started)
         assert "result" in response, response
     return seconds
+
+
+async def _inpaint_row(
+    session: WorkerSession, request: dict[str, object], plain: list[float], runs: int
+) -> Row:
+    """A warm inpaint (the centre square of a reference repainted, the rest laid back)
+    against a warm text-to-image of the same steps and size."""
+    source = Image.new("RGB", (MODEL_SIDE, MODEL_SIDE), (200, 30, 30))
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (MODEL_SIDE // 4, MODEL_SIDE // 4, MODEL_SIDE * 3 // 4, MODEL_SIDE * 3 // 4))
+    edit = {**request, "inputImages": [_png_item(source)], "mask": _png_item(mask)}
+    inpaint = await _warm_seconds(session, edit, runs)
+    return Row(
+        "diffusers: warm inpaint / warm text-to-image (same steps)",
+        "x",
+        [median(inpaint) / median(plain)],
+        "reported",
+        None,
+        notes=f"inpaint {median(inpaint) * 1000:.0f} ms (VAE encode of the reference and "
+        f"the mask's composite included), text-to-image {median(plain) * 1000:.0f} ms",
+    )
+
+
+def _png_item(image: Image.Image) -> dict[str, str]:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"mimeType": "image/png", "base64": base64.b64encode(buffer.getvalue()).decode()}
 
 
 def _against_direct(name: str, warm: list[float], direct: list[float]) -> Row:
