@@ -334,3 +334,26 @@ def test_an_inpainting_checkpoint_inpaints_and_refuses_what_needs_no_mask(
     finally:
         worker.close()
     assert setup.leftover_temp_entries() == []
+
+
+@pytest.mark.diffusers
+def test_sd3_says_it_does_not_inpaint_and_refuses_before_loading(
+    tiny_sd3: Path, tmp_path: Path
+) -> None:
+    setup = DiffusersSetup(tmp_path, tiny_sd3)
+    worker = start_worker_process(setup.env)
+    try:
+        (listed,) = [
+            m for m in worker.call("capabilities")["result"]["models"] if m["path"] == str(tiny_sd3)
+        ]
+        assert listed["inpainting"] == "none"
+        assert "SD 1.x/2.x and SDXL have it" in listed["inpaintingReason"]
+        source = png_item(source_image())
+        refused = worker.call(
+            "generate", {"prompt": "a fox", "inputImages": [source], "outpaint": {"left": 8}}
+        )
+        assert refused["error"]["code"] == -32001, refused
+        assert refused["error"]["data"]["feature"] == "outpaint"
+        assert worker.call("capabilities")["result"]["backend"]["modelHost"]["pid"] is None
+    finally:
+        worker.close()

@@ -83,10 +83,8 @@ def _model(
         f"{', '.join(family.schedulers)}",
         native=(location.native_side, location.native_side),
         variant="refiner" if location.refiner else "inpainting" if location.inpainting else "base",
-        inpainting="none" if location.refiner else "native",
-        inpainting_problem="an SDXL refiner does not inpaint here; choose a base model"
-        if location.refiner
-        else "",
+        inpainting="none" if location.refiner or not family.inpainting else "native",
+        inpainting_problem=_inpainting_problem(location, family.title, family.inpainting),
         problem=problem,
         fix=fix,
         notes=tuple(notes),
@@ -94,6 +92,17 @@ def _model(
         loaded=loaded is not None and location.path is not None and location.path == loaded,
         details=location,
     )
+
+
+def _inpainting_problem(location: ModelLocation, title: str, pipeline: str) -> str:
+    if location.refiner:
+        return "an SDXL refiner does not inpaint here; choose a base model"
+    if not pipeline:
+        return (
+            f"masked editing is not offered for {title} yet (SD 1.x/2.x and SDXL have it); "
+            "choose a model of one of those"
+        )
+    return ""
 
 
 def _folder_models(folder: Path) -> list[ModelLocation]:

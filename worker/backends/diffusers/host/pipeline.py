@@ -161,12 +161,12 @@ def load(
             f"checkpoint, or run: {INSTALL_MODEL}",
         ) from exc
     pipe.set_progress_bar_config(disable=True)
-    image_to_image, inpainting = (
-        getattr(diffusers, name)(**pipe.components)
-        for name in (kind.image_to_image, kind.inpainting)
-    )
+    image_to_image = getattr(diffusers, kind.image_to_image)(**pipe.components)
     image_to_image.set_progress_bar_config(disable=True)
-    inpainting.set_progress_bar_config(disable=True)
+    inpainting = None
+    if kind.inpainting:  # the worker refuses a mask for a family without one
+        inpainting = getattr(diffusers, kind.inpainting)(**pipe.components)
+        inpainting.set_progress_bar_config(disable=True)
     if kind.name == "sd3":
         schedulers = {"flow_match": pipe.scheduler}
     else:
