@@ -62,7 +62,7 @@ def read_upright(item: InputImage, where: str) -> tuple[Image.Image, bytes]:
     with every check a reference gets; -32602 naming `where` (`mask`, `inputImages.0`)
     and what is wrong with it."""
     data = _read(item, where)
-    return _decoded(data, item.mime_type, where), data
+    return _decoded(data, item.mime_type, where)[0], data
 
 
 def _refuse(index: int | str, field: str, reason: str) -> InvalidParams:
@@ -147,8 +147,7 @@ def _too_large(size: int) -> str:
 
 
 def _prepare(data: bytes, mime_type: str, index: int, size: tuple[int, int]) -> Reference:
-    rgb = _decoded(data, mime_type, index)
-    width, height = _header_size(data)
+    rgb, (width, height) = _decoded(data, mime_type, index)
     fitted = ImageOps.fit(rgb, size, method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
     return Reference(
         png=png_bytes(fitted),
@@ -165,13 +164,9 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _header_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.size
-
-
-def _decoded(data: bytes, mime_type: str, index: int | str) -> Image.Image:
-    """`data` decoded, upright and RGB, or -32602 for what keeps it from being one."""
+def _decoded(data: bytes, mime_type: str, index: int | str) -> tuple[Image.Image, tuple[int, int]]:
+    """`data` decoded, upright and RGB, and its size as stored (before the EXIF
+    orientation); or -32602 for what keeps it from being one."""
     if len(data) > MAX_REFERENCE_BYTES:
         raise _refuse(index, "", _too_large(len(data)))
     try:
@@ -201,7 +196,7 @@ def _decoded(data: bytes, mime_type: str, index: int | str) -> Image.Image:
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise _refuse(index, "", f"is corrupt or truncated ({exc})") from None
         try:
-            return to_rgb(upright, FLATTEN_ONTO)
+            return to_rgb(upright, FLATTEN_ONTO), (width, height)
         except UnsupportedMode as exc:
             raise _refuse(index, "", str(exc)) from None
 
