@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.diffusers_setup import DiffusersSetup, require_extra
 from tests.standin import StandIn
-from tests.worker_clients import LINUX, in_process_worker, start_worker_process
+from tests.worker_clients import LINUX, WorkerProcess, in_process_worker, start_worker_process
 from worker.backends.registry import read_settings
 
 Message = dict[str, Any]
@@ -61,6 +61,13 @@ def differing(a: Image.Image, b: Image.Image, where: Image.Image, value: int) ->
         for x in range(a.width)
         if where.getpixel((x, y)) == value
     )
+
+
+def listed_model(worker: WorkerProcess, path: Path) -> Message:
+    """The one entry of `capabilities.models` for the model at `path`."""
+    models: list[Message] = worker.call("capabilities")["result"]["models"]
+    (listed,) = [m for m in models if m["path"] == str(path)]
+    return listed
 
 
 async def mock_generate(params: dict[str, Any]) -> Message:
@@ -277,8 +284,7 @@ def test_diffusers_inpaints_and_outpaints_keeping_the_source(
     setup = DiffusersSetup(tmp_path, model)
     worker = start_worker_process(setup.env)
     try:
-        listed = worker.call("capabilities")["result"]["models"]
-        assert [m["inpainting"] for m in listed if m["path"] == str(model)] == ["native"]
+        assert listed_model(worker, model)["inpainting"] == "native"
         source = source_image()
         mask = square_mask(source.size, (16, 16, 48, 48))
         params = {"prompt": "a fox", "seed": 3, "inputImages": [png_item(source)]}
@@ -311,11 +317,7 @@ def test_an_inpainting_checkpoint_inpaints_and_refuses_what_needs_no_mask(
     setup = DiffusersSetup(tmp_path, tiny_inpainting)
     worker = start_worker_process(setup.env)
     try:
-        (listed,) = [
-            m
-            for m in worker.call("capabilities")["result"]["models"]
-            if m["path"] == str(tiny_inpainting)
-        ]
+        listed = listed_model(worker, tiny_inpainting)
         assert (listed["variant"], listed["inpainting"]) == ("inpainting", "native")
         source = source_image()
         refused = worker.call("generate", {"prompt": "a fox", "inputImages": [png_item(source)]})
@@ -343,9 +345,7 @@ def test_sd3_says_it_does_not_inpaint_and_refuses_before_loading(
     setup = DiffusersSetup(tmp_path, tiny_sd3)
     worker = start_worker_process(setup.env)
     try:
-        (listed,) = [
-            m for m in worker.call("capabilities")["result"]["models"] if m["path"] == str(tiny_sd3)
-        ]
+        listed = listed_model(worker, tiny_sd3)
         assert listed["inpainting"] == "none"
         assert "SD 1.x/2.x and SDXL have it" in listed["inpaintingReason"]
         source = png_item(source_image())
