@@ -320,6 +320,17 @@ class ModelSize(WireModel):
 InpaintingRoute = Literal["native", "controlnet", "none"]
 
 
+class ControlNetInfo(WireModel):
+    """A ControlNet a model can use: what `generate.controls[].model` names."""
+
+    name: str = Field(description="What `controls[].model` says for it")
+    kind: str | None = Field(
+        description="What it reads from its image (canny, depth, openpose, scribble, "
+        "inpaint, ...) where its name tells; None where it does not"
+    )
+    path: str = Field(description="Where it is")
+
+
 class ModelInfo(WireModel):
     """One model `generate` can be asked for by its `id` (`model`): what Studio's model
     menu shows, and the controls the inspector draws for it."""
@@ -350,6 +361,19 @@ class ModelInfo(WireModel):
     )
     inpainting_reason: str = Field(
         default="", description="Why it cannot, and the fix; empty when it can"
+    )
+    controlnets: list[ControlNetInfo] = Field(
+        default_factory=list,
+        description="The ControlNets it can use (`generate.controls`), found beside it",
+    )
+    controls_reason: str = Field(
+        default="",
+        description="Why it cannot use any ControlNet, and the fix; empty when it can",
+    )
+    control_weights: bool = Field(
+        default=False,
+        description="Its controls take a `weight`, `start` and `end` other than 1, 0 and 1 "
+        "(Core ML's sampler sums its ControlNets at full weight over the whole run)",
     )
     compute_units: list[ComputeUnits] = Field(description="Core ML's; empty elsewhere")
     attention: str | None = Field(
@@ -512,6 +536,41 @@ InfluenceSpelling = Annotated[
 ]
 
 
+CONTROLS_MAX = 4
+CONTROL_WEIGHT_MAX = 2.0
+ControlFraction = Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_json_number)]
+
+
+class Control(WireModel):
+    """One ControlNet a `generate` uses: which, the image it reads structure from (edges,
+    depth, pose, ...), how strongly, and over which part of the run."""
+
+    model: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="A ControlNet of the chosen model (`models[].controlnets[].name`)",
+    )
+    image: InputImage = Field(description="Its conditioning image, shaped like inputImages'")
+    weight: Annotated[
+        float, Field(ge=0.0, le=CONTROL_WEIGHT_MAX), BeforeValidator(_json_number)
+    ] = Field(default=1.0, description="How strongly it steers, 0 (not at all) to 2")
+    start: ControlFraction = Field(
+        default=0.0, description="The fraction of the run at which it starts acting"
+    )
+    end: ControlFraction = Field(
+        default=1.0, description="The fraction of the run at which it stops acting"
+    )
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> Control:
+        if self.start >= self.end:
+            raise ValueError(
+                f"start ({self.start:g}) must come before end ({self.end:g}): it acts from "
+                "start to end, fractions of the run"
+            )
+        return self
+
+
 class LocalOptions(WireModel):
     """Where Studio's later provider took the two presets from (it won over the top level)."""
 
@@ -560,6 +619,11 @@ class GenerateParams(WireModel):
         default=None,
         description="With a reference: extend its canvas and generate the new area; the "
         "result's size is the reference's plus the sides",
+    )
+    controls: list[Control] = Field(
+        default_factory=list,
+        max_length=CONTROLS_MAX,
+        description="ControlNets that steer the image's structure, each from its own image",
     )
     strength: Strength | None = Field(
         default=None,
@@ -696,6 +760,16 @@ class GeneratedImage(WireModel):
     )
 
 
+class ControlRecord(WireModel):
+    """A control as a result records it."""
+
+    model: str
+    image_sha256: str = Field(description="SHA-256 of its image's bytes")
+    weight: float
+    start: float
+    end: float
+
+
 class GenerationMetadata(SamplingParameters):
     """How the images were made: the effective parameters and where each came from."""
 
@@ -726,6 +800,9 @@ class GenerationMetadata(SamplingParameters):
     outpaint: dict[str, int] | None = Field(
         default=None,
         description="With outpaint: the pixels added on each side (left, right, top, bottom)",
+    )
+    controls: list[ControlRecord] = Field(
+        default_factory=list, description="The ControlNets it used, as asked"
     )
     sources: dict[str, ParameterSource] = Field(
         description="For each effective parameter (by its field name), where it came from"

@@ -2,7 +2,7 @@
 
 from typing import Final
 
-PROTOCOL_VERSION = "1.5"
+PROTOCOL_VERSION = "1.6"
 """1.1: -32008, metadata with every sampling parameter and its source, any id cancellable.
 1.2: the diffusers backend: schedulers euler, euler_a and ddim, `backend.modelHost`, a
 seed per image, `width` and `height` (`limits.width`, `features.customSizes`).
@@ -11,6 +11,8 @@ seed per image, `width` and `height` (`limits.width`, `features.customSizes`).
 `family`; schedulers dpmpp_karras, euler_karras, euler_a_trailing, lcm and flow_match;
 the parameter source `model`.
 1.5: masked editing: `generate.mask`, `maskBlur` and `outpaint`, `models[].inpainting`
-and `inpaintingReason`, `metadata.maskSha256`, `maskBlur` and `outpaint`."""
+and `inpaintingReason`, `metadata.maskSha256`, `maskBlur` and `outpaint`.
+1.6: ControlNet: `generate.controls`, `models[].controlnets`, `controlsReason` and
+`controlWeights`, `metadata.controls`."""
 REQUEST_SCHEMA_TAG: Final = "studio.local-image-generation.request.v1"
 RESPONSE_SCHEMA_TAG: Final = "studio.local-image-generation.response.v1"

@@ -35,6 +35,7 @@ from worker.backends.base import Backend, Rendered
 from worker.backends.registry import BY_ID
 from worker.catalog import choose_model, list_models
 from worker.context import RequestContext
+from worker.controls import check_controls, prepare_controls
 from worker.errors import ConfigInvalid, InvalidParams, OutputNotWritten
 from worker.file_names import NAME_MAX_BYTES, name_too_long
 from worker.host import HostPlatform
@@ -108,6 +109,7 @@ class Generator:
         models = list_models(self._settings, self._host, self.backends)
         model = choose_model(models, params.model)
         model.check_editing(edits_asked(params))
+        nets = check_controls(model, params.controls)
         backend = self._backend_for(model)
         sizes = model.sizes
         size = _choose(sizes, params)
@@ -123,8 +125,11 @@ class Generator:
                 reference = await anyio.to_thread.run_sync(
                     prepare_reference, params.input_images[0], 0, (size.width, size.height)
                 )
+            controls = await anyio.to_thread.run_sync(
+                prepare_controls, params.controls, nets, (size.width, size.height)
+            )
         parameters = resolve_parameters(
-            params, self._settings, reference, size, sizes.manifest_path, model, edit
+            params, self._settings, reference, size, sizes.manifest_path, model, edit, controls
         )
         model.check_controls(parameters.sampling.scheduler, reference is not None, edit is not None)
         plan = backend.check(parameters)
@@ -274,6 +279,7 @@ def deliver(
             strength=parameters.strength,
             reference_sha256=parameters.reference.sha256 if parameters.reference else None,
             **(edit.to_record_fields() if edit else {}),
+            controls=[control.to_record() for control in parameters.controls],
             used_reference_image=parameters.reference is not None,
             sources=_sources(parameters, rendered),
             backend=rendered.backend,

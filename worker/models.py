@@ -24,6 +24,7 @@ from protocol.models import (
     ModelSize,
     Scheduler,
 )
+from worker.controls import ControlNet
 from worker.errors import UnsupportedFeature
 from worker.sizes import SizeTable
 
@@ -52,6 +53,12 @@ class Model:
     """How it repaints a masked region: `native`, `controlnet`, or `none`."""
     inpainting_problem: str = ""
     """Why it cannot (where `inpainting` is `none`), and the fix."""
+    controlnets: tuple[ControlNet, ...] = ()
+    """The ControlNets it can use, found beside it."""
+    controls_problem: str = ""
+    """Why it can use no ControlNet, and the fix; empty when it can."""
+    control_weights: bool = False
+    """Its backend honours a control's weight, start and end."""
     compute_units: tuple[ComputeUnits, ...] = ()
     attention: str | None = None
     preferred_compute_units: ComputeUnits | None = None
@@ -138,6 +145,9 @@ class Model:
             image_to_image_reason=self.image_to_image_problem,
             inpainting=self.inpainting,
             inpainting_reason=self.inpainting_problem,
+            controlnets=[net.describe() for net in self.controlnets],
+            controls_reason=self.controls_problem,
+            control_weights=self.control_weights,
             compute_units=list(self.compute_units),
             attention=self.attention,
             usable=self.usable,

@@ -29,6 +29,7 @@ from worker.settings import Settings
 from worker.sizes import STANDARD_SIZES, SizeOption, ratio_of
 
 if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
+    from worker.controls import PreparedControl
     from worker.masks import Edit
     from worker.models import Model
     from worker.reference import Reference
@@ -75,6 +76,8 @@ class JobParameters:
     """The model it runs (None: the backend's configured one, for callers that pick none)."""
     edit: Edit | None = None
     """A masked edit (inpaint, outpaint) of the reference: its mask, at the job's size."""
+    controls: tuple[PreparedControl, ...] = ()
+    """The ControlNets it runs with, their images prepared."""
 
     @property
     def names(self) -> ImageNames:
@@ -94,6 +97,7 @@ class JobParameters:
             "strength": self.strength,
             "referenceSha256": self.reference.sha256 if self.reference else None,
             **(self.edit.to_record() if self.edit else {}),
+            "controls": [control.to_record() for control in self.controls],
             "sources": dict(self.sources),
         }
 
@@ -106,6 +110,7 @@ def resolve_parameters(
     manifest_path: Path | None = None,
     model: Model | None = None,
     edit: Edit | None = None,
+    controls: tuple[PreparedControl, ...] = (),
 ) -> JobParameters:
     """Each value from the first that sets it: the request's own field, a pinned variable,
     the request's preset (quality, reference influence), the default."""
@@ -194,6 +199,7 @@ def resolve_parameters(
         strength=strength,
         model=model,
         edit=edit,
+        controls=controls,
     )
 
 

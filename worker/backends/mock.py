@@ -21,6 +21,7 @@ from protocol.errors import TimedOutData
 from protocol.models import COMPUTE_UNITS, SCHEDULERS, BackendStatus, ComputeUnits
 from worker.backends.base import JobPlan, Rendered
 from worker.checks import Check
+from worker.controls import ControlNet
 from worker.errors import TimedOut
 from worker.settings import EnvironmentReader, Settings
 from worker.sizes import STANDARD_SIZES, SizeOption, SizeTable
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 BACKEND_ID = "mock"
 MODEL_ID = "local/macos-procedural-v1"
+MOCK_CONTROLNET = "procedural-canny"
+"""Its one ControlNet: each control's image, blended into the pattern by its weight."""
 IMAGE_SIZE = 512
 ENV_STEP_MS = "SYSTEMSCULPT_LOCAL_MOCK_STEP_MS"
 DEFAULT_STEP_MS = 2
@@ -106,6 +109,8 @@ class MockPlugin:
                 native=STANDARD_SIZES["1:1"],
                 compute_units=COMPUTE_UNITS,
                 inpainting="native",  # its pattern, laid in where the mask repaints
+                controlnets=(ControlNet(MOCK_CONTROLNET, Path("procedural")),),
+                control_weights=True,  # each control's image, blended in by its weight
                 notes=("test-only: deterministic patterns, not diffusion",),
                 result_id=MODEL_ID,
             )
@@ -184,6 +189,9 @@ class MockBackend:
             png = pattern(index)
             if parameters.reference is not None and parameters.strength is not None:
                 png = blend_with_reference(png, parameters.reference.png, parameters.strength)
+            for control in parameters.controls:  # how much of it shows: weight and span
+                share = min(1.0, control.weight * (control.end - control.start) / 2)
+                png = blend_with_reference(control.png, png, share)
             name = _file_name(parameters, index)
             images.append(RenderedImage(name, index, png, *size))
             progress.saving(f"Saved {name}")

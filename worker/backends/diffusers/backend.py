@@ -30,7 +30,7 @@ from worker.backends.diffusers.checks import (
     missing_modules,
 )
 from worker.backends.diffusers.follower import JobFollower, image_name
-from worker.backends.diffusers.host.messages import HostJob
+from worker.backends.diffusers.host.messages import HostControl, HostJob
 from worker.backends.diffusers.host_process import HostGone
 from worker.backends.diffusers.settings import BACKEND_ID, DiffusersSettings
 from worker.backends.diffusers.supervisor import ModelHostSupervisor, host_failed
@@ -195,8 +195,18 @@ def host_job(parameters: JobParameters, job_directory: Path) -> HostJob:
         )
     if parameters.edit is not None:
         files["mask_path"] = _written(job_directory / MASK_FILE_NAME, parameters.edit.mask_png)
+    controls = [
+        HostControl(
+            path=str(control.controlnet.path),
+            image_path=_written(job_directory / f"control.{index}.png", control.png),
+            weight=control.weight,
+            start=control.start,
+            end=control.end,
+        )
+        for index, control in enumerate(parameters.controls)
+    ]
     return HostJob.model_validate(parameters).model_copy(
-        update={"output_dir": str(job_directory), **files}
+        update={"output_dir": str(job_directory), "controlnets": controls, **files}
     )
 
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 from worker.backends.diffusers.checks import (
     CHECKPOINT_SUFFIXES,
-    DEFAULT_REVISION,
     ModelLocation,
-    hub_cache,
+    cached_repositories,
     install_extra_hint,
     locate_model,
     read_location,
 )
+from worker.backends.diffusers.controlnets import FoundControlNet, controls_for, find_controlnets
 from worker.backends.diffusers.host.families import FAMILIES
 from worker.backends.diffusers.settings import BACKEND_ID, DEFAULT_MODEL, DiffusersSettings
 from worker.models import Model
@@ -39,14 +39,22 @@ def find_models(
             continue
         seen.add(where)
         models.append(_model(location, missing_extra, loaded, "models folder"))
+    controlnets = find_controlnets(settings.models_dir)
     labels: set[str] = set()
     unique = []
     for model in models:
         if model.label in labels:  # the same name in the folder and the cache
             model = replace(model, id=f"{model.id}@{len(labels)}")
         labels.add(model.label)
-        unique.append(model)
+        unique.append(_with_controls(model, controlnets, settings.models_dir))
     return unique
+
+
+def _with_controls(model: Model, found: list[FoundControlNet], models_dir: Path) -> Model:
+    assert isinstance(model.details, ModelLocation)
+    family = FAMILIES.get(model.family or "sd1", FAMILIES["sd1"])
+    nets, problem = controls_for(model.details, family, found, models_dir)
+    return replace(model, controlnets=nets, controls_problem=problem, control_weights=True)
 
 
 def default_source(settings: DiffusersSettings) -> str:
@@ -124,15 +132,7 @@ def _cached_pipelines() -> list[ModelLocation]:
     """Each repository of the Hugging Face cache whose snapshot (its main branch, or the
     default model's pinned revision) is a pipeline of a family this backend runs."""
     found = []
-    for repository in sorted(hub_cache().glob("models--*")):
-        repo_id = repository.name.removeprefix("models--").replace("--", "/")
-        revision = DEFAULT_REVISION if repo_id == DEFAULT_MODEL else None
-        if revision is None:
-            try:
-                revision = (repository / "refs" / "main").read_text("utf-8").strip()
-            except OSError:
-                continue
-        snapshot = repository / "snapshots" / revision
+    for repo_id, snapshot in cached_repositories():
         if not (snapshot / "model_index.json").is_file():
             continue
         location = _read(snapshot, repo_id, "hub")

@@ -18,6 +18,7 @@ import re
 import shlex
 import sys
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, cast
@@ -131,6 +132,20 @@ def hub_cache() -> Path:
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache).expanduser() / "huggingface" / "hub"
+
+
+def cached_repositories() -> Iterator[tuple[str, Path]]:
+    """Each repository of the Hugging Face cache, by id, with the snapshot the worker
+    reads of it: the default model's pinned revision, else its main branch's."""
+    for repository in sorted(hub_cache().glob("models--*")):
+        repo_id = repository.name.removeprefix("models--").replace("--", "/")
+        revision = DEFAULT_REVISION if repo_id == DEFAULT_MODEL else None
+        if revision is None:
+            try:
+                revision = (repository / "refs" / "main").read_text("utf-8").strip()
+            except OSError:
+                continue
+        yield repo_id, repository / "snapshots" / revision
 
 
 def cached_snapshot(repo_id: str, revision: str | None = None) -> Path | None:

@@ -20,6 +20,15 @@ SD_SCHEDULERS: tuple[Scheduler, ...] = tuple(name for name in SCHEDULERS if name
 """What Stable Diffusion 1.x, 2.x and XL take: every scheduler but SD3's own."""
 
 
+SD_CONTROLNET = (
+    "StableDiffusionControlNetPipeline",
+    "StableDiffusionControlNetImg2ImgPipeline",
+    "StableDiffusionControlNetInpaintPipeline",
+)
+CONTROLNET_CLASS = "ControlNetModel"
+"""A saved ControlNet's `_class_name` (SD 1.x/2.x and SDXL alike)."""
+
+
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -36,6 +45,13 @@ class Family:
     """The first is its own when a request names none it takes."""
     safety_checker: bool = False
     """Its pipelines take a safety checker."""
+    controlnet: tuple[str, str, str] = ("", "", "")
+    """Its ControlNet pipelines: text-to-image, image-to-image, inpainting (empty: not
+    offered)."""
+    text_width: int = 768
+    """Its UNet's cross-attention width: a ControlNet of the same width is one of its own."""
+    controlnet_example: str = ""
+    """A published ControlNet of the family, for the fix where none is installed."""
 
 
 FAMILIES = {
@@ -49,6 +65,8 @@ FAMILIES = {
         512,
         SD_SCHEDULERS,
         safety_checker=True,
+        controlnet=SD_CONTROLNET,
+        controlnet_example="lllyasviel/control_v11p_sd15_canny",
     ),
     "sd2": Family(
         "sd2",
@@ -60,6 +78,9 @@ FAMILIES = {
         768,
         SD_SCHEDULERS,
         safety_checker=True,
+        controlnet=SD_CONTROLNET,
+        text_width=1024,
+        controlnet_example="thibaud/controlnet-sd21-canny-diffusers",
     ),
     "sdxl": Family(
         "sdxl",
@@ -70,6 +91,13 @@ FAMILIES = {
         "stabilityai/stable-diffusion-xl-base-1.0",
         1024,
         SD_SCHEDULERS,
+        controlnet=(
+            "StableDiffusionXLControlNetPipeline",
+            "StableDiffusionXLControlNetImg2ImgPipeline",
+            "StableDiffusionXLControlNetInpaintPipeline",
+        ),
+        text_width=2048,
+        controlnet_example="diffusers/controlnet-canny-sdxl-1.0",
     ),
     "sd3": Family(
         "sd3",

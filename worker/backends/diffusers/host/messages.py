@@ -54,6 +54,16 @@ class HostSampling(Message):
     reduce_memory: bool
 
 
+class HostControl(Message):
+    """A ControlNet a job runs with: where it is, its image, how strongly, when."""
+
+    path: str
+    image_path: str
+    weight: float
+    start: float
+    end: float
+
+
 class HostJob(Message):
     """One job as the host runs it: the fields of the worker's job record (`JobParameters`)
     that rendering needs, taken from it by name, and where its files go."""
@@ -75,6 +85,8 @@ class HostJob(Message):
     reference_path: str | None = None
     mask_path: str | None = None
     """With a reference: inpaint where this greyscale image is white (the worker's mask)."""
+    controlnets: list[HostControl] = []
+    """The ControlNets it runs with (none: the plain pipelines)."""
 
 
 # --- worker to host ----------------------------------------------------------

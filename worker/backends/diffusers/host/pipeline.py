@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from worker.backends.diffusers.host.families import (
     checkpoint_family,
     directory_family,
 )
-from worker.backends.diffusers.host.messages import HostJob, image_seed
+from worker.backends.diffusers.host.messages import HostControl, HostJob, image_seed
 from worker.backends.diffusers.variables import ENV_DEVICE, ENV_MODEL, INSTALL_MODEL
 
 logger = logging.getLogger(__name__)
@@ -74,6 +74,11 @@ class LoadedModel:
     safety_checker: bool
     schedulers: dict[str, Any]
     family: str = "sd1"
+    controlnets: dict[str, Any] = field(default_factory=dict)
+    """The ControlNets of the last job that had controls, by path: kept while jobs ask
+    for them, so each loads once."""
+    control_pipes: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
+    """That job's ControlNet pipeline, by its mode and ControlNets."""
 
 
 def choose_device(torch: Any, name: str) -> str:
@@ -266,14 +271,13 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
     if job.mask_path is not None:
         with Image.open(job.mask_path) as opened:
             mask = opened.convert("L")
+    controls = []
+    for control in job.controlnets:
+        with Image.open(control.image_path) as opened:
+            controls.append(opened.convert("RGB"))
     sampling = job.sampling
-    pipe = (
-        model.text_to_image
-        if reference is None
-        else model.image_to_image
-        if mask is None
-        else model.inpainting
-    )
+    mode = TEXT_TO_IMAGE if reference is None else IMAGE_TO_IMAGE if mask is None else INPAINTING
+    pipe = _pipeline(model, mode, job.controlnets)
     scheduler = model.schedulers[sampling.scheduler]
     pipe.scheduler = scheduler
     if sampling.reduce_memory:
@@ -301,6 +305,8 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
             arguments |= {"image": reference, "strength": job.strength}
         if mask is not None:
             arguments["mask_image"] = mask
+        if controls:
+            arguments |= _control_arguments(job.controlnets, controls, mode)
         result = pipe(**arguments)
         verdicts = getattr(result, "nsfw_content_detected", None)  # SD 1.x/2.x only
         flagged = bool(verdicts and verdicts[0])
@@ -312,6 +318,56 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
                 index=index, seed=image_seed(job.seed, index), path=str(path), withheld=flagged
             )
         )
+
+
+TEXT_TO_IMAGE, IMAGE_TO_IMAGE, INPAINTING = 0, 1, 2
+"""A job's mode: the index of its pipeline in a family's `controlnet` classes."""
+
+
+def _pipeline(model: LoadedModel, mode: int, controls: list[HostControl]) -> Any:
+    """The pipeline a job of `mode` runs: the loaded one, or with controls the family's
+    ControlNet pipeline of that mode, built from the loaded components (nothing of the
+    model is loaded again) and its ControlNets, each loaded once while jobs keep them."""
+    if not controls:
+        return (model.text_to_image, model.image_to_image, model.inpainting)[mode]
+    key = (mode, tuple(control.path for control in controls))
+    pipe = model.control_pipes.get(key)
+    if pipe is not None:
+        return pipe
+    import diffusers
+    import torch
+
+    base = model.image_to_image  # every model that takes controls has one
+    held = {path: net for path, net in model.controlnets.items() if path in key[1]}
+    for path in key[1]:
+        if path not in held:
+            held[path] = diffusers.ControlNetModel.from_pretrained(
+                path, torch_dtype=getattr(torch, model.dtype), local_files_only=True
+            ).to(model.device)
+    model.controlnets = held  # the ControlNets of another job are let go
+    nets = [held[path] for path in key[1]]
+    class_name = FAMILIES[model.family].controlnet[mode]
+    pipe = getattr(diffusers, class_name)(
+        **base.components, controlnet=nets[0] if len(nets) == 1 else nets
+    )
+    pipe.set_progress_bar_config(disable=True)
+    model.control_pipes = {key: pipe}
+    return pipe
+
+
+def _control_arguments(controls: list[HostControl], images: list[Any], mode: int) -> dict[str, Any]:
+    """What a ControlNet pipeline takes of the controls: one value each, or a list each
+    in the order of its ControlNets."""
+
+    def each(values: list[Any]) -> Any:
+        return values[0] if len(values) == 1 else values
+
+    return {
+        "image" if mode == TEXT_TO_IMAGE else "control_image": each(images),
+        "controlnet_conditioning_scale": each([c.weight for c in controls]),
+        "control_guidance_start": each([c.start for c in controls]),
+        "control_guidance_end": each([c.end for c in controls]),
+    }
 
 
 def _step_callback(
