@@ -189,6 +189,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="with --image: extend the canvas, as LEFT,RIGHT,TOP,BOTTOM pixels (e.g. "
         "0,256,0,0) or an aspect ratio (e.g. 16:9)",
     )
+    gen.add_argument(
+        "--control",
+        dest="controls",
+        action="append",
+        type=_control,
+        metavar="NAME=IMAGE[:WEIGHT]",
+        help="steer the structure with a ControlNet the model lists (capabilities) and its "
+        "image, at a weight (default 1); repeat for several",
+    )
     gen.add_argument("--ratio", dest="aspect_ratio", help="aspect ratio, e.g. 16:9 (default 1:1)")
     gen.add_argument(
         "--size",
@@ -356,7 +365,30 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         params["inputImages"] = [_image_item(args.image)]
     if args.mask is not None:
         params["mask"] = _image_item(args.mask)
+    if args.controls:
+        params["controls"] = [
+            {
+                "model": name,
+                "image": _image_item(image),
+                **({} if weight is None else {"weight": weight}),
+            }
+            for name, image, weight in args.controls
+        ]
     return params
+
+
+def _control(text: str) -> tuple[str, Path, float | None]:
+    """`depth=map.png` or `depth=map.png:0.6`: the ControlNet, its image, its weight."""
+    name, separator, rest = text.partition("=")
+    if not separator or not name or not rest:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME=IMAGE[:WEIGHT] (as depth=map.png or depth=map.png:0.6)"
+        )
+    image, colon, weight = rest.rpartition(":")
+    try:
+        return (name, Path(image), float(weight)) if colon and image else (name, Path(rest), None)
+    except ValueError:  # a colon of the path itself: no weight given
+        return name, Path(rest), None
 
 
 def _image_item(path: Path) -> dict[str, str]:

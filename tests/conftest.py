@@ -75,6 +75,17 @@ def tiny_inpainting(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_controlnets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diffusers models folder with two tiny ControlNets for the tiny SD 1.x model: one
+    in its `controlnet/` folder, one beside the models. Built once per session."""
+    require_extra()
+    folder = tmp_path_factory.mktemp("controlnets")
+    build_tiny_model(folder / "controlnet" / "tiny-canny", "--controlnet")
+    build_tiny_model(folder / "tiny-depth", "--controlnet", "--seed", "1")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD3 pipeline (a one-layer transformer, no T5), built once."""
     require_extra()

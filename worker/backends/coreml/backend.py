@@ -22,7 +22,8 @@ from protocol.errors import (
     UnsupportedFeatureData,
 )
 from worker.backends.base import JobPlan, Rendered
-from worker.backends.coreml.bundle_files import read_bundle
+from worker.backends.coreml.bundle_files import BundleFiles, read_bundle
+from worker.backends.coreml.catalog import inpaint_controlnet
 from worker.backends.coreml.checks import MODEL_ID_PREFIX, check_image_encoder, locate_installation
 from worker.backends.coreml.sampler.command import SamplerCommand
 from worker.backends.coreml.sampler.output_layout import (
@@ -100,7 +101,8 @@ class CoreMLBackend:
         image-to-image without the encoder it needs: -32001. The plan's step total is
         the `M` of the sampler's `Step N of M` lines."""
         resource_path = parameters.resource_path or self._section.resource_path
-        if parameters.reference is not None:
+        strength = parameters.strength
+        if parameters.reference is not None and strength is not None and strength < 1:
             encoder = check_image_encoder(resource_path)
             if encoder.status == "fail":
                 raise UnsupportedFeature(
@@ -115,7 +117,17 @@ class CoreMLBackend:
             )
         ]
         guidance, model = parameters.sampling.guidance_scale, parameters.model
-        if model is not None and guidance < model.guidance_min:
+        if (parameters.controls or parameters.edit) and guidance < 1:
+            errors.append(
+                FieldError(
+                    field="guidanceScale",
+                    message=f"{guidance:g} is below 1, and the sampler runs ControlNet (its "
+                    "one route to inpainting) with guidance only: below 1 its ControlNet "
+                    "inputs do not fit its UNet and Core ML fails at the first step; use 1 "
+                    "or more",
+                )
+            )
+        elif model is not None and guidance < model.guidance_min:
             errors.append(
                 FieldError(
                     field="guidanceScale",
@@ -138,7 +150,6 @@ class CoreMLBackend:
                 InvalidParamsData(errors=errors),
             )
         sampling = parameters.sampling
-        strength = parameters.strength
         return JobPlan(
             total_steps=timestep_count(sampling.step_count, sampling.scheduler, strength),
             file_names=tuple(map(parameters.names.delivered, range(parameters.count))),
@@ -166,13 +177,15 @@ class CoreMLBackend:
             if parameters.reference is not None:
                 reference_path = job_directory / REFERENCE_FILE_NAME
                 reference_path.write_bytes(parameters.reference.png)
+            bundle = read_bundle(installation.resource_path)
             command = SamplerCommand(
                 binary=installation.sample_binary,
                 resource_path=installation.resource_path,
                 output_path=prepare_output_path(job_directory, _output_layout(parameters)),
                 parameters=parameters,
                 reference_path=reference_path,
-                pipeline=read_bundle(installation.resource_path).pipeline,
+                pipeline=bundle.pipeline,
+                controlnets=_control_inputs(parameters, bundle, job_directory),
             )
             withheld: list[int] = []
             outcome, stdout_tail = await self._run(command, parameters, progress, withheld)
@@ -239,6 +252,30 @@ class CoreMLBackend:
             ) from outcome
         handle(parser.finish())
         return outcome, other_lines
+
+
+def _control_inputs(
+    parameters: JobParameters, bundle: BundleFiles, job_directory: Path
+) -> tuple[tuple[str, Path], ...]:
+    """The ControlNets the sampler runs, each with its image written beside (not inside)
+    its output path: for a masked edit the bundle's inpaint model first, then the
+    request's controls, in their order."""
+    inputs = [(control.controlnet.name, control.png) for control in parameters.controls]
+    edit, reference = parameters.edit, parameters.reference
+    if edit is not None and reference is not None:
+        from worker.backends.coreml.inpaint_control import inpaint_control_png
+
+        net = inpaint_controlnet(bundle)
+        assert net is not None  # a model without one refuses a mask before it is queued
+        inputs.insert(
+            0, (net.name, inpaint_control_png(reference.png, edit.mask_png, net.input_size))
+        )
+    written = []
+    for index, (name, png) in enumerate(inputs):
+        path = job_directory / f"control.{index}.png"
+        path.write_bytes(png)
+        written.append((name, path))
+    return tuple(written)
 
 
 async def _publish_previews(

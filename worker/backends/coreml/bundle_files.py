@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Literal
 
 from protocol.models import ModelFamily
+from worker.controls import ControlNet
 
 UNET = "Unet.mlmodelc"
 UNET_CHUNKS = ("UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc")
 CONTROLLED_UNET = "ControlledUnet.mlmodelc"
 CONTROLLED_UNET_CHUNKS = ("ControlledUnetChunk1.mlmodelc", "ControlledUnetChunk2.mlmodelc")
+CONTROLNET_FOLDER = "controlnet"
 MMDIT = "MultiModalDiffusionTransformer.mlmodelc"
 DENOISERS = (UNET, UNET_CHUNKS[0], CONTROLLED_UNET, CONTROLLED_UNET_CHUNKS[0], MMDIT)
 """A folder holding one of these is a bundle: one model."""
@@ -56,6 +58,10 @@ class BundleFiles:
     missing: tuple[str, ...]
     """The files its family needs that are not there."""
     partial_t5: bool = False
+    controlnets: tuple[ControlNet, ...] = ()
+    """The ControlNets of its `controlnet/` folder, with the image size each takes."""
+    has_controlled_unet: bool = False
+    """The UNet the sampler runs with ControlNets (`ControlledUnet`, whole or chunked)."""
 
     @property
     def pipeline(self) -> Literal["sd", "sdxl", "sd3"]:
@@ -92,7 +98,7 @@ def bundles_below(root: Path, depth: int = SCAN_DEPTH) -> list[Path]:
         subfolders[:] = sorted(
             name
             for name in subfolders
-            if level < depth and not name.endswith(".mlmodelc") and name != "controlnet"
+            if level < depth and not name.endswith(".mlmodelc") and name != CONTROLNET_FOLDER
         )
     return sorted(found)
 
@@ -122,7 +128,13 @@ def read_bundle(folder: Path) -> BundleFiles:
     """The bundle at `folder`, from its files (cached while they are unchanged)."""
     denoiser = next((folder / name for name in DENOISERS if (folder / name).exists()), None)
     stamp = tuple(
-        _mtime(path) for path in (folder, denoiser and denoiser / "metadata.json", folder / DECODER)
+        _mtime(path)
+        for path in (
+            folder,
+            denoiser and denoiser / "metadata.json",
+            folder / DECODER,
+            folder / CONTROLNET_FOLDER,
+        )
     )
     cached = _CACHE.get(folder)
     if cached is not None and cached[0] == stamp:
@@ -182,7 +194,37 @@ def _read(folder: Path, denoiser: Path | None) -> BundleFiles:
         bundle,
         missing=tuple(missing_files(folder, bundle.pipeline)),
         partial_t5=family == "sd3" and any(t5) and not all(t5),
+        controlnets=_controlnets(folder / CONTROLNET_FOLDER),
+        has_controlled_unet=(folder / CONTROLLED_UNET).exists()
+        or all((folder / name).exists() for name in CONTROLLED_UNET_CHUNKS),
     )
+
+
+def _controlnets(folder: Path) -> tuple[ControlNet, ...]:
+    """Each compiled model of a bundle's `controlnet/` folder, by name (what the
+    sampler's `--controlnet` takes: the file name without `.mlmodelc`), with the size of
+    its `controlnet_cond` input [1, 3, H, W], which the sampler does not resize to. A name
+    that starts with a dash is left out: the sampler would read it as an option."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return ()
+    found = []
+    for entry in entries:
+        if entry.suffix != ".mlmodelc" or entry.name.startswith("-"):
+            continue
+        schema = _metadata(entry / "metadata.json").get("inputSchema")
+        shape = next(
+            (
+                _dimensions(item.get("shape"))
+                for item in (schema if isinstance(schema, list) else [])
+                if isinstance(item, dict) and item.get("name") == "controlnet_cond"
+            ),
+            [],
+        )
+        size = (shape[3], shape[2]) if len(shape) == 4 else None
+        found.append(ControlNet(entry.stem, entry, size))
+    return tuple(found)
 
 
 def _metadata(path: Path) -> dict[str, object]:

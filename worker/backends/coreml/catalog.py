@@ -21,6 +21,7 @@ from worker.backends.coreml.checks import (
     locate_installation,
 )
 from worker.backends.coreml.settings import BACKEND_ID, SCHEDULERS, CoreMLSettings
+from worker.controls import ControlNet
 from worker.host import HostPlatform
 from worker.models import Model
 from worker.sizes import SizeOption, SizeTable, ratio_of
@@ -151,6 +152,11 @@ def _model(
         notes.append("a refiner: it makes images only from a reference (inputImages)")
     if bundle is not None and bundle.attention is not None:
         notes.append(ATTENTION_NOTES[bundle.attention])
+    if bundle is not None and not controls_problem(bundle):
+        notes.append(
+            "ControlNet: the sampler sums its ControlNets at full weight over the whole run "
+            "(no weight, start or end), and needs guidance of 1 or more"
+        )
     return Model(
         id=f"{BACKEND_ID}/{label}",
         label=label,
@@ -165,7 +171,10 @@ def _model(
         guidance_note=guidance_note,
         scheduler_note=SD3_SCHEDULER_NOTE if pipeline == "sd3" else SCHEDULER_NOTE,
         image_to_image_problem=image_to_image_problem,
+        inpainting="controlnet" if inpaint_controlnet(bundle) else "none",
         inpainting_problem=inpainting_problem(bundle),
+        controlnets=bundle.controlnets if bundle is not None else (),
+        controls_problem=controls_problem(bundle),
         compute_units=COMPUTE_UNITS,
         attention=bundle.attention if bundle else None,
         preferred_compute_units="cpuAndGPU"
@@ -179,45 +188,67 @@ def _model(
     )
 
 
-INPAINT_CONTROLNET_SOURCE = (
-    "CN/InPaint.zip, or InPaint-SE.zip for a split-einsum bundle, of "
-    "coreml-community/ControlNet-Models-For-Core-ML on Hugging Face"
+CONTROLNET_SOURCE = (
+    "coreml-community/ControlNet-Models-For-Core-ML on Hugging Face: CN/<Kind>.zip, or "
+    "<Kind>-SE.zip for a split-einsum bundle"
 )
+CONTROLLED_UNET_FIX = (
+    "convert the model again with --unet-support-controlnet (Apple's torch2coreml), or use "
+    "a bundle that has one"
+)
+NOT_SD = (
+    "the sampler runs ControlNet with Stable Diffusion 1.x/2.x bundles only (with --xl or "
+    "--sd3 it throws that ControlNet is not supported)"
+)
+
+
+def controls_problem(bundle: BundleFiles | None) -> str:
+    """Why this bundle can use no ControlNet, and the fix; "" when it can."""
+    if bundle is not None and bundle.pipeline != "sd":
+        return f"{NOT_SD}; use the diffusers backend for ControlNet with this family"
+    if bundle is None or not bundle.controlnets:
+        return (
+            "the bundle has no ControlNet: put compiled ControlNet models (from "
+            f"{CONTROLNET_SOURCE}) in its controlnet/ folder, beside a ControlledUnet.mlmodelc"
+        )
+    if not bundle.has_controlled_unet:
+        return (
+            "the bundle lacks ControlledUnet.mlmodelc, the UNet the sampler runs with "
+            f"ControlNets: {CONTROLLED_UNET_FIX}"
+        )
+    return ""
+
+
+def inpaint_controlnet(bundle: BundleFiles | None) -> ControlNet | None:
+    """The ControlNet inpaint model the bundle repaints masked regions with, if any."""
+    if bundle is None or controls_problem(bundle):
+        return None
+    return next((net for net in bundle.controlnets if net.inpaint), None)
 
 
 def inpainting_problem(bundle: BundleFiles | None) -> str:
     """Why this bundle cannot repaint a masked region, and the fix. The sampler has no
     mask mode (its pipeline's inpainting case is commented out); the one route is a
     ControlNet inpaint model beside a controlled UNet, of SD 1.x/2.x only."""
+    if inpaint_controlnet(bundle) is not None:
+        return ""
     if bundle is not None and bundle.pipeline != "sd":
         return (
-            "Core ML's sampler has no mask mode, and ControlNet, its one route to "
-            "inpainting, runs with Stable Diffusion 1.x/2.x bundles only; use the diffusers "
-            "backend for masked editing with this family"
+            f"Core ML's sampler has no mask mode, and {NOT_SD}; use the diffusers backend "
+            "for masked editing with this family"
         )
-    inpaint = _inpaint_controlnets(bundle.path) if bundle is not None else []
-    if inpaint:
+    if bundle is not None and any(net.inpaint for net in bundle.controlnets):
         return (
-            f"the bundle has a ControlNet inpaint model ({inpaint[0].name}), which this worker "
-            "does not drive through the sampler yet; use the diffusers backend for masked "
-            "editing"
+            "Core ML's sampler has no mask mode; the bundle's ControlNet inpaint model needs "
+            f"ControlledUnet.mlmodelc, which it lacks: {CONTROLLED_UNET_FIX}"
         )
     return (
         "Core ML's sampler has no mask mode; the one route is a ControlNet inpaint model, "
-        "which this bundle lacks: put one (" + INPAINT_CONTROLNET_SOURCE + ") in its "
-        "controlnet/ folder beside a ControlledUnet.mlmodelc, or use the diffusers backend"
+        "which this bundle lacks: put one (CN/InPaint.zip, or InPaint-SE.zip for a "
+        "split-einsum bundle, of coreml-community/ControlNet-Models-For-Core-ML on Hugging "
+        "Face) in its controlnet/ folder beside a ControlledUnet.mlmodelc, or use the "
+        "diffusers backend"
     )
-
-
-def _inpaint_controlnets(bundle: Path) -> list[Path]:
-    try:
-        return sorted(
-            entry
-            for entry in (bundle / "controlnet").iterdir()
-            if entry.suffix == ".mlmodelc" and "inpaint" in entry.name.lower()
-        )
-    except OSError:
-        return []
 
 
 def _label(root: Path, folder: Path, taken: set[str]) -> str:

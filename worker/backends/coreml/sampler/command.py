@@ -21,6 +21,9 @@ class SamplerCommand:
     """The prepared reference image, for image-to-image."""
     pipeline: Literal["sd", "sdxl", "sd3"] = "sd"
     """Which of the sampler's pipelines the bundle needs (`--xl`, `--sd3`)."""
+    controlnets: tuple[tuple[str, Path], ...] = ()
+    """Each ControlNet the job runs (its name in the bundle's `controlnet/` folder) and its
+    prepared image, in the order the sampler pairs them."""
 
     def argv(self) -> list[str]:
         """No shell is involved. Values go as `--option=value`, and the prompt after `--`,
@@ -28,8 +31,13 @@ class SamplerCommand:
         next-argument value that starts with a dash)."""
         job = self.parameters
         sampling = job.sampling
-        argv = [
-            str(self.binary),
+        argv = [str(self.binary)]
+        if self.controlnets:
+            # Both take every word up to the next option: the option after them ends
+            # them, so neither can take the prompt (or anything else) for a name.
+            names, images = zip(*self.controlnets, strict=True)
+            argv += ["--controlnet", *names, "--controlnet-inputs", *map(str, images)]
+        argv += [
             f"--resource-path={self.resource_path}",
             f"--output-path={self.output_path}",
             f"--compute-units={sampling.compute_units}",
