@@ -12,14 +12,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from protocol.errors import FieldError, InvalidParamsData, UnsupportedFeatureData
 from protocol.models import Control, ControlNetInfo
-from worker.errors import InvalidParams, UnsupportedFeature
-
-if TYPE_CHECKING:  # Pillow is loaded only when a request has controls
-    from worker.models import Model
 
 KINDS = (
     ("inpaint", ("inpaint",)),
@@ -91,50 +86,6 @@ class PreparedControl:
             "start": self.start,
             "end": self.end,
         }
-
-
-def _refuse(field: str, reason: str) -> InvalidParams:
-    return InvalidParams(
-        f"Invalid params: {field}: {reason}.",
-        InvalidParamsData(errors=[FieldError(field=field, message=reason)]),
-    )
-
-
-def check_controls(model: Model, controls: list[Control]) -> list[ControlNet]:
-    """The ControlNets a request's controls name, before any image is read: -32001 where
-    the model can use none or cannot weigh them, -32602 naming `controls.N.model` for a
-    name it does not have."""
-    if not controls:
-        return []
-    if model.controls_problem:
-        raise UnsupportedFeature(
-            f"Unsupported feature: controls: {model.label} cannot use ControlNet: "
-            f"{model.controls_problem}.",
-            UnsupportedFeatureData(feature="controls", supported=[]),
-        )
-    by_name = {net.name: net for net in model.controlnets}
-    chosen = []
-    for index, control in enumerate(controls):
-        net = by_name.get(control.model)
-        if net is None:
-            names = ", ".join(sorted(by_name)) or "none"
-            raise _refuse(
-                f"controls.{index}.model",
-                f"{control.model!r} is not a ControlNet {model.label} can use (it has: "
-                f"{names}; capabilities lists them under models[].controlnets)",
-            )
-        if not model.control_weights and (
-            control.weight != 1 or control.start != 0 or control.end != 1
-        ):
-            field = "weight" if control.weight != 1 else "start" if control.start else "end"
-            raise UnsupportedFeature(
-                f"Unsupported feature: controls.{index}.{field}: {model.label}'s backend "
-                "sums its ControlNets at full strength over the whole run; it has no weight, "
-                "start or end. Leave them out (1, 0 and 1), or use the diffusers backend",
-                UnsupportedFeatureData(feature=f"controls.{field}", supported=[]),
-            )
-        chosen.append(net)
-    return chosen
 
 
 def prepare_controls(

@@ -35,7 +35,7 @@ from worker.backends.base import Backend, Rendered
 from worker.backends.registry import BY_ID
 from worker.catalog import choose_model, list_models
 from worker.context import RequestContext
-from worker.controls import check_controls, prepare_controls
+from worker.controls import prepare_controls
 from worker.errors import ConfigInvalid, InvalidParams, OutputNotWritten
 from worker.file_names import NAME_MAX_BYTES, name_too_long
 from worker.host import HostPlatform
@@ -109,7 +109,7 @@ class Generator:
         models = list_models(self._settings, self._host, self.backends)
         model = choose_model(models, params.model)
         model.check_editing(edits_asked(params))
-        nets = check_controls(model, params.controls)
+        nets = model.controlnets_for(params.controls)
         backend = self._backend_for(model)
         sizes = model.sizes
         size = _choose(sizes, params)

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from protocol.errors import UnsupportedFeatureData
+from protocol.errors import FieldError, InvalidParamsData, UnsupportedFeatureData
 from protocol.models import (
     GUIDANCE_SCALE_MAX,
     GUIDANCE_SCALE_MIN,
     STEP_COUNT_MAX,
     STEP_COUNT_MIN,
     ComputeUnits,
+    Control,
     Defaults,
     FloatRange,
     InpaintingRoute,
@@ -25,7 +26,7 @@ from protocol.models import (
     Scheduler,
 )
 from worker.controls import ControlNet
-from worker.errors import UnsupportedFeature
+from worker.errors import InvalidParams, UnsupportedFeature
 from worker.sizes import SizeTable
 
 
@@ -89,6 +90,47 @@ class Model:
                 f"region: {self.inpainting_problem or 'its backend has no inpainting'}.",
                 UnsupportedFeatureData(feature=edits[0], supported=[]),
             )
+
+    def controlnets_for(self, controls: list[Control]) -> list[ControlNet]:
+        """The ControlNets a request's controls name, before any image is read: -32001
+        where this model can use none or cannot weigh them, -32602 naming
+        `controls.N.model` for one it does not have."""
+        if not controls:
+            return []
+        if self.controls_problem:
+            raise UnsupportedFeature(
+                f"Unsupported feature: controls: {self.label} cannot use ControlNet: "
+                f"{self.controls_problem}.",
+                UnsupportedFeatureData(feature="controls", supported=[]),
+            )
+        by_name = {net.name: net for net in self.controlnets}
+        chosen = []
+        for index, control in enumerate(controls):
+            net = by_name.get(control.model)
+            if net is None:
+                field = f"controls.{index}.model"
+                reason = (
+                    f"{control.model!r} is not a ControlNet {self.label} can use (it has: "
+                    f"{', '.join(sorted(by_name))}; capabilities lists them under "
+                    "models[].controlnets)"
+                )
+                raise InvalidParams(
+                    f"Invalid params: {field}: {reason}.",
+                    InvalidParamsData(errors=[FieldError(field=field, message=reason)]),
+                )
+            if not self.control_weights and (
+                control.weight != 1 or control.start != 0 or control.end != 1
+            ):
+                field = "weight" if control.weight != 1 else "start" if control.start else "end"
+                raise UnsupportedFeature(
+                    f"Unsupported feature: controls.{index}.{field}: {self.label}'s backend "
+                    "sums its ControlNets at full strength over the whole run; it has no "
+                    "weight, start or end. Leave them out (1, 0 and 1), or use the diffusers "
+                    "backend",
+                    UnsupportedFeatureData(feature=f"controls.{field}", supported=[]),
+                )
+            chosen.append(net)
+        return chosen
 
     def check_controls(self, scheduler: Scheduler, has_reference: bool, edit: bool) -> None:
         """-32001, before anything runs, for what this model does not take: a scheduler
