@@ -345,6 +345,29 @@ def test_inpaint_and_outpaint_from_the_terminal(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "nor a ratio (16:9)" in bad.stderr
 
 
+def test_controls_from_the_terminal(tmp_path: Path) -> None:
+    """On the mock backend: a control at weight 0 changes nothing, at weight 1 it steers."""
+    env = {"SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "mock", "SYSTEMSCULPT_LOCAL_MOCK_STEP_MS": "0"}
+    edges = tmp_path / "edges.png"
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(edges)
+    made = {}
+    for name, extra in {
+        "plain": [],
+        "muted": ["--control", f"procedural-canny={edges}:0"],
+        "steered": ["--control", f"procedural-canny={edges}"],
+    }.items():
+        out = tmp_path / name
+        result = _client(
+            ["generate", "a fox", "--seed", "2", "--size", "64x64", "--out", str(out), *extra], env
+        )
+        assert result.returncode == 0, result.stderr
+        with Image.open(result.stdout.split()[0]) as image:
+            made[name] = image.convert("RGB").tobytes()
+    assert made["muted"] == made["plain"] != made["steered"]
+    bad = _client(["generate", "a fox", "--control", "edges.png"], env)
+    assert bad.returncode == 2 and "is not NAME=IMAGE[:WEIGHT]" in bad.stderr
+
+
 def test_the_worker_never_imports_the_client() -> None:
     code = (
         "import sys, worker.cli, worker.app; "

@@ -263,3 +263,111 @@ def test_a_batch_two_unet_fails_without_guidance(tmp_path: Path) -> None:
     single = make_resource_dir(tmp_path / "sd2-single", family="sd2", unet_batch=1)
     result = _family_run(tmp_path, single, "--guidance-scale=0", "--step-count=2")
     assert result.returncode == 0, result.stderr
+
+
+# --- ControlNet ------------------------------------------------------------------------
+
+
+def _controlled(tmp_path: Path, **options: object) -> list[str]:
+    """Locations of a bundle with a Canny and a Depth ControlNet and the controlled UNet."""
+    resources = make_resource_dir(
+        tmp_path / "res",
+        family="sd1",
+        controlnets=("Canny", "Depth"),
+        controlled_unet=True,
+        **options,  # type: ignore[arg-type]
+    )
+    return [f"--resource-path={resources}", f"--output-path={tmp_path}"]
+
+
+def _control_image(path: Path, size: tuple[int, int] = (512, 512)) -> str:
+    from PIL import Image
+
+    Image.new("RGB", size, "white").save(path)
+    return str(path)
+
+
+def test_controlnet_options_take_every_word_up_to_the_next_option(tmp_path: Path) -> None:
+    image = _control_image(tmp_path / "edges.png")
+    swallowed = _run(["--controlnet", "Canny", "a", "fox", "--controlnet-inputs", image])
+    assert swallowed.returncode == 64
+    assert b"Missing expected argument '<prompt>'" in swallowed.stderr
+    ran = _run(
+        [
+            "--controlnet",
+            "Canny",
+            "--controlnet-inputs",
+            image,
+            *_controlled(tmp_path),
+            "--step-count=2",
+            "--seed=3",
+            "--",
+            "a fox",
+        ]
+    )
+    assert ran.returncode == 0, ran.stderr
+    plain = _run([*_controlled(tmp_path / "p"), "--step-count=2", "--seed=3", "--", "a fox"])
+    assert plain.returncode == 0, plain.stderr
+    steered = (tmp_path / "a_fox.3.final.png").read_bytes()
+    assert steered != (tmp_path / "p" / "a_fox.3.final.png").read_bytes()  # the image steers
+
+
+@pytest.mark.parametrize(
+    ("names", "inputs", "extra", "said"),
+    [
+        (["Canny", "Depth"], 1, [], "Fatal error: Index out of range"),
+        (["Canny"], 1, ["--guidance-scale=0.5"], "MultiArray shape (1 x 3 x 512 x 512)"),
+        (["Pose"], 1, [], "Pose.mlmodelc could not be opened"),
+        (["Canny"], 1, ["--xl"], "ControlNet is not supported for Stable Diffusion XL"),
+    ],
+)
+def test_controlnet_runs_fail_as_the_real_sampler_fails(
+    tmp_path: Path, names: list[str], inputs: int, extra: list[str], said: str
+) -> None:
+    images = [_control_image(tmp_path / f"{n}.png") for n in range(inputs)]
+    result = _run(
+        [
+            "--controlnet",
+            *names,
+            "--controlnet-inputs",
+            *images,
+            *_controlled(tmp_path),
+            *extra,
+            "--step-count=2",
+            "--",
+            "a fox",
+        ]
+    )
+    assert result.returncode != 0
+    assert said in result.stderr.decode()
+
+
+def test_a_controlnet_image_of_another_size_fails_at_the_first_step(tmp_path: Path) -> None:
+    image = _control_image(tmp_path / "small.png", (256, 256))
+    result = _run(
+        [
+            "--controlnet",
+            "Canny",
+            "--controlnet-inputs",
+            image,
+            *_controlled(tmp_path),
+            "--step-count=2",
+            "--",
+            "a fox",
+        ]
+    )
+    assert result.returncode == 1
+    assert b"does not match the shape (2 x 3 x 512 x 512)" in result.stderr
+    assert b"Sampling ..." in result.stdout
+
+
+def test_a_bundle_without_the_controlled_unet_fails_to_load(tmp_path: Path) -> None:
+    image = _control_image(tmp_path / "edges.png")
+    locations = _controlled(tmp_path)
+    (tmp_path / "res" / "ControlledUnet.mlmodelc" / "model.mil").unlink()
+    (tmp_path / "res" / "ControlledUnet.mlmodelc").rmdir()
+    result = _run(
+        ["--controlnet", "Canny", "--controlnet-inputs", image, *locations, "--", "a fox"]
+    )
+    assert result.returncode == 1
+    assert b"ControlledUnet.mlmodelc could not be opened" in result.stderr
