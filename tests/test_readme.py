@@ -78,6 +78,8 @@ EXPECTED: dict[str, int | str] = {
     "--mask-blur 8": 0,
     "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
     '"a wide beach" --image fixtures/reference-photo.jpg --outpaint 16:9': 0,
+    "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND=mock .venv/bin/studio-imagegen generate "
+    '"a fox" --control procedural-canny=fixtures/reference-mask.png:0.8': 0,
     ".venv/bin/python -m bench": NOT_RUN
     + ": the full run takes minutes; tests/test_bench.py runs every suite with --smoke",
 }
