@@ -39,6 +39,9 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     folder.mkdir(exist_ok=True)
     if not (folder / sdxl.name).exists():
         (folder / sdxl.name).symlink_to(sdxl, target_is_directory=True)
+    controlnet = folder / "controlnet" / "tiny-canny"
+    if not controlnet.exists():
+        await _build(setup, [str(controlnet), "--controlnet"])
     env = setup.env(
         SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="diffusers",
         SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL=str(model),
@@ -76,6 +79,7 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
             )
         )
         rows.append(await _inpaint_row(session, request, warm, sizes.diffusers_runs))
+        rows.append(await _controlnet_row(session, request, warm, sizes.diffusers_runs))
         rows.append(await _cancel_row(session, sizes.cancel_runs))
         host_peak = proc_status_kib(int(status["pid"]), "VmHWM") / 1024  # before a switch
         rows += await _sdxl_rows(session, sdxl, request, sizes, setup.tmp)
@@ -100,12 +104,17 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
 async def _tiny_model(setup: StandInSetup, name: str, family: str) -> Path:
     model = setup.tmp.parent / name
     if not model.exists():
-        await anyio.run_process(
-            [sys.executable, "-m", "fixtures.tiny_diffusers", str(model), "--family", family],
-            cwd=REPO_ROOT,
-            env={**os.environ, "TMPDIR": str(setup.tmp)},
-        )
+        await _build(setup, [str(model), "--family", family])
     return model
+
+
+async def _build(setup: StandInSetup, arguments: list[str]) -> None:
+    """A tiny model or ControlNet of the fixtures, built in a process of its own."""
+    await anyio.run_process(
+        [sys.executable, "-m", "fixtures.tiny_diffusers", *arguments],
+        cwd=REPO_ROOT,
+        env={**os.environ, "TMPDIR": str(setup.tmp)},
+    )
 
 
 async def _sdxl_rows(
@@ -171,6 +180,31 @@ async def _inpaint_row(
         None,
         notes=f"inpaint {median(inpaint) * 1000:.0f} ms (VAE encode of the reference and "
         f"the mask's composite included), text-to-image {median(plain) * 1000:.0f} ms",
+    )
+
+
+async def _controlnet_row(
+    session: WorkerSession, request: dict[str, object], plain: list[float], runs: int
+) -> Row:
+    """A warm generate with one ControlNet (the tiny one, loaded by the first, untimed)
+    against a warm text-to-image of the same steps and size."""
+    edges = Image.new("RGB", (MODEL_SIDE, MODEL_SIDE), (0, 0, 0))
+    edges.paste((255, 255, 255), (MODEL_SIDE // 4, 0, MODEL_SIDE // 4 + 2, MODEL_SIDE))
+    controlled = {**request, "controls": [{"model": "tiny-canny", "image": _png_item(edges)}]}
+    started = time.perf_counter()
+    first = await session.call("generate", controlled)
+    loading = time.perf_counter() - started
+    assert "result" in first, first
+    steered = await _warm_seconds(session, controlled, runs)
+    return Row(
+        "diffusers: warm ControlNet / warm text-to-image (same steps)",
+        "x",
+        [median(steered) / median(plain)],
+        "reported",
+        None,
+        notes=f"with a ControlNet {median(steered) * 1000:.0f} ms (its pass each step), "
+        f"text-to-image {median(plain) * 1000:.0f} ms; the first, loading it, "
+        f"{loading * 1000:.0f} ms",
     )
 
 
