@@ -550,6 +550,20 @@ def test_doctor_reports_image_to_image_and_the_manifests_bundles(
     assert result.returncode == 1
 
 
+def test_doctor_lists_what_each_model_edits_with(machine: Machine, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    make_resource_dir(
+        models / "controlled", family="sd1", controlnets=("Canny", "InPaint"), controlled_unet=True
+    )
+    env = {**machine.standin.env(), "SYSTEMSCULPT_LOCAL_DIFFUSION_MODELS_DIR": str(models)}
+    result = _worker(machine, "doctor", "--platform", MACOS, env=env)
+    line = next(line for line in result.stdout.splitlines() if "/controlled:" in line)
+    assert line.startswith("[ ok ]")
+    assert line.endswith("ready; inpaints (controlnet); ControlNets: Canny, InPaint")
+    default = next(line for line in result.stdout.splitlines() if "the default; ready" in line)
+    assert "ControlNets" not in default and "inpaints" not in default
+
+
 def test_doctor_catches_a_sampler_that_does_not_start_and_bad_settings(
     machine: Machine, tmp_path: Path
 ) -> None:

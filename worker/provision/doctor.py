@@ -32,7 +32,17 @@ def model_check(model: Model) -> Check:
     width, height = model.native
     what = f"{model.id}: {family}, {width}x{height}{', the default' if model.default else ''}"
     if model.usable:
-        return Check("listed model", "ok", f"{what}; ready")
+        return Check("listed model", "ok", f"{what}; ready{_editing(model)}")
     if model.default:
         return Check("listed model", "warn", f"{what}; cannot run: see the checks above")
     return Check("listed model", "warn", f"{what}; {model.problem}", fix=model.fix)
+
+
+def _editing(model: Model) -> str:
+    """What it offers beyond text- and image-to-image: its inpainting and ControlNets."""
+    said = ""
+    if model.inpainting != "none":
+        said += f"; inpaints ({model.inpainting})"
+    if model.controlnets:
+        said += f"; ControlNets: {', '.join(net.name for net in model.controlnets)}"
+    return said
