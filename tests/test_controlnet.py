@@ -271,6 +271,22 @@ async def test_core_ml_inpaints_through_its_controlnet_keeping_the_source(
         alpha = marked.getchannel("A")
         assert alpha.getpixel((200, 200)) == 0 and alpha.getpixel((10, 10)) == 255
         assert marked.convert("RGB").getpixel((10, 10)) == source.getpixel((10, 10))
+    # Outpainting takes the same route: a 512x384 photo grown to the bundle's 512x512.
+    wide = source_image((512, 384))
+    grown_params = {
+        "prompt": "a fox",
+        "model": model_id,
+        "stepCount": 3,
+        "inputImages": [png_item(wide)],
+        "outpaint": {"top": 64, "bottom": 64},
+    }
+    response, _ = await generate_once(standin, grown_params, env)
+    grown = result_image(response["result"]["images"][0])
+    assert grown.size == (512, 512)
+    assert grown.crop((0, 64, 512, 448)).tobytes() == wide.tobytes()
+    assert (
+        grown.crop((0, 0, 512, 64)).tobytes() != Image.new("RGB", (512, 64), (127,) * 3).tobytes()
+    )
 
 
 # --- diffusers, for real, over stdio ------------------------------------------------------
@@ -298,10 +314,11 @@ def test_diffusers_controls_steer_as_their_weights_say(
             "depth": [control("tiny-depth")],
             "both": [control("tiny-canny"), control("tiny-depth")],
         }.items():
-            answer, _ = worker.exchange(
-                "generate", {**BASE, "controls": controls}, name, timeout=LONG_WAIT
+            answer, notes = worker.exchange(
+                "generate", {**BASE, "controls": controls, "previewEvery": 2}, name, LONG_WAIT
             )
             assert "result" in answer, answer
+            assert any(n["method"] == "preview" for n in notes)  # previews, as without
             made[name] = pixels(answer["result"]["images"][0])
         assert made["weight 0"] == made["none"]
         assert made["weight 1"] != made["none"]
