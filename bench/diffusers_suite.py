@@ -80,6 +80,7 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         )
         rows.append(await _inpaint_row(session, request, warm, sizes.diffusers_runs))
         rows.append(await _controlnet_row(session, request, warm, sizes.diffusers_runs))
+        rows += await _preview_rows(session, request, warm, sizes.diffusers_runs)
         rows.append(await _cancel_row(session, sizes.cancel_runs))
         host_peak = proc_status_kib(int(status["pid"]), "VmHWM") / 1024  # before a switch
         rows += await _sdxl_rows(session, sdxl, request, sizes, setup.tmp)
@@ -206,6 +207,36 @@ async def _controlnet_row(
         f"text-to-image {median(plain) * 1000:.0f} ms; the first, loading it, "
         f"{loading * 1000:.0f} ms",
     )
+
+
+async def _preview_rows(
+    session: WorkerSession, request: dict[str, object], plain: list[float], runs: int
+) -> list[Row]:
+    """A preview after every step, from the latents (the default) and by a full decode,
+    against no previews."""
+    latent = await _warm_seconds(session, {**request, "previewEvery": 1}, runs)
+    decoded = await _warm_seconds(
+        session, {**request, "previewEvery": 1, "previewDecoder": "vae"}, runs
+    )
+    ratio = median(latent) / median(plain)
+    return [
+        Row(
+            "diffusers: a latent preview every step / no previews",
+            "x",
+            [ratio],
+            "<= 1.03",
+            ratio <= 1.03,
+            notes=f"{median(latent) * 1000:.0f} ms against {median(plain) * 1000:.0f} ms",
+        ),
+        Row(
+            "diffusers: a decoded preview every step / no previews",
+            "x",
+            [median(decoded) / median(plain)],
+            "reported",
+            None,
+            notes=f"{median(decoded) * 1000:.0f} ms: a VAE decode each",
+        ),
+    ]
 
 
 def _png_item(image: Image.Image) -> dict[str, str]:

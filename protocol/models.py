@@ -132,7 +132,15 @@ class ModelHostStatus(WireModel):
     loaded: bool = Field(description="A host is running with the model loaded")
     device: str = Field(description="Where it runs (cpu, cuda, mps), or as configured")
     dtype: str
-    last_load_ms: int | None = Field(description="How long the last load took; None: none yet")
+    dtype_reason: str = Field(
+        default="",
+        description="Why it runs in that precision: `auto`'s choice for the device (bfloat16 "
+        "on a CPU that does it in hardware), or the variable that set it",
+    )
+    last_load_ms: int | None = Field(
+        description="How long the last load took, until the model could run a step (its "
+        "weights read); None: none yet"
+    )
     idle_unload_ms: int = Field(description="Unloaded after this long without a job (0: never)")
     pid: int | None
     last_load_error: str = Field(
@@ -318,6 +326,11 @@ class ModelSize(WireModel):
 
 
 InpaintingRoute = Literal["native", "controlnet", "none"]
+PreviewDecoder = Literal["latent", "vae"]
+
+
+def _vae_only() -> list[PreviewDecoder]:
+    return ["vae"]
 
 
 class ControlNetInfo(WireModel):
@@ -362,6 +375,12 @@ class ModelInfo(WireModel):
     inpainting_reason: str = Field(
         default="", description="Why it cannot, and the fix; empty when it can"
     )
+    preview_decoders: list[PreviewDecoder] = Field(
+        default_factory=_vae_only,
+        description="How it can make previews (`generate.previewDecoder`), its default "
+        "first: `latent` costs a few milliseconds each, `vae` a full decode",
+    )
+    preview_note: str = Field(default="", description="What a preview costs with it")
     controlnets: list[ControlNetInfo] = Field(
         default_factory=list,
         description="The ControlNets it can use (`generate.controls`), found beside it",
@@ -665,9 +684,15 @@ class GenerateParams(WireModel):
     preview_every: Annotated[int, Field(ge=0, le=STEP_COUNT_MAX), BeforeValidator(_json_number)] = (
         Field(
             default=0,
-            description="Send a `preview` of the images every N steps (0: none); each costs "
-            "the sampler a decode",
+            description="Send a `preview` of the images every N steps (0: none); what each "
+            "costs is the model's `previewDecoders` to say",
         )
+    )
+    preview_decoder: PreviewDecoder | None = Field(
+        default=None,
+        description="How previews are made: `latent` (from the latents, a few milliseconds) "
+        "or `vae` (a full decode, as the final image); absent: the model's first "
+        "`previewDecoders`",
     )
     output: Literal["base64", "path"] = Field(
         default="base64", description="Images inline as base64, or written to `outputDir`"
@@ -784,6 +809,9 @@ class GenerationMetadata(SamplingParameters):
     )
     dtype: str | None = Field(
         default=None, description="The precision it ran in (diffusers); else null"
+    )
+    dtype_reason: str | None = Field(
+        default=None, description="Why it ran in that precision (diffusers); else null"
     )
     backend: str
     sample_binary: str | None

@@ -59,6 +59,9 @@ class DiffusersSetup:
             "SYSTEMSCULPT_LOCAL_DIFFUSION_MODELS_DIR": str(root / "coreml-models"),
             "SYSTEMSCULPT_LOCAL_DIFFUSION_STEP_COUNT": "4",
             "SYSTEMSCULPT_LOCAL_DIFFUSION_KILL_GRACE_MS": "10000",
+            # The same precision on every machine: `auto` is bfloat16 where the CPU does
+            # it in hardware (tests/test_precision.py holds `auto` to that).
+            "SYSTEMSCULPT_LOCAL_DIFFUSERS_DTYPE": "float32",
             "DIFFUSERS_TEST_MARKER": self.marker,
             "HF_HUB_OFFLINE": "1",
             "OMP_NUM_THREADS": "1",  # see worker_environment

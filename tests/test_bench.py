@@ -43,6 +43,8 @@ def test_bench_smoke_prints_the_table_and_writes_json(tmp_path: Path) -> None:
             "diffusers: cold first request / warm request",
             "diffusers: warm inpaint / warm text-to-image",
             "diffusers: warm ControlNet / warm text-to-image",
+            "diffusers: a latent preview every step / no previews",
+            "diffusers: a decoded preview every step / no previews",
             "diffusers: cancel latency",
             "diffusers: tiny SDXL warm generate / direct call",
             "diffusers: switching model (reload) / warm job",

@@ -240,18 +240,33 @@ def test_previews_come_as_the_pipeline_samples(warm: WorkerProcess) -> None:
     )
     assert "result" in response
     previews = [n["params"] for n in notifications if n["method"] == "preview"]
-    # Each image samples 5 PNDM steps; a preview after its 1st, 3rd and 5th.
-    assert [(p["index"], p["step"]) for p in previews] == [
-        (0, 1),
-        (0, 3),
-        (0, 5),
-        (1, 6),
-        (1, 8),
-        (1, 10),
-    ]
+    # Each image samples 5 PNDM steps; a preview after its 2nd and 4th: none after the
+    # first (noise still) nor the last (the final image, decoded next).
+    assert [(p["index"], p["step"]) for p in previews] == [(0, 2), (0, 4), (1, 7), (1, 9)]
     for preview in previews:
         with Image.open(io.BytesIO(base64.b64decode(preview["base64"]))) as image:
             assert image.size == (preview["width"], preview["height"]) == (64, 64)
+
+
+def test_latent_previews_are_the_default_and_leave_the_image_as_it_was(
+    warm: WorkerProcess,
+) -> None:
+    models = warm.call("capabilities")["result"]["models"]
+    (tiny,) = [m for m in models if m["id"] == "diffusers/tiny-sd"]
+    assert tiny["previewDecoders"] == ["latent", "vae"]
+    params = {"prompt": "a tree", "seed": 3, "stepCount": 6}
+    plain, _ = generate(warm, params)
+    latent, latent_notes = generate(warm, {**params, "previewEvery": 1})
+    full, full_notes = generate(warm, {**params, "previewEvery": 1, "previewDecoder": "vae"})
+    made = {pixels(answer["result"]["images"][0]) for answer in (plain, latent, full)}
+    assert len(made) == 1  # previews of either kind only look: the image is the same
+    by_latents = [n["params"] for n in latent_notes if n["method"] == "preview"]
+    decoded = [n["params"] for n in full_notes if n["method"] == "preview"]
+    # 7 PNDM timesteps: a preview after each but the first and the last.
+    assert [p["step"] for p in by_latents] == [p["step"] for p in decoded] == [2, 3, 4, 5, 6]
+    for quick, slow in zip(by_latents, decoded, strict=True):
+        assert (quick["width"], quick["height"]) == (slow["width"], slow["height"]) == (64, 64)
+        assert quick["base64"] != slow["base64"]  # made another way: from the latents
 
 
 def test_images_written_to_a_directory_carry_their_own_seed(

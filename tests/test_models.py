@@ -443,7 +443,7 @@ def test_sdxl_and_sd3_do_image_to_image_with_progress_previews_and_seeds(
         "mimeType": "image/jpeg",
         "base64": base64.b64encode(REFERENCE_PHOTO.read_bytes()).decode(),
     }
-    params = {"prompt": "a photo", "model": model, "seed": 40, "stepCount": 4, "count": 2}
+    params = {"prompt": "a photo", "model": model, "seed": 40, "stepCount": 6, "count": 2}
     plain = worker.exchange("generate", params, timeout=300)[0]["result"]
     response, notifications = worker.exchange(
         "generate",
@@ -464,6 +464,25 @@ def test_sdxl_and_sd3_do_image_to_image_with_progress_previews_and_seeds(
     previews = [n["params"] for n in notifications if n["method"] == "preview"]
     assert {p["index"] for p in previews} == {0, 1} and all(p["base64"] for p in previews)
     assert pixels(result) != pixels(plain)
+
+
+@pytest.mark.diffusers
+def test_each_family_says_how_it_previews(three_families: tuple[WorkerProcess, Path]) -> None:
+    worker, _ = three_families
+    models = by_id(worker.call("capabilities")["result"])
+    assert models["diffusers/tiny-sdxl"]["previewDecoders"] == ["latent", "vae"]
+    assert models["diffusers/tiny-sd3"]["previewDecoders"] == ["vae"]
+    refused = worker.call(
+        "generate",
+        {
+            "prompt": "x",
+            "model": "diffusers/tiny-sd3",
+            "previewEvery": 1,
+            "previewDecoder": "latent",
+        },
+    )
+    assert refused["error"]["code"] == -32001
+    assert refused["error"]["data"] == {"feature": "previewDecoder", "supported": ["vae"]}
 
 
 @pytest.mark.diffusers

@@ -114,3 +114,16 @@ def test_the_mock_backend_sends_previews_too(worker_process: StartWorker, backen
         "generate", {"prompt": "fox", "stepCount": 4, "previewEvery": 2}
     )
     assert [p["step"] for p in _previews(notifications)] == [1, 3, 5]
+
+
+def test_core_ml_previews_are_full_decodes_and_it_says_so(
+    standin: StandIn, worker_process: StartWorker
+) -> None:
+    worker = worker_process(standin.env)
+    model = worker.call("capabilities")["result"]["models"][0]
+    assert model["previewDecoders"] == ["vae"] and "decodes every preview" in model["previewNote"]
+    refused = worker.call(
+        "generate", {"prompt": "fox", "previewEvery": 1, "previewDecoder": "latent"}
+    )
+    assert refused["error"]["code"] == -32001
+    assert refused["error"]["data"] == {"feature": "previewDecoder", "supported": ["vae"]}

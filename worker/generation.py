@@ -272,6 +272,7 @@ def deliver(
             },
             device=rendered.device,
             dtype=rendered.dtype,
+            dtype_reason=rendered.dtype_reason,
             model=parameters.model.id if parameters.model else "",
             family=parameters.model.family if parameters.model else None,
             seed=parameters.seed,

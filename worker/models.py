@@ -23,6 +23,7 @@ from protocol.models import (
     ModelFamily,
     ModelInfo,
     ModelSize,
+    PreviewDecoder,
     Scheduler,
 )
 from worker.controls import ControlNet
@@ -54,6 +55,10 @@ class Model:
     """How it repaints a masked region: `native`, `controlnet`, or `none`."""
     inpainting_problem: str = ""
     """Why it cannot (where `inpainting` is `none`), and the fix."""
+    preview_decoders: tuple[PreviewDecoder, ...] = ("vae",)
+    """How it makes previews, its default first."""
+    preview_note: str = ""
+    """What a preview costs with it."""
     controlnets: tuple[ControlNet, ...] = ()
     """The ControlNets it can use, found beside it."""
     controls_problem: str = ""
@@ -132,6 +137,23 @@ class Model:
             chosen.append(net)
         return chosen
 
+    def preview_decoder(self, asked: PreviewDecoder | None) -> PreviewDecoder:
+        """The decoder its previews use: the one asked, or its default; -32001 for one it
+        does not have."""
+        if asked is None:
+            return self.preview_decoders[0]
+        if asked not in self.preview_decoders:
+            raise UnsupportedFeature(
+                f"Unsupported feature: previewDecoder {asked!r}: {self.label} makes previews "
+                f"with {', '.join(self.preview_decoders)} only"
+                + (f" ({self.preview_note})" if self.preview_note else "")
+                + "; leave previewDecoder out, or ask for one of those.",
+                UnsupportedFeatureData(
+                    feature="previewDecoder", supported=list(self.preview_decoders)
+                ),
+            )
+        return asked
+
     def check_controls(self, scheduler: Scheduler, has_reference: bool, edit: bool) -> None:
         """-32001, before anything runs, for what this model does not take: a scheduler
         not its own, text-to-image on a refiner, no mask on an inpainting model."""
@@ -187,6 +209,8 @@ class Model:
             image_to_image_reason=self.image_to_image_problem,
             inpainting=self.inpainting,
             inpainting_reason=self.inpainting_problem,
+            preview_decoders=list(self.preview_decoders),
+            preview_note=self.preview_note,
             controlnets=[net.describe() for net in self.controlnets],
             controls_reason=self.controls_problem,
             control_weights=self.control_weights,

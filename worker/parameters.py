@@ -19,6 +19,7 @@ from protocol.models import (
     REFERENCE_INFLUENCE_STRENGTHS,
     GenerateParams,
     ParameterSource,
+    PreviewDecoder,
     Quality,
     ReferenceInfluence,
     SamplingParameters,
@@ -66,6 +67,8 @@ class JobParameters:
     kill_grace_ms: int
     preview_every: int = 0
     """Intermediate images every N steps (0: none), sent as `preview` notifications."""
+    preview_decoder: PreviewDecoder = "vae"
+    """How they are made: from the latents, or a full decode."""
     preview_dir: Path | None = None
     """Where preview thumbnails are written (output `path`); None: sent inline."""
     reference: Reference | None = None
@@ -192,6 +195,7 @@ def resolve_parameters(
         manifest_path=manifest_path,
         kill_grace_ms=settings.kill_grace_ms,
         preview_every=params.preview_every,
+        preview_decoder=model.preview_decoder(params.preview_decoder) if model else "vae",
         preview_dir=Path(params.output_dir)
         if params.output == "path" and params.output_dir
         else None,

@@ -36,6 +36,33 @@ async def publish_preview(
         progress.preview(step, index, thumbnail)
 
 
+async def publish_thumbnail(
+    png: bytes,
+    size: tuple[int, int],
+    name: str,
+    directory: Path | None,
+    progress: ProgressReporter,
+    where: tuple[int, int],
+) -> None:
+    """Send a thumbnail a backend made itself (a PNG of `size`, no larger than a preview
+    may be) as it is, inline or written into `directory` under `name`; `where`: (step,
+    index)."""
+    step, index = where
+    width, height = size
+    if directory is None:
+        thumbnail = Thumbnail(width, height, base64=base64.b64encode(png).decode("ascii"))
+    else:
+        try:
+            path = await anyio.to_thread.run_sync(
+                write_without_clobbering, directory, safe_file_name(name), png
+            )
+        except OSError as exc:
+            logger.warning("a preview was skipped: %s", exc)
+            return
+        thumbnail = Thumbnail(width, height, path=str(path))
+    progress.preview(step, index, thumbnail)
+
+
 def _thumbnail_of_file(source: Path, directory: Path | None, name: str) -> Thumbnail | None:
     try:
         png = source.read_bytes()

@@ -57,6 +57,7 @@ class Rendered:
     device: str | None = None
     """Where it ran (diffusers: cpu, cuda, mps), for a backend that says."""
     dtype: str | None = None
+    dtype_reason: str | None = None
 
 
 class Backend(Protocol):

@@ -111,6 +111,7 @@ class MockPlugin:
                 inpainting="native",  # its pattern, laid in where the mask repaints
                 controlnets=(ControlNet(MOCK_CONTROLNET, Path("procedural")),),
                 control_weights=True,  # each control's image, blended in by its weight
+                preview_decoders=("latent", "vae"),  # the same pattern either way
                 notes=("test-only: deterministic patterns, not diffusion",),
                 result_id=MODEL_ID,
             )

@@ -172,6 +172,8 @@ def _model(
         scheduler_note=SD3_SCHEDULER_NOTE if pipeline == "sd3" else SCHEDULER_NOTE,
         image_to_image_problem=image_to_image_problem,
         inpainting="controlnet" if inpaint_controlnet(bundle) else "none",
+        preview_note="the sampler decodes every preview with its VAE and writes it as a "
+        "PNG, about as long as a denoising step or more: every 5 steps is gentle",
         inpainting_problem=inpainting_problem(bundle),
         controlnets=bundle.controlnets if bundle is not None else (),
         controls_problem=controls_problem(bundle),

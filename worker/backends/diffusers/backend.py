@@ -21,7 +21,7 @@ from protocol.errors import (
     InvalidParamsData,
     TimedOutData,
 )
-from protocol.models import ModelHostStatus
+from protocol.models import PREVIEW_MAX_SIDE, ModelHostStatus
 from worker.backends.base import JobPlan, Rendered
 from worker.backends.diffusers.checks import (
     ModelLocation,
@@ -144,6 +144,7 @@ class DiffusersBackend:
             height=parameters.height,
             device=self.supervisor.device,
             dtype=self.supervisor.dtype,
+            dtype_reason=self.supervisor.dtype_reason,
         )
 
     async def _run(
@@ -206,7 +207,12 @@ def host_job(parameters: JobParameters, job_directory: Path) -> HostJob:
         for index, control in enumerate(parameters.controls)
     ]
     return HostJob.model_validate(parameters).model_copy(
-        update={"output_dir": str(job_directory), "controlnets": controls, **files}
+        update={
+            "output_dir": str(job_directory),
+            "controlnets": controls,
+            "preview_side": PREVIEW_MAX_SIDE,
+            **files,
+        }
     )
 
 

@@ -92,6 +92,11 @@ def _model(
         native=(location.native_side, location.native_side),
         variant="refiner" if location.refiner else "inpainting" if location.inpainting else "base",
         inpainting="none" if location.refiner or not family.inpainting else "native",
+        preview_decoders=("latent", "vae") if family.latent_rgb else ("vae",),
+        preview_note="latent: a few milliseconds of the host's time each, from the latents; "
+        "vae: a full decode each, about as long as the final image's"
+        if family.latent_rgb
+        else f"a full VAE decode each ({family.title} has no latent factors here)",
         inpainting_problem=_inpainting_problem(location, family.title, family.inpainting),
         problem=problem,
         fix=fix,

@@ -3,19 +3,25 @@ progress, previews become thumbnails, images are checked and named."""
 
 from __future__ import annotations
 
+import base64
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from protocol.errors import SamplerFailedData
+from protocol.models import PREVIEW_MAX_SIDE
 from worker.backends.diffusers.host import messages
 from worker.backends.diffusers.host.messages import image_seed
 from worker.backends.diffusers.host_process import ModelHostProcess
 from worker.errors import SamplerFailed
 from worker.images import RenderedImage, check_png
 from worker.parameters import JobParameters
-from worker.previews import publish_preview
+from worker.previews import publish_thumbnail
 from worker.progress import ProgressReporter
+
+logger = logging.getLogger(__name__)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -64,17 +70,24 @@ class JobFollower:
         self.images.append(RenderedImage(name, event.index, png, width, height, seed=event.seed))
 
     async def _publish(self, event: messages.Preview) -> None:
-        """A `preview` of the image the host decoded at this step, named as Core ML names
-        its intermediate images."""
+        """A `preview` of the thumbnail the host made at this step, named as Core ML names
+        its intermediate images; one that is not a PNG of a preview's size is skipped."""
         parameters = self.parameters
         seed = image_seed(parameters.seed, event.index)
-        await publish_preview(
-            Path(event.path),
+        try:
+            png = base64.b64decode(event.png, validate=True)
+        except ValueError:
+            png = b""
+        if not png.startswith(PNG_SIGNATURE) or max(event.width, event.height) > PREVIEW_MAX_SIDE:
+            logger.warning("a preview from the model host was skipped: not a thumbnail PNG")
+            return
+        await publish_thumbnail(
+            png,
+            (event.width, event.height),
             parameters.names.preview(event.index, event.step - 1, seed),
-            self.parameters.preview_dir,
+            parameters.preview_dir,
             self.progress,
-            event.step,
-            event.index,
+            (event.step, event.index),
         )
 
 

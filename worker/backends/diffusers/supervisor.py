@@ -30,6 +30,7 @@ class HostState:
 
     device: str = ""
     dtype: str = ""
+    dtype_reason: str = ""
     last_load_ms: int | None = None
     pid: int | None = None
     safety_checker: bool = False
@@ -79,6 +80,11 @@ class ModelHostSupervisor:
         return self._state.dtype
 
     @property
+    def dtype_reason(self) -> str:
+        """Why it ran in that precision (`auto`'s choice, or the variable set)."""
+        return self._state.dtype_reason
+
+    @property
     def load_fix(self) -> str:
         """What fixes the last failed load (empty when it did not fail)."""
         return self._state.load_fix
@@ -91,6 +97,7 @@ class ModelHostSupervisor:
             loaded=True,
             device=state.device,
             dtype=state.dtype,
+            dtype_reason=state.dtype_reason,
             last_load_ms=state.last_load_ms,
             idle_unload_ms=self._settings.idle_ms,
             pid=host.pid,
@@ -195,6 +202,7 @@ class ModelHostSupervisor:
         self._state = HostState(
             device=loaded.device,
             dtype=loaded.dtype,
+            dtype_reason=loaded.dtype_reason,
             last_load_ms=loaded.load_ms,
             pid=host.pid,
             safety_checker=loaded.safety_checker,

@@ -103,6 +103,7 @@ def serve(arguments: argparse.Namespace, channel: Channel) -> int:
         messages.Loaded(
             device=model.device,
             dtype=model.dtype,
+            dtype_reason=model.dtype_reason,
             load_ms=model.load_ms,
             safety_checker=model.safety_checker,
         )

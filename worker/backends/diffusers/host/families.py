@@ -20,6 +20,19 @@ SD_SCHEDULERS: tuple[Scheduler, ...] = tuple(name for name in SCHEDULERS if name
 """What Stable Diffusion 1.x, 2.x and XL take: every scheduler but SD3's own."""
 
 
+SD_LATENT_RGB = (
+    (0.3512, 0.2297, 0.3227),
+    (0.3250, 0.4974, 0.2350),
+    (-0.2829, 0.1762, 0.2721),
+    (-0.2120, -0.2616, -0.7177),
+)
+"""SD 1.x/2.x's latent-to-RGB factors, as ComfyUI and its peers preview with them."""
+SDXL_LATENT_RGB = (
+    (0.3651, 0.4232, 0.4341),
+    (-0.2533, -0.0042, 0.1068),
+    (0.1076, 0.1111, -0.0362),
+    (-0.3165, -0.2492, -0.2188),
+)
 SD_CONTROLNET = (
     "StableDiffusionControlNetPipeline",
     "StableDiffusionControlNetImg2ImgPipeline",
@@ -52,6 +65,10 @@ class Family:
     """Its UNet's cross-attention width: a ControlNet of the same width is one of its own."""
     controlnet_example: str = ""
     """A published ControlNet of the family, for the fix where none is installed."""
+    latent_rgb: tuple[tuple[float, float, float], ...] = ()
+    """Its latent-to-RGB factors (a row per latent channel: R, G, B), for previews
+    without the VAE; empty: previews decode with the VAE."""
+    latent_rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 FAMILIES = {
@@ -67,6 +84,7 @@ FAMILIES = {
         safety_checker=True,
         controlnet=SD_CONTROLNET,
         controlnet_example="lllyasviel/control_v11p_sd15_canny",
+        latent_rgb=SD_LATENT_RGB,
     ),
     "sd2": Family(
         "sd2",
@@ -81,6 +99,7 @@ FAMILIES = {
         controlnet=SD_CONTROLNET,
         text_width=1024,
         controlnet_example="thibaud/controlnet-sd21-canny-diffusers",
+        latent_rgb=SD_LATENT_RGB,
     ),
     "sdxl": Family(
         "sdxl",
@@ -98,6 +117,8 @@ FAMILIES = {
         ),
         text_width=2048,
         controlnet_example="diffusers/controlnet-canny-sdxl-1.0",
+        latent_rgb=SDXL_LATENT_RGB,
+        latent_rgb_bias=(0.1084, -0.0175, -0.0011),
     ),
     "sd3": Family(
         "sd3",

@@ -79,6 +79,10 @@ class HostJob(Message):
     height: int
     strength: float | None
     preview_every: int
+    preview_decoder: str = "vae"
+    """`latent`: previews from the latents through the family's factors; `vae`: decoded."""
+    preview_side: int = 256
+    """The longest side of a preview thumbnail."""
     sampling: HostSampling
     output_dir: str = ""
     """Where the host writes the images and previews (the worker's job directory)."""
@@ -117,7 +121,9 @@ class Loaded(Message):
     device: str
     dtype: str
     load_ms: int
+    """Until the model can run a step: its weights read, not only mapped."""
     safety_checker: bool
+    dtype_reason: str = ""
 
 
 class LoadFailed(Message):
@@ -139,11 +145,15 @@ class Step(Message):
 
 
 class Preview(Message):
+    """A thumbnail of image `index` at `step`, made in the host's memory: a PNG, base64."""
+
     type: Literal["preview"] = "preview"
     step: int
     total_steps: int
     index: int
-    path: str
+    png: str
+    width: int
+    height: int
 
 
 class Image(Message):

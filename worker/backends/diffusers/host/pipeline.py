@@ -24,7 +24,9 @@ from worker.backends.diffusers.host.families import (
     directory_family,
 )
 from worker.backends.diffusers.host.messages import HostControl, HostJob, image_seed
-from worker.backends.diffusers.variables import ENV_DEVICE, ENV_MODEL, INSTALL_MODEL
+from worker.backends.diffusers.host.precision import choose_precision
+from worker.backends.diffusers.host.previews import preview_message
+from worker.backends.diffusers.variables import ENV_DEVICE, ENV_DTYPE, ENV_MODEL, INSTALL_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ class LoadedModel:
     load_ms: int
     safety_checker: bool
     schedulers: dict[str, Any]
+    dtype_reason: str = ""
     family: str = "sd1"
     controlnets: dict[str, Any] = field(default_factory=dict)
     """The ControlNets of the last job that had controls, by path: kept while jobs ask
@@ -111,12 +114,6 @@ def choose_device(torch: Any, name: str) -> str:
     return name
 
 
-def choose_dtype(torch: Any, name: str, device: str) -> Any:
-    if name == "auto":
-        name = "float32" if device == "cpu" else "float16"
-    return getattr(torch, name)
-
-
 def load(
     model: Path,
     device_name: str,
@@ -139,7 +136,8 @@ def load(
     identified = Identified(family, refiner) if family is not None else _identify(model)
     kind = FAMILIES[identified.family]
     device = choose_device(torch, device_name)
-    dtype = choose_dtype(torch, dtype_name, device)
+    precision, precision_reason = choose_precision(dtype_name, device, ENV_DTYPE)
+    dtype = getattr(torch, precision)
     say(f"Loading {label} ({kind.title}) on {device} ({str(dtype).removeprefix('torch.')})")
     options: dict[str, Any] = {"torch_dtype": dtype}
     if kind.safety_checker and not safety:
@@ -166,6 +164,8 @@ def load(
             f"checkpoint, or run: {INSTALL_MODEL}",
         ) from exc
     pipe.set_progress_bar_config(disable=True)
+    say(f"Reading the weights of {label}")
+    read_weights(pipe)
     image_to_image = getattr(diffusers, kind.image_to_image)(**pipe.components)
     image_to_image.set_progress_bar_config(disable=True)
     inpainting = None
@@ -185,12 +185,27 @@ def load(
         image_to_image=image_to_image,
         inpainting=inpainting,
         device=device,
-        dtype=str(dtype).removeprefix("torch."),
+        dtype=precision,
+        dtype_reason=precision_reason,
         load_ms=round((time.monotonic() - started) * 1000),
         safety_checker=getattr(pipe, "safety_checker", None) is not None,
         schedulers=schedulers,
         family=kind.name,
     )
+
+
+def read_weights(pipe: Any) -> None:
+    """Touch every weight of the pipeline, so that the load ends when they are in memory:
+    safetensors are memory-mapped, and what is not read now would be read by the first
+    step, which would then take several times as long as the next."""
+    import torch
+
+    with torch.no_grad():
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                for tensor in [*component.parameters(), *component.buffers()]:
+                    if tensor.numel():
+                        tensor.reshape(-1)[:: max(1, 4096 // tensor.element_size())].sum()
 
 
 def _identify(model: Path) -> Identified:
@@ -289,7 +304,9 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
     emit(messages.Accepted(total_steps=total))
     output = Path(job.output_dir)
     for index in range(job.count):
-        on_step = _step_callback(job, index, index * per_image, total, stop, emit)
+        on_step = _step_callback(
+            model, job, (index, index * per_image, per_image, total), stop, emit
+        )
         arguments: dict[str, Any] = {
             "prompt": job.prompt,
             "negative_prompt": job.negative_prompt or None,
@@ -371,43 +388,29 @@ def _control_arguments(controls: list[HostControl], images: list[Any], mode: int
 
 
 def _step_callback(
-    job: HostJob, index: int, done_before: int, total: int, stop: threading.Event, emit: Emit
+    model: LoadedModel,
+    job: HostJob,
+    where: tuple[int, int, int, int],
+    stop: threading.Event,
+    emit: Emit,
 ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
-    """What the pipeline calls after each step of image `index`: stop if asked (at this
-    boundary, before any decode), report the step, and decode a preview when one is due."""
-    output = Path(job.output_dir)
+    """What the pipeline calls after each step of image `index` of `where` = (index,
+    steps done before it, its own steps, the job's total): stop if asked (at this
+    boundary, before any decode), report the step, and send a preview when one is due:
+    every `preview_every` steps of the image, but not after its first (noise still) nor
+    after its last (the final image, decoded next)."""
+    index, done_before, per_image, total = where
+    family = FAMILIES[model.family]
 
     def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         if stop.is_set():
             raise Stopped
         completed = done_before + step + 1
         emit(messages.Step(step=completed, total_steps=total, index=index))
-        if job.preview_every and step % job.preview_every == 0:
-            path = output / f"preview.{index}.{step}.png"
-            _decode(pipe, tensors["latents"]).save(path, format="PNG")
-            emit(messages.Preview(step=completed, total_steps=total, index=index, path=str(path)))
+        taken = step + 1
+        if job.preview_every and taken % job.preview_every == 0 and 1 < taken < per_image:
+            latents = tensors["latents"]
+            emit(preview_message(pipe, family, latents, job, (index, completed, total)))
         return tensors
 
     return on_step
-
-
-def _decode(pipe: Any, latents: Any) -> Any:
-    """The image the latents would make now (a preview): one VAE decode, as the pipeline
-    makes its final one (SD3's latents are shifted; a float16 VAE that overflows, as
-    SDXL's does, decodes in float32)."""
-    import torch
-
-    vae = pipe.vae
-    config = vae.config
-    scaled = latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
-    upcast = vae.dtype == torch.float16 and getattr(config, "force_upcast", False)
-    dtype = torch.float32 if upcast else vae.dtype
-    with torch.no_grad():
-        if upcast:
-            vae.to(torch.float32)
-        try:
-            image = vae.decode(scaled.to(dtype), return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(torch.float16)
-    return pipe.image_processor.postprocess(image, output_type="pil")[0]
