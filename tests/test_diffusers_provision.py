@@ -17,6 +17,7 @@ from fixtures.fake_hub import COMMIT, Repository, serving
 from tests.diffusers_setup import DiffusersSetup, require_extra
 from tests.worker_clients import REPO_ROOT, start_worker_process, worker_environment
 from worker.backends.diffusers.checks import DEFAULT_REVISION
+from worker.backends.diffusers.host.precision import hardware_bfloat16
 
 pytestmark = pytest.mark.diffusers
 REPO_ID = "studio-tests/tiny-sd"
@@ -116,7 +117,8 @@ def test_doctor_load_loads_the_model_in_the_host(tiny_model: Path, tmp_path: Pat
     loaded = run_worker("doctor", "--load", env=env)
     assert loaded.returncode == 0, loaded.stdout
     assert "[ ok ] model loads" in loaded.stdout
-    assert "loaded on cpu (float32)" in loaded.stdout
+    precision = "bfloat16" if hardware_bfloat16() else "float32"  # auto, on this CPU
+    assert f"loaded on cpu ({precision})" in loaded.stdout
     assert "rendered a 64x64 image in one step" in loaded.stdout
     assert "ready" in loaded.stdout.splitlines()[-1]
     assert list(scratch.iterdir()) == [], "the load check left temp files behind"
