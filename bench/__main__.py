@@ -17,7 +17,7 @@ import anyio
 
 from bench.harness import Row, StandInSetup
 from bench.sizes import SMOKE, Sizes
-from bench.suites import SUITES
+from bench.suites import OPT_IN, SUITES
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -53,8 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks it runs")
     parser.add_argument("--only", action="append", choices=sorted(SUITES), help="run just this")
     parser.add_argument("--json", type=Path, default=DEFAULT_OUTPUT, help="where to write")
+    parser.add_argument(
+        "--real-architecture",
+        action="store_true",
+        help="also the diffusers backend at real scale (an SD 1.5-shaped random-weight "
+        "model, built once: about 4 GB and ten minutes)",
+    )
     args = parser.parse_args(argv)
-    names = args.only or list(SUITES)
+    names = args.only or [name for name in SUITES if name not in OPT_IN]
+    if args.real_architecture and "real-architecture" not in names:
+        names.append("real-architecture")
     sizes = SMOKE if args.smoke else Sizes()
     rows = anyio.run(run, names, sizes)
     print(render_table(rows))

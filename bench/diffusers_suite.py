@@ -58,7 +58,7 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         cold = time.perf_counter() - started
         status = (await session.call("capabilities"))["result"]["backend"]["modelHost"]
         warm = await _warm_seconds(session, request, sizes.diffusers_runs)
-        direct = _direct_seconds(model, steps, sizes.diffusers_runs, setup.tmp)
+        direct = direct_seconds(model, steps, sizes.diffusers_runs, setup.tmp)
         rows.append(
             _against_direct(
                 f"diffusers: warm generate / direct pipeline call ({steps} steps, "
@@ -133,7 +133,7 @@ async def _sdxl_rows(
         assert "result" in response, response
     warm = await _warm_seconds(session, chosen, sizes.diffusers_runs)
     steps = sizes.diffusers_steps
-    direct = _direct_seconds(sdxl, steps, sizes.diffusers_runs, tmp)
+    direct = direct_seconds(sdxl, steps, sizes.diffusers_runs, tmp)
     return [
         _against_direct(
             f"diffusers: tiny SDXL warm generate / direct call ({steps} steps)", warm, direct
@@ -259,10 +259,18 @@ def _against_direct(name: str, warm: list[float], direct: list[float]) -> Row:
     )
 
 
-def _direct_seconds(model: Path, steps: int, runs: int, tmp: Path) -> list[float]:
-    """The same call in a process of its own (the bench never imports torch)."""
+def direct_seconds(
+    model: Path,
+    steps: int,
+    runs: int,
+    tmp: Path,
+    size: str = f"{MODEL_SIDE}x{MODEL_SIDE}",
+    extra: tuple[str, ...] = (),
+) -> list[float]:
+    """The same call in a process of its own (the bench never imports torch); `extra`:
+    more of `bench.direct_pipeline`'s options (its dtype, scheduler, guidance)."""
     command = [sys.executable, "-m", "bench.direct_pipeline", str(model)]
-    options = ["--steps", str(steps), "--runs", str(runs), "--size", f"{MODEL_SIDE}x{MODEL_SIDE}"]
+    options = ["--steps", str(steps), "--runs", str(runs), "--size", size, *extra]
     result = subprocess.run(
         [*command, *options],
         capture_output=True,

@@ -26,9 +26,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--size", default="64x64")
     parser.add_argument("--prompt", default="a red fox in snow")
+    parser.add_argument("--dtype", default="auto", help="as the worker's variable takes it")
+    parser.add_argument("--scheduler", default="pndm")
+    parser.add_argument("--guidance", type=float, default=7.5)
     arguments = parser.parse_args()
     width, height = (int(part) for part in arguments.size.split("x"))
-    model = pipeline.load(arguments.model, "auto", "auto", safety=False)
+    model = pipeline.load(arguments.model, "auto", arguments.dtype, safety=False)
     stop = threading.Event()
     events: list[messages.Message] = []
     seconds = []
@@ -44,8 +47,8 @@ def main() -> None:
             preview_every=0,
             sampling=HostSampling(
                 step_count=arguments.steps,
-                guidance_scale=7.5,
-                scheduler="pndm",
+                guidance_scale=arguments.guidance,
+                scheduler=arguments.scheduler,
                 reduce_memory=False,
             ),
             output_dir=output,
@@ -55,7 +58,7 @@ def main() -> None:
             started = time.perf_counter()
             pipeline.render(model, job, stop, events.append)
             seconds.append(time.perf_counter() - started)
-    print(json.dumps({"seconds": seconds, "loadMs": model.load_ms}))
+    print(json.dumps({"seconds": seconds, "loadMs": model.load_ms, "dtype": model.dtype}))
 
 
 if __name__ == "__main__":

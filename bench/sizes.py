@@ -23,6 +23,7 @@ class Sizes:
     diffusers_steps: int = 20
     diffusers_runs: int = 5
     switch_runs: int = 3
+    real_architecture_runs: int = 3
 
 
 SMOKE = Sizes(

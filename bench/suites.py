@@ -19,6 +19,7 @@ from bench.harness import (
     running_worker,
     timed_cancel,
 )
+from bench.real_architecture import real_architecture
 from bench.sizes import Sizes
 from client.session import Message
 from fixtures.proc import proc_status_kib
@@ -363,4 +364,7 @@ SUITES = {
     "previews": previews,
     "reference": reference_preparation,
     "diffusers": diffusers_backend,
+    "real-architecture": real_architecture,
 }
+OPT_IN = {"real-architecture"}
+"""Suites run only when asked for by name (or `--real-architecture`)."""
