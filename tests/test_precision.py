@@ -15,6 +15,7 @@ from PIL import Image, ImageChops, ImageStat
 from tests.diffusers_setup import DiffusersSetup
 from tests.worker_clients import start_worker_process
 from worker.backends.diffusers.host import precision
+from worker.backends.diffusers.host.batches import batch_size, out_of_memory
 from worker.backends.diffusers.host.precision import choose_precision, hardware_bfloat16
 
 XEON = "flags\t\t: fpu vme sse2 avx2 avx512f avx512bw avx512_bf16 amx_bf16 amx_tile\n"
@@ -89,3 +90,21 @@ def test_auto_runs_as_this_cpu_allows_and_bfloat16_stays_close_to_float32(
     print(f"bfloat16 against float32: {mean:.2f} levels of 255 on average")
     assert 0 < mean <= BFLOAT16_MEAN_DIFFERENCE, mean
     assert made["auto"].tobytes() == made[expected].tobytes()
+
+
+def test_a_batch_takes_what_the_free_memory_holds() -> None:
+    gib = 1 << 30
+    assert batch_size(4, (512, 512), "float32", False, None) == 4  # unknown: all
+    assert batch_size(4, (512, 512), "float32", True, 64 * gib) == 1  # reduceMemory
+    assert batch_size(1, (512, 512), "float32", False, 64 * gib) == 1
+    assert batch_size(4, (512, 512), "float32", False, 64 * gib) == 4
+    assert batch_size(4, (512, 512), "float32", False, 2 * gib) == 1
+    assert batch_size(4, (512, 512), "bfloat16", False, int(1.2 * gib)) == 2
+
+
+def test_running_out_of_memory_is_told_from_other_failures() -> None:
+    assert out_of_memory(MemoryError())
+    assert out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: 9 GB"))
+    assert out_of_memory(type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory"))
+    assert not out_of_memory(RuntimeError("shapes cannot be multiplied"))
+    assert not out_of_memory(ValueError("out of memory, said a string"))

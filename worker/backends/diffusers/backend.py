@@ -81,8 +81,16 @@ class DiffusersBackend:
                 f"Invalid params: strength: {reason}.",
                 InvalidParamsData(errors=[FieldError(field="strength", message=reason)]),
             )
+        # The host makes a job's images in one pass where it has room (reduceMemory:
+        # one at a time); it says how many steps that takes when it accepts the job.
+        one_by_one = parameters.sampling.reduce_memory or (
+            parameters.model is not None
+            and parameters.model.family == "sd3"
+            and parameters.reference is not None
+        )  # as the host's batches_work says
+        passes = parameters.count if one_by_one else 1
         return JobPlan(
-            total_steps=pipeline_steps(parameters) * parameters.count,
+            total_steps=pipeline_steps(parameters) * passes,
             file_names=tuple(image_name(parameters, i) for i in range(parameters.count)),
         )
 

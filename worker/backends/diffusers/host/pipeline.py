@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from worker.backends.diffusers.host import messages
+from worker.backends.diffusers.host.batches import (
+    batch_size,
+    batches_work,
+    free_memory,
+    out_of_memory,
+)
 from worker.backends.diffusers.host.families import (
     FAMILIES,
     Identified,
@@ -24,7 +30,7 @@ from worker.backends.diffusers.host.families import (
     directory_family,
 )
 from worker.backends.diffusers.host.messages import HostControl, HostJob, image_seed
-from worker.backends.diffusers.host.precision import choose_precision
+from worker.backends.diffusers.host.precision import channels_last, choose_precision
 from worker.backends.diffusers.host.previews import preview_message
 from worker.backends.diffusers.variables import ENV_DEVICE, ENV_DTYPE, ENV_MODEL, INSTALL_MODEL
 
@@ -164,6 +170,10 @@ def load(
             f"checkpoint, or run: {INSTALL_MODEL}",
         ) from exc
     pipe.set_progress_bar_config(disable=True)
+    if channels_last(device, precision):
+        precision_reason += ", in channels-last memory layout"
+        for part in (pipe.unet, pipe.vae) if hasattr(pipe, "unet") else (pipe.vae,):
+            part.to(memory_format=torch.channels_last)
     say(f"Reading the weights of {label}")
     read_weights(pipe)
     image_to_image = getattr(diffusers, kind.image_to_image)(**pipe.components)
@@ -300,36 +310,70 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
     else:
         pipe.disable_attention_slicing()
     per_image = timestep_total(pipe, scheduler, job)
-    total = per_image * job.count
-    emit(messages.Accepted(total_steps=total))
-    output = Path(job.output_dir)
-    for index in range(job.count):
-        on_step = _step_callback(
-            model, job, (index, index * per_image, per_image, total), stop, emit
-        )
-        arguments: dict[str, Any] = {
-            "prompt": job.prompt,
-            "negative_prompt": job.negative_prompt or None,
-            "num_inference_steps": sampling.step_count,
-            "guidance_scale": sampling.guidance_scale,
-            "generator": torch.Generator("cpu").manual_seed(image_seed(job.seed, index)),
-            "callback_on_step_end": on_step,
-            "output_type": "pil",
-        }
-        if reference is None or mask is not None:
-            arguments |= {"width": job.width, "height": job.height}
-        if reference is not None:
-            arguments |= {"image": reference, "strength": job.strength}
-        if mask is not None:
-            arguments["mask_image"] = mask
-        if controls:
-            arguments |= _control_arguments(job.controlnets, controls, mode)
-        result = pipe(**arguments)
-        verdicts = getattr(result, "nsfw_content_detected", None)  # SD 1.x/2.x only
-        flagged = bool(verdicts and verdicts[0])
-        path = output / f"image.{index}.png"
+    size = batch_size(
+        job.count,
+        (job.width, job.height),
+        model.dtype,
+        sampling.reduce_memory or not batches_work(model.family, mode),
+        free_memory(torch, model.device),
+    )
+    pending = [list(range(i, min(i + size, job.count))) for i in range(0, job.count, size)]
+    counter = StepCounter(total=per_image * len(pending))
+    emit(messages.Accepted(total_steps=counter.total))
+    arguments: dict[str, Any] = {
+        "prompt": job.prompt,
+        "negative_prompt": job.negative_prompt or None,
+        "num_inference_steps": sampling.step_count,
+        "guidance_scale": sampling.guidance_scale,
+        "output_type": "pil",
+    }
+    if reference is None or mask is not None:
+        arguments |= {"width": job.width, "height": job.height}
+    if reference is not None:
+        arguments |= {"image": reference, "strength": job.strength}
+    if mask is not None:
+        arguments["mask_image"] = mask
+    if controls:
+        arguments |= _control_arguments(job.controlnets, controls, mode)
+    while pending:
+        batch = pending.pop(0)
+        on_step = _step_callback(model, job, (batch, per_image), counter, stop, emit)
+        try:
+            result = pipe(
+                **arguments,
+                num_images_per_prompt=len(batch),
+                generator=[
+                    torch.Generator("cpu").manual_seed(image_seed(job.seed, i)) for i in batch
+                ],
+                callback_on_step_end=on_step,
+            )
+        except Exception as exc:
+            if len(batch) == 1 or not out_of_memory(exc):
+                raise
+            logger.warning("%d images at once ran out of memory; one at a time", len(batch))
+            pending = [[i] for i in [*batch, *(i for rest in pending for i in rest)]]
+            counter.total = counter.done + per_image * len(pending)  # goes on, never back
+            continue
+        _deliver(result, batch, job, emit)
+
+
+@dataclass
+class StepCounter:
+    """A job's steps so far, and how many it will take (more, if a batch is split)."""
+
+    total: int
+    done: int = 0
+
+
+def _deliver(result: Any, batch: list[int], job: HostJob, emit: Emit) -> None:
+    """Save a call's images, each under its index, and say so (or that the safety
+    checker withheld it)."""
+    verdicts = getattr(result, "nsfw_content_detected", None)  # SD 1.x/2.x only
+    for position, index in enumerate(batch):
+        flagged = bool(verdicts and verdicts[position])
+        path = Path(job.output_dir) / f"image.{index}.png"
         if not flagged:
-            result.images[0].save(path, format="PNG")
+            result.images[position].save(path, format="PNG")
         emit(
             messages.Image(
                 index=index, seed=image_seed(job.seed, index), path=str(path), withheld=flagged
@@ -390,27 +434,30 @@ def _control_arguments(controls: list[HostControl], images: list[Any], mode: int
 def _step_callback(
     model: LoadedModel,
     job: HostJob,
-    where: tuple[int, int, int, int],
+    call: tuple[list[int], int],
+    counter: StepCounter,
     stop: threading.Event,
     emit: Emit,
 ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
-    """What the pipeline calls after each step of image `index` of `where` = (index,
-    steps done before it, its own steps, the job's total): stop if asked (at this
-    boundary, before any decode), report the step, and send a preview when one is due:
-    every `preview_every` steps of the image, but not after its first (noise still) nor
-    after its last (the final image, decoded next)."""
-    index, done_before, per_image, total = where
+    """What the pipeline calls after each step of a call making the images `call` =
+    (their indexes, the steps each takes): stop if asked (at this boundary, before any
+    decode), report the step, and send a preview of each image when one is due: every
+    `preview_every` steps, but not after the first (noise still) nor after the last (the
+    final image, decoded next)."""
+    batch, per_image = call
     family = FAMILIES[model.family]
 
     def on_step(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         if stop.is_set():
             raise Stopped
-        completed = done_before + step + 1
-        emit(messages.Step(step=completed, total_steps=total, index=index))
+        counter.done += 1
+        emit(messages.Step(step=counter.done, total_steps=counter.total, index=batch[0]))
         taken = step + 1
         if job.preview_every and taken % job.preview_every == 0 and 1 < taken < per_image:
             latents = tensors["latents"]
-            emit(preview_message(pipe, family, latents, job, (index, completed, total)))
+            for position, index in enumerate(batch):
+                where = (index, counter.done, counter.total)
+                emit(preview_message(pipe, family, latents[position : position + 1], job, where))
         return tensors
 
     return on_step

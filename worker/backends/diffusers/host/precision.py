@@ -68,3 +68,11 @@ def choose_precision(configured: str, device: str, variable: str) -> tuple[str, 
         "auto: this CPU has no hardware bfloat16 (AMX, AVX-512 BF16, Arm BF16), where it "
         "would be emulated and slower than float32"
     )
+
+
+def channels_last(device: str, dtype: str) -> bool:
+    """Whether the UNet and the VAE run in channels-last memory layout: with bfloat16 on
+    a CPU, where oneDNN's kernels want it (measured at SD 1.5's scale, 256x256: a UNet step
+    6 % faster, a VAE decode 42 % faster); not in float32 there, where it is slower (26 %
+    a UNet step)."""
+    return device == "cpu" and dtype == "bfloat16"
