@@ -9,12 +9,16 @@ from the files only (a few hundred bytes each); nothing is loaded to list them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.backends.diffusers.checks import ModelLocation, cached_repositories
-from worker.backends.diffusers.host.families import CONTROLNET_CLASS, FAMILIES, Family
+from worker.backends.diffusers.host.families import (
+    CONTROLNET_CLASS,
+    FAMILIES,
+    Family,
+    json_object,
+)
 from worker.controls import ControlNet
 
 CONTROLNET_FOLDER = "controlnet"
@@ -38,7 +42,7 @@ def find_controlnets(models_dir: Path) -> list[FoundControlNet]:
     candidates += list(cached_repositories())
     found: dict[str, FoundControlNet] = {}
     for name, path in candidates:
-        config = _config(path / "config.json")
+        config = json_object(path / "config.json")
         if config.get("_class_name") != CONTROLNET_CLASS or name in found:
             continue
         width = config.get("cross_attention_dim")
@@ -55,18 +59,10 @@ def _entries(folder: Path) -> list[Path]:
         return []
 
 
-def _config(path: Path) -> dict[str, object]:
-    try:
-        read = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return read if isinstance(read, dict) else {}
-
-
 def model_text_width(location: ModelLocation, family: Family) -> int:
     """The width of text its UNet attends to: its UNet's config, else its family's."""
     if location.path is not None and location.path.is_dir():
-        width = _config(location.path / "unet" / "config.json").get("cross_attention_dim")
+        width = json_object(location.path / "unet" / "config.json").get("cross_attention_dim")
         if isinstance(width, int):
             return width
     return family.text_width

@@ -209,7 +209,7 @@ def directory_family(path: Path, declared: dict[str, object]) -> Identified | No
         return None
     refiner = declared.get("_class_name") in REFINER_CLASSES
     inpainting = declared.get("_class_name") in INPAINTING_CLASSES or (
-        _json_of(path / "unet" / "config.json").get("in_channels") == INPAINTING_UNET_CHANNELS
+        json_object(path / "unet" / "config.json").get("in_channels") == INPAINTING_UNET_CHANNELS
     )
     if family == "sd1":
         try:
@@ -221,7 +221,8 @@ def directory_family(path: Path, declared: dict[str, object]) -> Identified | No
     return Identified(family, refiner, inpainting)
 
 
-def _json_of(path: Path) -> dict[str, object]:
+def json_object(path: Path) -> dict[str, object]:
+    """The JSON object in the file at `path`; {} where there is none."""
     try:
         read = json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
