@@ -30,6 +30,8 @@ from worker.backends.diffusers.checks import (
     missing_modules,
 )
 from worker.backends.diffusers.follower import JobFollower, image_name
+from worker.backends.diffusers.host.batches import batches_work
+from worker.backends.diffusers.host.families import IMAGE_TO_IMAGE, INPAINTING, TEXT_TO_IMAGE
 from worker.backends.diffusers.host.messages import HostControl, HostJob
 from worker.backends.diffusers.host_process import HostGone
 from worker.backends.diffusers.settings import BACKEND_ID, DiffusersSettings
@@ -81,14 +83,18 @@ class DiffusersBackend:
                 f"Invalid params: strength: {reason}.",
                 InvalidParamsData(errors=[FieldError(field="strength", message=reason)]),
             )
-        # The host makes a job's images in one pass where it has room (reduceMemory:
-        # one at a time); it says how many steps that takes when it accepts the job.
-        one_by_one = parameters.sampling.reduce_memory or (
-            parameters.model is not None
-            and parameters.model.family == "sd3"
-            and parameters.reference is not None
-        )  # as the host's batches_work says
-        passes = parameters.count if one_by_one else 1
+        # The host makes a job's images in one pass where it has room; it says how many
+        # steps that takes when it accepts the job.
+        family = parameters.model.family if parameters.model else None
+        mode = (
+            TEXT_TO_IMAGE
+            if parameters.reference is None
+            else IMAGE_TO_IMAGE
+            if parameters.edit is None
+            else INPAINTING
+        )
+        together = batches_work(family or "sd1", mode) and not parameters.sampling.reduce_memory
+        passes = 1 if together else parameters.count
         return JobPlan(
             total_steps=pipeline_steps(parameters) * passes,
             file_names=tuple(image_name(parameters, i) for i in range(parameters.count)),

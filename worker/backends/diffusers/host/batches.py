@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from worker.backends.diffusers.host.families import TEXT_TO_IMAGE
+
 BYTES_PER_PIXEL = 2400
 """What one more image costs in activations, per pixel, in float32 with guidance (about
 0.6 GB for a 512x512 image of Stable Diffusion 1.5 on a CPU; half in 16-bit): a rough
@@ -39,10 +41,10 @@ def batch_size(
 
 
 def batches_work(family: str, mode: int) -> bool:
-    """Whether a family's pipeline of `mode` (0 text-to-image, 1 image-to-image, 2
-    inpainting) makes several images in one call: SD3's image-to-image fails at its
-    first attention with an empty batch (diffusers 0.42), so it makes them one at a time."""
-    return not (family == "sd3" and mode != 0)
+    """Whether a family's pipeline of `mode` (`families.TEXT_TO_IMAGE`, ...) makes
+    several images in one call: SD3's image-to-image fails at its first attention with an
+    empty batch (diffusers 0.42), so it makes them one at a time."""
+    return not (family == "sd3" and mode != TEXT_TO_IMAGE)
 
 
 def free_memory(torch: Any, device: str, meminfo: Path = Path("/proc/meminfo")) -> int | None:

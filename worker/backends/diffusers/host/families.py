@@ -33,6 +33,8 @@ SDXL_LATENT_RGB = (
     (0.1076, 0.1111, -0.0362),
     (-0.3165, -0.2492, -0.2188),
 )
+TEXT_TO_IMAGE, IMAGE_TO_IMAGE, INPAINTING = 0, 1, 2
+"""A job's mode: the index of its pipeline in a family's `controlnet` classes."""
 SD_CONTROLNET = (
     "StableDiffusionControlNetPipeline",
     "StableDiffusionControlNetImg2ImgPipeline",

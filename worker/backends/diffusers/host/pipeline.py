@@ -25,6 +25,9 @@ from worker.backends.diffusers.host.batches import (
 )
 from worker.backends.diffusers.host.families import (
     FAMILIES,
+    IMAGE_TO_IMAGE,
+    INPAINTING,
+    TEXT_TO_IMAGE,
     Identified,
     checkpoint_family,
     directory_family,
@@ -379,10 +382,6 @@ def _deliver(result: Any, batch: list[int], job: HostJob, emit: Emit) -> None:
                 index=index, seed=image_seed(job.seed, index), path=str(path), withheld=flagged
             )
         )
-
-
-TEXT_TO_IMAGE, IMAGE_TO_IMAGE, INPAINTING = 0, 1, 2
-"""A job's mode: the index of its pipeline in a family's `controlnet` classes."""
 
 
 def _pipeline(model: LoadedModel, mode: int, controls: list[HostControl]) -> Any:
