@@ -42,7 +42,7 @@ def find_controlnets(models_dir: Path) -> list[FoundControlNet]:
     candidates += list(cached_repositories())
     found: dict[str, FoundControlNet] = {}
     for name, path in candidates:
-        config = json_object(path / "config.json")
+        config = _config(path / "config.json")
         if config.get("_class_name") != CONTROLNET_CLASS or name in found:
             continue
         width = config.get("cross_attention_dim")
@@ -50,6 +50,22 @@ def find_controlnets(models_dir: Path) -> list[FoundControlNet]:
             ControlNet(name, path), width if isinstance(width, int) else None
         )
     return [found[name] for name in sorted(found)]
+
+
+_CONFIGS: dict[Path, tuple[int, dict[str, object]]] = {}
+"""Each `config.json` read, by its modification time: listing the models (every
+`capabilities` and `generate`) reads only what changed."""
+
+
+def _config(path: Path) -> dict[str, object]:
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        return {}
+    cached = _CONFIGS.get(path)
+    if cached is None or cached[0] != stamp:
+        cached = _CONFIGS[path] = (stamp, json_object(path))
+    return cached[1]
 
 
 def _entries(folder: Path) -> list[Path]:
