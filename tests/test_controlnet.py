@@ -24,7 +24,7 @@ from fixtures.resources import make_resource_dir
 from tests.diffusers_setup import DiffusersSetup
 from tests.standin import StandIn, generate_once
 from tests.test_masks import differing, png_item, result_image, source_image, square_mask
-from tests.worker_clients import LINUX, in_process_worker, start_worker_process
+from tests.worker_clients import LINUX, WorkerProcess, in_process_worker, start_worker_process
 from worker.backends.registry import read_settings
 
 Message = dict[str, Any]
@@ -292,17 +292,25 @@ async def test_core_ml_inpaints_through_its_controlnet_keeping_the_source(
 # --- diffusers, for real, over stdio ------------------------------------------------------
 
 
+def worker_beside_controlnets(
+    model: Path, controlnets: Path, tmp_path: Path
+) -> tuple[DiffusersSetup, WorkerProcess, Message]:
+    """A diffusers worker for `model`, with `controlnets` as its models folder, and the
+    model's entry of `capabilities.models`."""
+    setup = DiffusersSetup(
+        tmp_path, model, SYSTEMSCULPT_LOCAL_DIFFUSERS_MODELS_DIR=str(controlnets)
+    )
+    worker = start_worker_process(setup.env)
+    models = {m["path"]: m for m in worker.call("capabilities")["result"]["models"]}
+    return setup, worker, models[str(model)]
+
+
 @pytest.mark.diffusers
 def test_diffusers_controls_steer_as_their_weights_say(
     tiny_model: Path, tiny_controlnets: Path, tmp_path: Path
 ) -> None:
-    setup = DiffusersSetup(
-        tmp_path, tiny_model, SYSTEMSCULPT_LOCAL_DIFFUSERS_MODELS_DIR=str(tiny_controlnets)
-    )
-    worker = start_worker_process(setup.env)
+    setup, worker, listed = worker_beside_controlnets(tiny_model, tiny_controlnets, tmp_path)
     try:
-        models = {m["path"]: m for m in worker.call("capabilities")["result"]["models"]}
-        listed = models[str(tiny_model)]
         assert [c["name"] for c in listed["controlnets"]] == ["tiny-canny", "tiny-depth"]
         assert listed["controlWeights"] is True
         made: dict[str, bytes] = {}
@@ -359,13 +367,8 @@ def test_diffusers_controls_steer_as_their_weights_say(
 def test_a_controlnet_of_another_width_is_not_offered(
     tiny_sdxl: Path, tiny_controlnets: Path, tmp_path: Path
 ) -> None:
-    setup = DiffusersSetup(
-        tmp_path, tiny_sdxl, SYSTEMSCULPT_LOCAL_DIFFUSERS_MODELS_DIR=str(tiny_controlnets)
-    )
-    worker = start_worker_process(setup.env)
+    _, worker, listed = worker_beside_controlnets(tiny_sdxl, tiny_controlnets, tmp_path)
     try:
-        models = {m["path"]: m for m in worker.call("capabilities")["result"]["models"]}
-        listed = models[str(tiny_sdxl)]
         assert listed["controlnets"] == []
         assert "no ControlNet for Stable Diffusion XL is installed" in listed["controlsReason"]
         refused = worker.call("generate", {**BASE, "controls": [control("tiny-canny")]})

@@ -246,10 +246,9 @@ def inpainting_problem(bundle: BundleFiles | None) -> str:
         )
     return (
         "Core ML's sampler has no mask mode; the one route is a ControlNet inpaint model, "
-        "which this bundle lacks: put one (CN/InPaint.zip, or InPaint-SE.zip for a "
-        "split-einsum bundle, of coreml-community/ControlNet-Models-For-Core-ML on Hugging "
-        "Face) in its controlnet/ folder beside a ControlledUnet.mlmodelc, or use the "
-        "diffusers backend"
+        f"which this bundle lacks: put one (from {CONTROLNET_SOURCE.replace('<Kind>', 'InPaint')}) "
+        "in its controlnet/ folder beside a ControlledUnet.mlmodelc, or use the diffusers "
+        "backend"
     )
 
 
