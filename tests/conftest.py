@@ -86,6 +86,22 @@ def tiny_controlnets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_loras(tiny_model: Path, tiny_sdxl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA folder: two tiny LoRAs for the tiny SD 1.x model (in a folder of their own,
+    `sd1/`), one for the tiny SDXL model. Built once per session."""
+    folder = tmp_path_factory.mktemp("loras")
+    for name, model, seed in (
+        ("sd1/style", tiny_model, 0),
+        ("sd1/other", tiny_model, 1),
+        ("xl-style", tiny_sdxl, 2),
+    ):
+        build_tiny_model(
+            folder / f"{name}.safetensors", "--lora-for", str(model), "--seed", str(seed)
+        )
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD3 pipeline (a one-layer transformer, no T5), built once."""
     require_extra()
