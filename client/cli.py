@@ -198,6 +198,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="steer the structure with a ControlNet the model lists (capabilities) and its "
         "image, at a weight (default 1); repeat for several",
     )
+    gen.add_argument(
+        "--lora",
+        dest="loras",
+        action="append",
+        type=_lora,
+        metavar="NAME[:WEIGHT]",
+        help="apply a LoRA the model lists (capabilities), at a weight (default 1); repeat "
+        "for several (diffusers)",
+    )
+    gen.add_argument(
+        "--clip-skip",
+        type=int,
+        dest="clip_skip",
+        help="read the text encoder's Nth layer from the end, 1 (the last) to 12, as "
+        "AUTOMATIC1111 counts (SD 1.x/2.x on diffusers)",
+    )
     gen.add_argument("--ratio", dest="aspect_ratio", help="aspect ratio, e.g. 16:9 (default 1:1)")
     gen.add_argument(
         "--size",
@@ -356,6 +372,7 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         ("model", "model"),
         ("mask_blur", "maskBlur"),
         ("outpaint", "outpaint"),
+        ("clip_skip", "clipSkip"),
     ]:
         if getattr(args, name) is not None:
             params[key] = getattr(args, name)
@@ -374,7 +391,25 @@ def _generate_params(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             }
             for name, image, weight in args.controls
         ]
+    if args.loras:
+        params["loras"] = [
+            {"name": name, **({} if weight is None else {"weight": weight})}
+            for name, weight in args.loras
+        ]
     return params
+
+
+def _lora(text: str) -> tuple[str, float | None]:
+    """`style` or `style:0.7`: the LoRA and its weight."""
+    name, colon, weight = text.rpartition(":")
+    if not colon:
+        return text, None
+    try:
+        return name, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not NAME[:WEIGHT]: {weight!r} is not a number (as style:0.7)"
+        ) from None
 
 
 def _control(text: str) -> tuple[str, Path, float | None]:

@@ -344,6 +344,20 @@ class ControlNetInfo(WireModel):
     path: str = Field(description="Where it is")
 
 
+class LoraInfo(WireModel):
+    """A LoRA a model can apply: what `generate.loras[].name` names."""
+
+    name: str = Field(
+        description="What `loras[].name` says for it: its file's path in the "
+        "LoRA folder, without `.safetensors`"
+    )
+    family: ModelFamily | None = Field(
+        description="The family it was trained for, told from its weights' shapes; None "
+        "where they match no published family (it still fits models of its own width)"
+    )
+    path: str = Field(description="Its file")
+
+
 class ModelInfo(WireModel):
     """One model `generate` can be asked for by its `id` (`model`): what Studio's model
     menu shows, and the controls the inspector draws for it."""
@@ -393,6 +407,21 @@ class ModelInfo(WireModel):
         default=False,
         description="Its controls take a `weight`, `start` and `end` other than 1, 0 and 1 "
         "(Core ML's sampler sums its ControlNets at full weight over the whole run)",
+    )
+    loras: list[LoraInfo] = Field(
+        default_factory=list,
+        description="The LoRAs it can apply (`generate.loras`), from the LoRA folder",
+    )
+    loras_reason: str = Field(
+        default="", description="Why it can apply no LoRA, and the fix; empty when it can"
+    )
+    prompt_weights: bool = Field(
+        default=False,
+        description="It weighs `(word:1.2)`, `(word)` and `[word]` in a prompt; where not, "
+        "the syntax is removed from the text with a warning",
+    )
+    clip_skip: bool = Field(
+        default=False, description="It takes `generate.clipSkip` above 1 (SD 1.x/2.x)"
     )
     compute_units: list[ComputeUnits] = Field(description="Core ML's; empty elsewhere")
     attention: str | None = Field(
@@ -590,6 +619,30 @@ class Control(WireModel):
         return self
 
 
+LORAS_MAX = 8
+LORA_WEIGHT_LIMIT = 4.0
+CLIP_SKIP_MAX = 12
+
+
+class LoraRequest(WireModel):
+    """A LoRA a `generate` applies, and how strongly."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=1000,
+        description="A LoRA of the chosen model (`models[].loras[].name`)",
+    )
+    weight: Annotated[
+        float,
+        Field(ge=-LORA_WEIGHT_LIMIT, le=LORA_WEIGHT_LIMIT),
+        BeforeValidator(_json_number),
+    ] = Field(
+        default=1.0,
+        description="How strongly it applies: 1 as trained, 0 not at all (the base model's "
+        "image), negative to steer away from it; -4 to 4",
+    )
+
+
 class LocalOptions(WireModel):
     """Where Studio's later provider took the two presets from (it won over the top level)."""
 
@@ -643,6 +696,18 @@ class GenerateParams(WireModel):
         default_factory=list,
         max_length=CONTROLS_MAX,
         description="ControlNets that steer the image's structure, each from its own image",
+    )
+    loras: list[LoraRequest] = Field(
+        default_factory=list,
+        max_length=LORAS_MAX,
+        description="LoRAs to apply, each with its weight (diffusers; see `models[].loras`)",
+    )
+    clip_skip: (
+        Annotated[int, Field(ge=1, le=CLIP_SKIP_MAX), BeforeValidator(_json_number)] | None
+    ) = Field(
+        default=None,
+        description="As AUTOMATIC1111 counts it: 1 reads the text encoder's last layer (the "
+        "default), 2 the one before it; above 1 where `models[].clipSkip` says so",
     )
     strength: Strength | None = Field(
         default=None,
@@ -760,6 +825,17 @@ class GenerateParams(WireModel):
         return self
 
     @model_validator(mode="after")
+    def _each_lora_once(self) -> GenerateParams:
+        names = [lora.name for lora in self.loras]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"loras names {', '.join(map(repr, twice))} more than once; give each LoRA "
+                "once, with the weight it should have"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _output_dir_goes_with_path(self) -> GenerateParams:
         if self.output == "path" and not self.output_dir:
             raise ValueError('output "path" needs outputDir, an existing directory')
@@ -793,6 +869,14 @@ class ControlRecord(WireModel):
     weight: float
     start: float
     end: float
+
+
+class LoraRecord(WireModel):
+    """A LoRA as a result records it."""
+
+    name: str
+    weight: float
+    path: str = Field(description="Its file")
 
 
 class GenerationMetadata(SamplingParameters):
@@ -831,6 +915,12 @@ class GenerationMetadata(SamplingParameters):
     )
     controls: list[ControlRecord] = Field(
         default_factory=list, description="The ControlNets it used, as asked"
+    )
+    loras: list[LoraRecord] = Field(default_factory=list, description="The LoRAs it applied")
+    clip_skip: int | None = Field(
+        default=None,
+        description="The text encoder layer it read, counted from the end (1: the last); "
+        "null where the model has no such choice",
     )
     sources: dict[str, ParameterSource] = Field(
         description="For each effective parameter (by its field name), where it came from"

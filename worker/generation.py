@@ -110,6 +110,8 @@ class Generator:
         model = choose_model(models, params.model)
         model.check_editing(edits_asked(params))
         nets = model.controlnets_for(params.controls)
+        loras = model.loras_for(params.loras)
+        model.check_clip_skip(params.clip_skip)
         backend = self._backend_for(model)
         sizes = model.sizes
         size = _choose(sizes, params)
@@ -129,7 +131,15 @@ class Generator:
                 prepare_controls, params.controls, nets, (size.width, size.height)
             )
         parameters = resolve_parameters(
-            params, self._settings, reference, size, sizes.manifest_path, model, edit, controls
+            params,
+            self._settings,
+            reference,
+            size,
+            sizes.manifest_path,
+            model,
+            edit,
+            controls,
+            loras,
         )
         model.check_controls(parameters.sampling.scheduler, reference is not None, edit is not None)
         plan = backend.check(parameters)
@@ -281,6 +291,8 @@ def deliver(
             reference_sha256=parameters.reference.sha256 if parameters.reference else None,
             **(edit.to_record_fields() if edit else {}),
             controls=[control.to_record() for control in parameters.controls],
+            loras=[lora.to_record() for lora in parameters.loras],
+            clip_skip=parameters.clip_skip,
             used_reference_image=parameters.reference is not None,
             sources=_sources(parameters, rendered),
             backend=rendered.backend,
@@ -295,7 +307,10 @@ def deliver(
             duration_ms=rendered.duration_ms,
             total_ms=round((time.monotonic() - started) * 1000),
         ),
-        warnings=_request_warnings(params) + _unused_controls(params, rendered) + rendered.warnings,
+        warnings=_request_warnings(params)
+        + _prompt_warnings(parameters)
+        + _unused_controls(params, rendered)
+        + rendered.warnings,
     )
 
 
@@ -321,6 +336,19 @@ def _unused_controls(params: GenerateParams, rendered: Rendered) -> list[str]:
             f"({rendered.dtype}) and did not use it."
         ]
     return []
+
+
+def _prompt_warnings(parameters: JobParameters) -> list[str]:
+    if not parameters.prompt_syntax_removed:
+        return []
+    label = parameters.model.label if parameters.model else "the model"
+    return [
+        f"{label} cannot weigh words, so the prompt weights ((word:1.2), (word), [word]) "
+        f"were removed and it was given the words alone: {parameters.prompt!r}"
+        + (f", negative {parameters.negative_prompt!r}" if parameters.negative_prompt else "")
+        + ". Prompt weights work with SD 1.x/2.x and SDXL models on the diffusers backend "
+        "(models[].promptWeights)."
+    ]
 
 
 def _request_warnings(params: GenerateParams) -> list[str]:
@@ -389,7 +417,9 @@ def _text_chunks(
         f"CFG scale: {sampling.guidance_scale:g}, Seed: {seed}, "
         f"Size: {size[0]}x{size[1]}, Model: {rendered.model_id}, "
         f"{_ran_on_text(rendered)}, Batch size: {parameters.count}, "
-        f"Batch pos: {index}, Version: studio-imagegen-worker {__version__}"
+        f"Batch pos: {index}, "
+        + (f"Clip skip: {parameters.clip_skip}, " if (parameters.clip_skip or 1) > 1 else "")
+        + f"Version: studio-imagegen-worker {__version__}"
     )
     effective = parameters.to_record()
     if rendered.compute_units is None:

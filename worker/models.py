@@ -20,6 +20,7 @@ from protocol.models import (
     FloatRange,
     InpaintingRoute,
     IntRange,
+    LoraRequest,
     ModelFamily,
     ModelInfo,
     ModelSize,
@@ -28,6 +29,7 @@ from protocol.models import (
 )
 from worker.controls import ControlNet
 from worker.errors import InvalidParams, UnsupportedFeature
+from worker.loras import FAMILY_TITLES, AppliedLora, Lora, choose_loras
 from worker.sizes import SizeTable
 
 
@@ -65,6 +67,18 @@ class Model:
     """Why it can use no ControlNet, and the fix; empty when it can."""
     control_weights: bool = False
     """Its backend honours a control's weight, start and end."""
+    applies_loras: bool = False
+    """Its backend applies LoRAs at run time (diffusers)."""
+    loras: tuple[Lora, ...] = ()
+    """The LoRAs it can apply, found in the LoRA folder."""
+    other_loras: tuple[Lora, ...] = ()
+    """The LoRAs there that are for other models: named when a request asks for one."""
+    loras_problem: str = "its backend cannot apply a LoRA at run time"
+    """Why it can apply none, and the fix; empty when it can."""
+    prompt_weights: bool = False
+    """It weighs `(word:1.2)`; else the syntax is removed from its prompts."""
+    clip_skip: bool = False
+    """It reads an earlier layer of its text encoder when asked (`clipSkip`)."""
     compute_units: tuple[ComputeUnits, ...] = ()
     attention: str | None = None
     preferred_compute_units: ComputeUnits | None = None
@@ -136,6 +150,29 @@ class Model:
                 )
             chosen.append(net)
         return chosen
+
+    def loras_for(self, asked: list[LoraRequest]) -> tuple[AppliedLora, ...]:
+        """The LoRAs a request names, checked before anything runs: -32001 where its
+        backend applies none, -32602 naming `loras.N.name` for one it cannot apply."""
+        return choose_loras(
+            asked,
+            self.label,
+            self.loras,
+            self.other_loras,
+            "" if self.applies_loras else self.loras_problem,
+        )
+
+    def check_clip_skip(self, clip_skip: int | None) -> None:
+        """-32001 for a clip skip above 1 on a model that reads only its own layer."""
+        if clip_skip is not None and clip_skip > 1 and not self.clip_skip:
+            family = f"a {FAMILY_TITLES[self.family]} model" if self.family else "this model"
+            raise UnsupportedFeature(
+                f"Unsupported feature: clipSkip: {self.label} is {family}, whose text "
+                "encoder layer is fixed here (SDXL and SD 3 already read the layer they were "
+                "trained on; Core ML's text encoder is compiled to its last); clip skip is "
+                "for SD 1.x/2.x on the diffusers backend. Leave clipSkip out, or set it to 1.",
+                UnsupportedFeatureData(feature="clipSkip", supported=[]),
+            )
 
     def preview_decoder(self, asked: PreviewDecoder | None) -> PreviewDecoder:
         """The decoder its previews use: the one asked, or its default; -32001 for one it
@@ -214,6 +251,10 @@ class Model:
             controlnets=[net.describe() for net in self.controlnets],
             controls_reason=self.controls_problem,
             control_weights=self.control_weights,
+            loras=[lora.describe() for lora in self.loras],
+            loras_reason=self.loras_problem,
+            prompt_weights=self.prompt_weights,
+            clip_skip=self.clip_skip,
             compute_units=list(self.compute_units),
             attention=self.attention,
             usable=self.usable,

@@ -25,12 +25,14 @@ from protocol.models import (
     SamplingParameters,
 )
 from worker.file_names import ImageNames
+from worker.prompt_weights import is_weighted, plain
 from worker.seed import derive_seed
 from worker.settings import Settings
 from worker.sizes import STANDARD_SIZES, SizeOption, ratio_of
 
 if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
     from worker.controls import PreparedControl
+    from worker.loras import AppliedLora
     from worker.masks import Edit
     from worker.models import Model
     from worker.reference import Reference
@@ -81,6 +83,14 @@ class JobParameters:
     """A masked edit (inpaint, outpaint) of the reference: its mask, at the job's size."""
     controls: tuple[PreparedControl, ...] = ()
     """The ControlNets it runs with, their images prepared."""
+    loras: tuple[AppliedLora, ...] = ()
+    """The LoRAs it applies, with their weights."""
+    clip_skip: int | None = None
+    """The text encoder layer it reads, from the end (1: the last); None where the model
+    has no such choice."""
+    prompt_syntax_removed: bool = False
+    """Its prompts carried weights the model cannot weigh: `prompt` and `negative_prompt`
+    are the words without them."""
 
     @property
     def names(self) -> ImageNames:
@@ -101,6 +111,8 @@ class JobParameters:
             "referenceSha256": self.reference.sha256 if self.reference else None,
             **(self.edit.to_record() if self.edit else {}),
             "controls": [control.to_record() for control in self.controls],
+            "loras": [lora.to_record() for lora in self.loras],
+            "clipSkip": self.clip_skip,
             "sources": dict(self.sources),
         }
 
@@ -114,6 +126,7 @@ def resolve_parameters(
     model: Model | None = None,
     edit: Edit | None = None,
     controls: tuple[PreparedControl, ...] = (),
+    loras: tuple[AppliedLora, ...] = (),
 ) -> JobParameters:
     """Each value from the first that sets it: the request's own field, a pinned variable,
     the request's preset (quality, reference influence), the default."""
@@ -178,9 +191,14 @@ def resolve_parameters(
             if params.chosen_influence
             else "default"
         )
+    prompt, negative_prompt = params.prompt, params.negative_prompt
+    weighted = is_weighted(prompt) or is_weighted(negative_prompt)
+    strip = weighted and model is not None and not model.prompt_weights
+    if strip:  # never passed on as literal brackets
+        prompt, negative_prompt = plain(prompt).strip() or prompt, plain(negative_prompt).strip()
     return JobParameters(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
         run_id=params.run_id,
         count=params.count,
         seed=params.seed if params.seed is not None else derive_seed(params.prompt, params.run_id),
@@ -204,6 +222,9 @@ def resolve_parameters(
         model=model,
         edit=edit,
         controls=controls,
+        loras=loras,
+        clip_skip=(params.clip_skip or 1) if model is not None and model.clip_skip else None,
+        prompt_syntax_removed=strip,
     )
 
 

@@ -112,6 +112,7 @@ class MockPlugin:
                 controlnets=(ControlNet(MOCK_CONTROLNET, Path("procedural")),),
                 control_weights=True,  # each control's image, blended in by its weight
                 preview_decoders=("latent", "vae"),  # the same pattern either way
+                loras_problem="the mock backend draws patterns; it has no LoRA",
                 notes=("test-only: deterministic patterns, not diffusion",),
                 result_id=MODEL_ID,
             )

@@ -177,6 +177,7 @@ def _model(
         inpainting_problem=inpainting_problem(bundle),
         controlnets=bundle.controlnets if bundle is not None else (),
         controls_problem=controls_problem(bundle),
+        loras_problem=LORA_PROBLEM,
         compute_units=COMPUTE_UNITS,
         attention=bundle.attention if bundle else None,
         preferred_compute_units="cpuAndGPU"
@@ -190,6 +191,11 @@ def _model(
     )
 
 
+LORA_PROBLEM = (
+    "a Core ML bundle is compiled with its weights, so a LoRA cannot be applied at run "
+    "time; merge the LoRA into the model before converting it (a bundle made from the "
+    "merged model is listed as an ordinary model), or use the diffusers backend"
+)
 CONTROLNET_SOURCE = (
     "coreml-community/ControlNet-Models-For-Core-ML on Hugging Face: CN/<Kind>.zip, or "
     "<Kind>-SE.zip for a split-einsum bundle"

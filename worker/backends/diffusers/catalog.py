@@ -18,7 +18,9 @@ from worker.backends.diffusers.checks import (
 )
 from worker.backends.diffusers.controlnets import FoundControlNet, controls_for, find_controlnets
 from worker.backends.diffusers.host.families import FAMILIES
+from worker.backends.diffusers.loras import find_loras, fit_loras
 from worker.backends.diffusers.settings import BACKEND_ID, DEFAULT_MODEL, DiffusersSettings
+from worker.loras import Lora
 from worker.models import Model
 from worker.sizes import standard_table
 
@@ -40,21 +42,39 @@ def find_models(
         seen.add(where)
         models.append(_model(location, missing_extra, loaded, "models folder"))
     controlnets = find_controlnets(settings.models_dir)
+    loras = find_loras(settings.loras_dir)
     labels: set[str] = set()
     unique = []
     for model in models:
         if model.label in labels:  # the same name in the folder and the cache
             model = replace(model, id=f"{model.id}@{len(labels)}")
         labels.add(model.label)
-        unique.append(_with_controls(model, controlnets, settings.models_dir))
+        unique.append(_with_extras(model, controlnets, settings.models_dir, loras, settings))
     return unique
 
 
-def _with_controls(model: Model, found: list[FoundControlNet], models_dir: Path) -> Model:
+def _with_extras(
+    model: Model,
+    found: list[FoundControlNet],
+    models_dir: Path,
+    loras: list[Lora],
+    settings: DiffusersSettings,
+) -> Model:
+    """The model with what it can use beside it: its ControlNets and LoRAs."""
     assert isinstance(model.details, ModelLocation)
     family = FAMILIES.get(model.family or "sd1", FAMILIES["sd1"])
     nets, problem = controls_for(model.details, family, found, models_dir)
-    return replace(model, controlnets=nets, controls_problem=problem, control_weights=True)
+    fit = fit_loras(model.details, family, loras, settings.loras_dir)
+    return replace(
+        model,
+        controlnets=nets,
+        controls_problem=problem,
+        control_weights=True,
+        applies_loras=fit.applies,
+        loras=fit.fitting,
+        other_loras=fit.others,
+        loras_problem=fit.problem,
+    )
 
 
 def default_source(settings: DiffusersSettings) -> str:
@@ -97,6 +117,8 @@ def _model(
         "vae: a full decode each, about as long as the final image's"
         if family.latent_rgb
         else f"a full VAE decode each ({family.title} has no latent factors here)",
+        prompt_weights=family.name != "sd3",
+        clip_skip=family.name in ("sd1", "sd2"),
         inpainting_problem=_inpainting_problem(location, family.title, family.inpainting),
         problem=problem,
         fix=fix,

@@ -12,6 +12,7 @@ from worker.backends.diffusers.variables import (
     ENV_DTYPE,
     ENV_IDLE_MS,
     ENV_LOAD_TIMEOUT_MS,
+    ENV_LORAS_DIR,
     ENV_MODEL,
     ENV_MODELS_DIR,
 )
@@ -29,6 +30,8 @@ DEFAULT_LOAD_TIMEOUT_MS = 900_000
 LOAD_TIMEOUT_MS_RANGE = (1_000, 3_600_000)
 DEFAULT_MODELS_DIR = ".systemsculpt/diffusers-models"
 """Relative to the home directory: where model directories and checkpoints are listed from."""
+LORAS_FOLDER = "loras"
+"""In the models folder: where LoRA files are listed from, unless set elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class DiffusersSettings:
     """How long the model host may take to load the model: a limit of its own, since a
     request's `timeoutMs` counts only the work it asked for."""
     models_dir: Path = Path(DEFAULT_MODELS_DIR)
+    loras_dir: Path = Path(DEFAULT_MODELS_DIR) / LORAS_FOLDER
+    """Every `.safetensors` LoRA in it (and its folders) is listed for the models it fits."""
 
     def summary(self) -> str:
         """For `doctor`'s settings line."""
@@ -53,6 +58,7 @@ class DiffusersSettings:
 
     @classmethod
     def read(cls, reader: EnvironmentReader, home: Path) -> DiffusersSettings:
+        models_dir = Path(reader.text(ENV_MODELS_DIR, str(home / DEFAULT_MODELS_DIR))).expanduser()
         return cls(
             model=reader.text(ENV_MODEL, DEFAULT_MODEL),
             model_explicit=bool(reader.raw(ENV_MODEL)),
@@ -64,7 +70,6 @@ class DiffusersSettings:
             load_timeout_ms=reader.number(
                 ENV_LOAD_TIMEOUT_MS, int, *LOAD_TIMEOUT_MS_RANGE, DEFAULT_LOAD_TIMEOUT_MS
             ),
-            models_dir=Path(
-                reader.text(ENV_MODELS_DIR, str(home / DEFAULT_MODELS_DIR))
-            ).expanduser(),
+            models_dir=models_dir,
+            loras_dir=Path(reader.text(ENV_LORAS_DIR, str(models_dir / LORAS_FOLDER))).expanduser(),
         )

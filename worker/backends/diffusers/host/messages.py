@@ -17,6 +17,7 @@ end of input (exit). Host to worker (`Event`):
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -64,6 +65,15 @@ class HostControl(Message):
     end: float
 
 
+class HostLora(Message):
+    """A LoRA a job applies: its file, and how strongly."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    path: Path
+    weight: float
+
+
 class HostJob(Message):
     """One job as the host runs it: the fields of the worker's job record (`JobParameters`)
     that rendering needs, taken from it by name, and where its files go."""
@@ -91,6 +101,11 @@ class HostJob(Message):
     """With a reference: inpaint where this greyscale image is white (the worker's mask)."""
     controlnets: list[HostControl] = []
     """The ControlNets it runs with (none: the plain pipelines)."""
+    loras: list[HostLora] = []
+    """The LoRAs it applies (none: the model as it was loaded)."""
+    clip_skip: int | None = None
+    """The text encoder layer its prompts are read from, from the end (1 or None: the
+    last)."""
 
 
 # --- worker to host ----------------------------------------------------------

@@ -32,9 +32,11 @@ from worker.backends.diffusers.host.families import (
     checkpoint_family,
     directory_family,
 )
+from worker.backends.diffusers.host.loras import Adapters
 from worker.backends.diffusers.host.messages import HostControl, HostJob, image_seed
 from worker.backends.diffusers.host.precision import channels_last, choose_precision
 from worker.backends.diffusers.host.previews import preview_message
+from worker.backends.diffusers.host.prompts import prompt_arguments
 from worker.backends.diffusers.variables import ENV_DEVICE, ENV_DTYPE, ENV_MODEL, INSTALL_MODEL
 
 logger = logging.getLogger(__name__)
@@ -91,6 +93,8 @@ class LoadedModel:
     for them, so each loads once."""
     control_pipes: dict[tuple[int, tuple[str, ...]], Any] = field(default_factory=dict)
     """That job's ControlNet pipeline, by its mode and ControlNets."""
+    adapters: Adapters = field(default_factory=Adapters)
+    """The LoRAs loaded into it, switched per job."""
 
 
 def choose_device(torch: Any, name: str) -> str:
@@ -306,6 +310,8 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
     sampling = job.sampling
     mode = TEXT_TO_IMAGE if reference is None else IMAGE_TO_IMAGE if mask is None else INPAINTING
     pipe = _pipeline(model, mode, job.controlnets)
+    if model.family != "sd3":  # the worker sends SD3 no LoRA and no weights
+        model.adapters.apply(model.image_to_image, job.loras)
     scheduler = model.schedulers[sampling.scheduler]
     pipe.scheduler = scheduler
     if sampling.reduce_memory:
@@ -338,6 +344,14 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
         arguments["mask_image"] = mask
     if controls:
         arguments |= _control_arguments(job.controlnets, controls, mode)
+    embeddings = None
+    if model.family != "sd3":
+        embeddings = prompt_arguments(
+            pipe, model.family, job.prompt, job.negative_prompt, job.clip_skip
+        )
+    if embeddings is not None:  # weighted words, or an earlier layer of the text encoder
+        del arguments["prompt"], arguments["negative_prompt"]
+        arguments |= embeddings
     while pending:
         batch = pending.pop(0)
         on_step = _step_callback(model, job, (batch, per_image), counter, stop, emit)
