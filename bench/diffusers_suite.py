@@ -42,6 +42,10 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     controlnet = folder / "controlnet" / "tiny-canny"
     if not controlnet.exists():
         await _build(setup, [str(controlnet), "--controlnet"])
+    for index, lora in enumerate(LORAS):
+        if not (folder / "loras" / f"{lora}.safetensors").exists():
+            where = str(folder / "loras" / f"{lora}.safetensors")
+            await _build(setup, [where, "--lora-for", str(model), "--seed", str(index)])
     env = setup.env(
         SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND="diffusers",
         SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL=str(model),
@@ -81,6 +85,8 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         rows.append(await _inpaint_row(session, request, warm, sizes.diffusers_runs))
         rows.append(await _controlnet_row(session, request, warm, sizes.diffusers_runs))
         rows += await _preview_rows(session, request, warm, sizes.diffusers_runs)
+        rows.append(await _batch_row(session, request, sizes.diffusers_runs))
+        rows += await _lora_rows(session, request, warm, sizes.diffusers_runs)
         rows.append(await _cancel_row(session, sizes.cancel_runs))
         host_peak = proc_status_kib(int(status["pid"]), "VmHWM") / 1024  # before a switch
         rows += await _sdxl_rows(session, sdxl, request, sizes, setup.tmp)
@@ -235,6 +241,73 @@ async def _preview_rows(
             "reported",
             None,
             notes=f"{median(decoded) * 1000:.0f} ms: a VAE decode each",
+        ),
+    ]
+
+
+LORAS = ("style", "other")
+
+
+async def _batch_row(session: WorkerSession, request: dict[str, object], runs: int) -> Row:
+    """Four images in one request (one pass where the device has room) against four
+    requests of one image each, seeds 42 to 45 either way."""
+    together, apart = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        response = await session.call("generate", {**request, "count": 4})
+        together.append(time.perf_counter() - started)
+        assert len(response["result"]["images"]) == 4, response
+        started = time.perf_counter()
+        for index in range(4):
+            seed = int(str(request["seed"])) + index
+            assert "result" in await session.call("generate", {**request, "seed": seed})
+        apart.append(time.perf_counter() - started)
+    return Row(
+        "diffusers: count 4 in one request / four single requests",
+        "x",
+        [t / a for t, a in zip(together, apart, strict=True)],
+        "reported",
+        None,
+        notes=f"one request {median(together) * 1000:.0f} ms, four {median(apart) * 1000:.0f} "
+        "ms; on a CPU a batch shares little, on a GPU one pass fills it",
+    )
+
+
+async def _lora_rows(
+    session: WorkerSession, request: dict[str, object], plain: list[float], runs: int
+) -> list[Row]:
+    """Requests that switch between two LoRAs (each loaded by a first, untimed one)
+    against warm requests without any, and a weighted prompt against a plain one."""
+    started = time.perf_counter()
+    first = await session.call("generate", {**request, "loras": [{"name": LORAS[0]}]})
+    loading = time.perf_counter() - started
+    assert "result" in first, first
+    await session.call("generate", {**request, "loras": [{"name": LORAS[1]}]})
+    switching = []
+    for run in range(runs):
+        lora = {"name": LORAS[run % 2], "weight": 0.8}
+        switching += await _warm_seconds(session, {**request, "loras": [lora]}, 1)
+    weighted = await _warm_seconds(
+        session, {**request, "prompt": "a (red:1.3) fox in [snow]"}, runs
+    )
+    return [
+        Row(
+            "diffusers: LoRA switch between two requests / a warm request",
+            "x",
+            [median(switching) / median(plain)],
+            "reported",
+            None,
+            notes=f"switching {median(switching) * 1000:.0f} ms (adapters' pass each step "
+            f"included), none {median(plain) * 1000:.0f} ms; the first, loading one, "
+            f"{loading * 1000:.0f} ms",
+        ),
+        Row(
+            "diffusers: weighted prompt / plain prompt",
+            "x",
+            [median(weighted) / median(plain)],
+            "reported",
+            None,
+            notes=f"{median(weighted) * 1000:.0f} ms: the host encodes it itself",
         ),
     ]
 

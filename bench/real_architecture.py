@@ -6,12 +6,15 @@ that a busy moment of the machine falls on every variant alike.
 
 Rows: the worker's default precision (`auto`: bfloat16 on a CPU that does it in
 hardware) against the worker in float32, with how far its image is from the float32
-one; and the worker in float32 against the same pipeline called directly in float32.
+one; the worker in float32 against the same pipeline called directly in float32; and
+the model host's memory while it loads in the default precision, against what it holds
+once loaded (converting must not hold the float32 weights and their copy at once).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import sys
@@ -24,6 +27,8 @@ from PIL import Image, ImageChops, ImageStat
 from bench.diffusers_suite import direct_seconds
 from bench.harness import REPO_ROOT, Row, StandInSetup, median, running_worker
 from bench.sizes import Sizes
+from client.session import WorkerSession
+from fixtures.proc import proc_status_kib
 from worker.backends.diffusers.checks import missing_modules
 
 SIZE, STEPS = 256, 8
@@ -36,6 +41,42 @@ REQUEST = {
     "scheduler": "euler",
     "guidanceScale": 7.5,
 }
+
+
+async def _first_job_memory(worker_pid: int, session: WorkerSession) -> tuple[float, float, float]:
+    """The model host's anonymous memory (its own, not file pages) at its peak while it
+    loads the model and runs a first job, what it holds after, and its peak resident
+    size, in GiB."""
+    peak = 0.0
+    host = 0
+    done = anyio.Event()
+
+    async def poll() -> None:
+        nonlocal peak, host
+        while not done.is_set():
+            host = host or _child(worker_pid)
+            if host:
+                with contextlib.suppress(OSError, LookupError):
+                    peak = max(peak, proc_status_kib(host, "RssAnon") / GIB)
+            await anyio.sleep(0.05)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(poll)
+        answer = await session.call("generate", {**REQUEST, "stepCount": 1})
+        done.set()
+    assert "result" in answer, answer
+    return peak, proc_status_kib(host, "RssAnon") / GIB, proc_status_kib(host, "VmHWM") / GIB
+
+
+GIB = 1024 * 1024
+
+
+def _child(pid: int) -> int:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0
+    return int(children[0]) if children else 0
 
 
 def model_path() -> Path:
@@ -68,6 +109,7 @@ async def real_architecture(setup: StandInSetup, sizes: Sizes) -> list[Row]:
         running_worker(setup.env(**base, SYSTEMSCULPT_LOCAL_DIFFUSERS_DTYPE="float32")) as f32,
     ):
         workers = {"auto": default, "float32": f32}
+        memory = await _first_job_memory(default.pid, default.session)  # its load
         for worker in workers.values():  # the loads, and a warm-up each
             answer = await worker.session.call("generate", {**REQUEST, "stepCount": 1})
             assert "result" in answer, answer
@@ -93,7 +135,18 @@ async def real_architecture(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     difference = ImageChops.difference(images["auto"], images["float32"])
     levels = sum(ImageStat.Stat(difference).mean) / 3
     speedup = median(seconds["auto"]) / median(seconds["float32"])
+    peak, held, high_water = memory
     return [
+        Row(
+            "real architecture: load memory peak / memory held after it (default precision)",
+            "x",
+            [peak / held],
+            "<= 1.05",
+            peak / held <= 1.05,
+            notes=f"anonymous memory: peak {peak:.2f} GiB, held {held:.2f} GiB after the "
+            f"first job; the peak resident size {high_water:.2f} GiB also counts the "
+            "float32 files' pages read while converting (page cache, reclaimable)",
+        ),
         Row(
             "real architecture: worker default / worker float32",
             "x",

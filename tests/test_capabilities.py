@@ -39,7 +39,7 @@ async def test_shape_limits_features_and_defaults() -> None:
             }
         )
     )
-    assert caps["protocolVersion"] == "1.6"
+    assert caps["protocolVersion"] == "1.7"
     assert caps["platform"] == {
         "os": "Linux",
         "osVersion": "6.1.0",

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from tests.diffusers_setup import DiffusersSetup
+from tests.test_client import _client
 from tests.test_controlnet import mock_call, pixels
-from tests.worker_clients import WorkerProcess, start_worker_process
+from tests.worker_clients import WorkerProcess, start_worker_process, worker_environment
 from worker.backends.diffusers.loras import find_loras
 
 Message = dict[str, Any]
@@ -203,3 +207,41 @@ def test_sdxl_takes_its_loras_and_weights_and_refuses_clip_skip(
         )
     finally:
         worker.close()
+
+
+@pytest.mark.diffusers
+def test_loras_and_weights_from_the_terminal(
+    tiny_model: Path, tiny_loras: Path, tmp_path: Path
+) -> None:
+    """`studio-imagegen generate --lora NAME[:WEIGHT] --clip-skip N`, on the tiny model."""
+    setup = DiffusersSetup(
+        tmp_path, tiny_model, SYSTEMSCULPT_LOCAL_DIFFUSERS_LORAS_DIR=str(tiny_loras)
+    )
+    made = {}
+    for name, extra in {
+        "plain": ["a red fox"],
+        "muted": ["a red fox", "--lora", "sd1/style:0"],
+        "styled": ["a (red:1.3) fox", "--lora", "sd1/style:0.8", "--clip-skip", "2"],
+    }.items():
+        out = tmp_path / name
+        command = ["generate", *extra, "--seed", "2", "--size", "64x64", "--steps", "3"]
+        result = _client([*command, "--out", str(out)], setup.env, timeout=LONG_WAIT)
+        assert result.returncode == 0, result.stderr
+        with Image.open(result.stdout.split()[0]) as image:
+            made[name] = image.convert("RGB").tobytes()
+            record = json.loads(image.info["studio-imagegen"])["effective"]
+    assert made["muted"] == made["plain"] != made["styled"]
+    assert record["clipSkip"] == 2
+    assert [(lora["name"], lora["weight"]) for lora in record["loras"]] == [("sd1/style", 0.8)]
+    bad = _client(["generate", "a fox", "--lora", "style:strong"], setup.env)
+    assert bad.returncode == 2 and "is not NAME[:WEIGHT]" in bad.stderr
+    doctor = subprocess.run(
+        [sys.executable, "-m", "worker", "doctor"],
+        capture_output=True,
+        text=True,
+        env=worker_environment(setup.env),
+        timeout=LONG_WAIT,
+        check=False,
+    )
+    listed = next(line for line in doctor.stdout.splitlines() if "listed model" in line)
+    assert listed.endswith("ready; inpaints (native); LoRAs: sd1/other, sd1/style"), listed

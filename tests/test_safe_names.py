@@ -65,7 +65,8 @@ async def test_a_hostile_prompt_reaches_no_name_or_message_core_ml(
     response, progress = await generate_once(standin, params)
     (image,) = response["result"]["images"]
     assert _clean(image["fileName"]) and _clean(image["path"])
-    assert image["fileName"].startswith("a__]0;owned_fox__[2J_in_snow__gnp.exe")
+    # Its "[" opens a prompt weight, which Core ML cannot weigh: the name has the words.
+    assert image["fileName"].startswith("a__]0;owned_fox__2J_in_snow__gnp.exe")
     assert [entry.name for entry in out.iterdir()] == [image["fileName"]]
     assert all(_clean(note["message"]) for note in progress)
     assert any("Saved " in note["message"] for note in progress)

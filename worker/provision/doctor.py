@@ -39,10 +39,13 @@ def model_check(model: Model) -> Check:
 
 
 def _editing(model: Model) -> str:
-    """What it offers beyond text- and image-to-image: its inpainting and ControlNets."""
+    """What it offers beyond text- and image-to-image: its inpainting, ControlNets and
+    LoRAs."""
     said = ""
     if model.inpainting != "none":
         said += f"; inpaints ({model.inpainting})"
     if model.controlnets:
         said += f"; ControlNets: {', '.join(net.name for net in model.controlnets)}"
+    if model.loras:
+        said += f"; LoRAs: {', '.join(lora.name for lora in model.loras)}"
     return said
