@@ -269,7 +269,7 @@ async def _batch_row(session: WorkerSession, request: dict[str, object], runs: i
         "reported",
         None,
         notes=f"one request {median(together) * 1000:.0f} ms, four {median(apart) * 1000:.0f} "
-        "ms; on a CPU a batch shares little, on a GPU one pass fills it",
+        "ms (the tiny model's steps are mostly overhead, which a batch shares)",
     )
 
 
