@@ -42,6 +42,8 @@ async def diffusers_backend(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     controlnet = folder / "controlnet" / "tiny-canny"
     if not controlnet.exists():
         await _build(setup, [str(controlnet), "--controlnet"])
+    if not (folder / "taesd").exists():
+        await _build(setup, [str(folder / "taesd"), "--taesd"])
     for index, lora in enumerate(LORAS):
         if not (folder / "loras" / f"{lora}.safetensors").exists():
             where = str(folder / "loras" / f"{lora}.safetensors")
@@ -218,11 +220,15 @@ async def _controlnet_row(
 async def _preview_rows(
     session: WorkerSession, request: dict[str, object], plain: list[float], runs: int
 ) -> list[Row]:
-    """A preview after every step, from the latents (the default) and by a full decode,
-    against no previews."""
+    """A preview after every step, from the latents (the default), by TAESD (loaded by
+    a first, untimed job) and by a full decode, against no previews."""
     latent = await _warm_seconds(session, {**request, "previewEvery": 1}, runs)
     decoded = await _warm_seconds(
         session, {**request, "previewEvery": 1, "previewDecoder": "vae"}, runs
+    )
+    await session.call("generate", {**request, "previewEvery": 1, "previewDecoder": "taesd"})
+    tiny = await _warm_seconds(
+        session, {**request, "previewEvery": 1, "previewDecoder": "taesd"}, runs
     )
     ratio = median(latent) / median(plain)
     return [
@@ -241,6 +247,15 @@ async def _preview_rows(
             "reported",
             None,
             notes=f"{median(decoded) * 1000:.0f} ms: a VAE decode each",
+        ),
+        Row(
+            "diffusers: a TAESD preview every step / no previews",
+            "x",
+            [median(tiny) / median(plain)],
+            "reported",
+            None,
+            notes=f"{median(tiny) * 1000:.0f} ms: the tiny TAESD's decode each (a real one "
+            "is a few percent of a VAE's)",
         ),
     ]
 

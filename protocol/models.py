@@ -326,7 +326,7 @@ class ModelSize(WireModel):
 
 
 InpaintingRoute = Literal["native", "controlnet", "none"]
-PreviewDecoder = Literal["latent", "vae"]
+PreviewDecoder = Literal["latent", "taesd", "vae"]
 
 
 def _vae_only() -> list[PreviewDecoder]:
@@ -392,7 +392,8 @@ class ModelInfo(WireModel):
     preview_decoders: list[PreviewDecoder] = Field(
         default_factory=_vae_only,
         description="How it can make previews (`generate.previewDecoder`), its default "
-        "first: `latent` costs a few milliseconds each, `vae` a full decode",
+        "first: `latent` costs a few milliseconds each, `taesd` a tiny autoencoder's pass "
+        "(where one is installed), `vae` a full decode",
     )
     preview_note: str = Field(default="", description="What a preview costs with it")
     controlnets: list[ControlNetInfo] = Field(
@@ -755,9 +756,9 @@ class GenerateParams(WireModel):
     )
     preview_decoder: PreviewDecoder | None = Field(
         default=None,
-        description="How previews are made: `latent` (from the latents, a few milliseconds) "
-        "or `vae` (a full decode, as the final image); absent: the model's first "
-        "`previewDecoders`",
+        description="How previews are made: `latent` (from the latents, a few milliseconds), "
+        "`taesd` (a tiny autoencoder, near the final image's look) or `vae` (a full decode, "
+        "as the final image); absent: the model's first `previewDecoders`",
     )
     output: Literal["base64", "path"] = Field(
         default="base64", description="Images inline as base64, or written to `outputDir`"

@@ -14,9 +14,10 @@ the parameter source `model`.
 and `inpaintingReason`, `metadata.maskSha256`, `maskBlur` and `outpaint`.
 1.6: ControlNet: `generate.controls`, `models[].controlnets`, `controlsReason` and
 `controlWeights`, `metadata.controls`.
-1.7: previews from the latents: `generate.previewDecoder`, `models[].previewDecoders` and
-`previewNote`; `metadata.dtypeReason`; LoRA: `generate.loras`, `models[].loras` and
-`lorasReason`, `metadata.loras`; prompt weights (`models[].promptWeights`); clip skip
-(`generate.clipSkip`, `models[].clipSkip`, `metadata.clipSkip`)."""
+1.7: previews from the latents or TAESD: `generate.previewDecoder`,
+`models[].previewDecoders` and `previewNote`; `metadata.dtypeReason`; LoRA:
+`generate.loras`, `models[].loras` and `lorasReason`, `metadata.loras`; prompt weights
+(`models[].promptWeights`); clip skip (`generate.clipSkip`, `models[].clipSkip`,
+`metadata.clipSkip`)."""
 REQUEST_SCHEMA_TAG: Final = "studio.local-image-generation.request.v1"
 RESPONSE_SCHEMA_TAG: Final = "studio.local-image-generation.response.v1"

@@ -102,6 +102,15 @@ def tiny_loras(tiny_model: Path, tiny_sdxl: Path, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="session")
+def tiny_taesd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diffusers models folder holding a tiny TAESD for the tiny SD 1.x model."""
+    require_extra()
+    folder = tmp_path_factory.mktemp("taesd-models")
+    build_tiny_model(folder / "taesd", "--taesd")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD3 pipeline (a one-layer transformer, no T5), built once."""
     require_extra()

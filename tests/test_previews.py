@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from tests.diffusers_setup import DiffusersSetup
 from tests.standin import StandIn
-from tests.worker_clients import WorkerProcess, request
+from tests.test_controlnet import mock_call
+from tests.worker_clients import WorkerProcess, request, start_worker_process
 
 StartWorker = Callable[..., WorkerProcess]
 
@@ -127,3 +129,45 @@ def test_core_ml_previews_are_full_decodes_and_it_says_so(
     )
     assert refused["error"]["code"] == -32001
     assert refused["error"]["data"] == {"feature": "previewDecoder", "supported": ["vae"]}
+
+
+@pytest.mark.diffusers
+def test_taesd_previews_decode_where_one_is_installed(
+    tiny_model: Path, tiny_taesd: Path, tmp_path: Path
+) -> None:
+    setup = DiffusersSetup(
+        tmp_path, tiny_model, SYSTEMSCULPT_LOCAL_DIFFUSERS_MODELS_DIR=str(tiny_taesd)
+    )
+    worker = start_worker_process(setup.env)
+    try:
+        models = worker.call("capabilities")["result"]["models"]
+        [tiny] = [model for model in models if model["path"] == str(tiny_model)]
+        assert tiny["previewDecoders"] == ["latent", "taesd", "vae"]
+        assert "taesd: a tiny decoder (taesd)" in tiny["previewNote"]
+        params = {"prompt": "a tree", "seed": 3, "stepCount": 6, "width": 64, "height": 64}
+        made, previews = {}, {}
+        for decoder in ("none", "latent", "taesd"):
+            extra = {} if decoder == "none" else {"previewEvery": 1, "previewDecoder": decoder}
+            answer, notes = worker.exchange("generate", {**params, **extra}, decoder, 120.0)
+            assert "result" in answer, answer
+            data = base64.b64decode(answer["result"]["images"][0]["base64"])
+            made[decoder] = Image.open(io.BytesIO(data)).convert("RGB").tobytes()
+            previews[decoder] = _previews(notes)
+        assert len(set(made.values())) == 1  # previews only look: the image is the same
+        tiny_ones = previews["taesd"]
+        assert [p["step"] for p in tiny_ones] == [p["step"] for p in previews["latent"]]
+        assert [p["step"] for p in tiny_ones] == [2, 3, 4, 5, 6]
+        for tiny_preview, latent in zip(tiny_ones, previews["latent"], strict=True):
+            assert (tiny_preview["width"], tiny_preview["height"]) == (64, 64)
+            assert tiny_preview["base64"] != latent["base64"]
+    finally:
+        worker.close()
+    assert setup.leftover_temp_entries() == []
+
+
+async def test_taesd_is_refused_where_none_is_installed() -> None:
+    refused = await mock_call(
+        "generate", {"prompt": "fox", "previewEvery": 1, "previewDecoder": "taesd"}
+    )
+    error = refused["error"]
+    assert (error["code"], error["data"]["supported"]) == (-32001, ["latent", "vae"])

@@ -61,6 +61,8 @@ class Model:
     """How it makes previews, its default first."""
     preview_note: str = ""
     """What a preview costs with it."""
+    tiny_autoencoder: Path | None = None
+    """The TAESD its `taesd` previews decode with, where one is installed."""
     controlnets: tuple[ControlNet, ...] = ()
     """The ControlNets it can use, found beside it."""
     controls_problem: str = ""

@@ -225,9 +225,17 @@ def host_job(parameters: JobParameters, job_directory: Path) -> HostJob:
             "output_dir": str(job_directory),
             "controlnets": controls,
             "preview_side": PREVIEW_MAX_SIDE,
+            "tiny_autoencoder_path": _tiny_autoencoder(parameters),
             **files,
         }
     )
+
+
+def _tiny_autoencoder(parameters: JobParameters) -> str | None:
+    model = parameters.model
+    if parameters.preview_decoder != "taesd" or model is None or model.tiny_autoencoder is None:
+        return None
+    return str(model.tiny_autoencoder)
 
 
 def _written(path: Path, data: bytes) -> str:

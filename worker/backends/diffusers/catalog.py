@@ -20,6 +20,7 @@ from worker.backends.diffusers.controlnets import FoundControlNet, controls_for,
 from worker.backends.diffusers.host.families import FAMILIES
 from worker.backends.diffusers.loras import find_loras, fit_loras
 from worker.backends.diffusers.settings import BACKEND_ID, DEFAULT_MODEL, DiffusersSettings
+from worker.backends.diffusers.tiny_autoencoders import find_tiny_autoencoders
 from worker.loras import Lora
 from worker.models import Model
 from worker.sizes import standard_table
@@ -43,13 +44,15 @@ def find_models(
         models.append(_model(location, missing_extra, loaded, "models folder"))
     controlnets = find_controlnets(settings.models_dir)
     loras = find_loras(settings.loras_dir)
+    tiny_autoencoders = find_tiny_autoencoders(settings.models_dir)
     labels: set[str] = set()
     unique = []
     for model in models:
         if model.label in labels:  # the same name in the folder and the cache
             model = replace(model, id=f"{model.id}@{len(labels)}")
         labels.add(model.label)
-        unique.append(_with_extras(model, controlnets, settings.models_dir, loras, settings))
+        model = _with_extras(model, controlnets, settings.models_dir, loras, settings)
+        unique.append(_with_tiny_autoencoder(model, tiny_autoencoders.get(model.family or "")))
     return unique
 
 
@@ -74,6 +77,21 @@ def _with_extras(
         loras=fit.fitting,
         other_loras=fit.others,
         loras_problem=fit.problem,
+    )
+
+
+def _with_tiny_autoencoder(model: Model, path: Path | None) -> Model:
+    """The model offering TAESD previews, where its family's is installed: after the
+    latent ones (the cheapest), before full decodes."""
+    if path is None or model.variant == "refiner":
+        return model
+    cheapest = [d for d in model.preview_decoders if d == "latent"]
+    return replace(
+        model,
+        preview_decoders=(*cheapest, "taesd", "vae"),
+        preview_note=model.preview_note + f"; taesd: a tiny decoder ({path.name}) each, "
+        "near a VAE decode's look at a few percent of its time",
+        tiny_autoencoder=path,
     )
 
 

@@ -91,6 +91,8 @@ class HostJob(Message):
     preview_every: int
     preview_decoder: str = "vae"
     """`latent`: previews from the latents through the family's factors; `vae`: decoded."""
+    tiny_autoencoder_path: str | None = None
+    """With `taesd` previews: the tiny autoencoder they decode with."""
     preview_side: int = 256
     """The longest side of a preview thumbnail."""
     sampling: HostSampling

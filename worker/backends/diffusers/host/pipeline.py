@@ -95,6 +95,8 @@ class LoadedModel:
     """That job's ControlNet pipeline, by its mode and ControlNets."""
     adapters: Adapters = field(default_factory=Adapters)
     """The LoRAs loaded into it, switched per job."""
+    tiny_autoencoder: tuple[str, Any] | None = None
+    """The TAESD of the last job that asked for `taesd` previews, by its path."""
 
 
 def choose_device(torch: Any, name: str) -> str:
@@ -354,7 +356,9 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
         arguments |= embeddings
     while pending:
         batch = pending.pop(0)
-        on_step = _step_callback(model, job, (batch, per_image), counter, stop, emit)
+        on_step = _step_callback(
+            model, job, (batch, per_image), counter, stop, emit, _tiny_autoencoder(model, job)
+        )
         try:
             result = pipe(
                 **arguments,
@@ -429,6 +433,23 @@ def _pipeline(model: LoadedModel, mode: int, controls: list[HostControl]) -> Any
     return pipe
 
 
+def _tiny_autoencoder(model: LoadedModel, job: HostJob) -> Any:
+    """The TAESD a job's previews decode with (loaded once while jobs ask for it), or
+    None."""
+    path = job.tiny_autoencoder_path
+    if job.preview_decoder != "taesd" or path is None or not job.preview_every:
+        return None
+    if model.tiny_autoencoder is None or model.tiny_autoencoder[0] != path:
+        import diffusers
+        import torch
+
+        tiny = diffusers.AutoencoderTiny.from_pretrained(
+            path, torch_dtype=getattr(torch, model.dtype), local_files_only=True
+        ).to(model.device)
+        model.tiny_autoencoder = (path, tiny)
+    return model.tiny_autoencoder[1]
+
+
 def _control_arguments(controls: list[HostControl], images: list[Any], mode: int) -> dict[str, Any]:
     """What a ControlNet pipeline takes of the controls: one value each, or a list each
     in the order of its ControlNets."""
@@ -451,6 +472,7 @@ def _step_callback(
     counter: StepCounter,
     stop: threading.Event,
     emit: Emit,
+    tiny_autoencoder: Any = None,
 ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
     """What the pipeline calls after each step of a call making the images `call` =
     (their indexes, the steps each takes): stop if asked (at this boundary, before any
@@ -470,7 +492,8 @@ def _step_callback(
             latents = tensors["latents"]
             for position, index in enumerate(batch):
                 where = (index, counter.done, counter.total)
-                emit(preview_message(pipe, family, latents[position : position + 1], job, where))
+                one = latents[position : position + 1]
+                emit(preview_message(pipe, family, one, job, where, tiny_autoencoder))
         return tensors
 
     return on_step
