@@ -245,3 +245,21 @@ def test_loras_and_weights_from_the_terminal(
     )
     listed = next(line for line in doctor.stdout.splitlines() if "listed model" in line)
     assert listed.endswith("ready; inpaints (native); LoRAs: sd1/other, sd1/style"), listed
+
+
+@pytest.mark.diffusers
+def test_sd3_weighs_its_clip_embeddings_and_offers_no_lora(
+    tiny_sd3: Path, tiny_loras: Path, tmp_path: Path
+) -> None:
+    worker, listed = worker_with_loras(tiny_sd3, tiny_loras, tmp_path)
+    try:
+        assert (listed["promptWeights"], listed["clipSkip"], listed["loras"]) == (True, False, [])
+        assert "LoRA is offered for SD 1.x/2.x and SDXL models here" in listed["lorasReason"]
+        base, result = made(worker, "base", prompt="a red fox")
+        assert result["warnings"] == []
+        assert made(worker, "weights of 1", prompt="(a red fox:1.0)")[0] == base
+        assert made(worker, "weighted", prompt="a (red:1.6) fox")[0] != base
+        refused = worker.call("generate", {**BASE, "loras": [{"name": "sd1/style"}]})
+        assert (refused["error"]["code"], refused["error"]["data"]["feature"]) == (-32001, "loras")
+    finally:
+        worker.close()

@@ -346,7 +346,7 @@ def _prompt_warnings(parameters: JobParameters) -> list[str]:
         f"{label} cannot weigh words, so the prompt weights ((word:1.2), (word), [word]) "
         f"were removed and it was given the words alone: {parameters.prompt!r}"
         + (f", negative {parameters.negative_prompt!r}" if parameters.negative_prompt else "")
-        + ". Prompt weights work with SD 1.x/2.x and SDXL models on the diffusers backend "
+        + ". Prompt weights work with the diffusers backend's models "
         "(models[].promptWeights)."
     ]
 

@@ -3,7 +3,7 @@ strong, `((word))` 1.21, `[word]` 1/1.1, `(word:1.5)` 1.5; `\\(` and `\\)` are l
 brackets. Read into fragments of text, each with its weight.
 
 Pure Python: the worker uses it to remove the syntax for a model that cannot weigh
-words (Core ML, SD3), and the diffusers model host to weigh the prompt's embeddings.
+words (Core ML), and the diffusers model host to weigh the prompt's embeddings.
 """
 
 from __future__ import annotations

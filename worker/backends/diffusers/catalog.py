@@ -135,7 +135,7 @@ def _model(
         "vae: a full decode each, about as long as the final image's"
         if family.latent_rgb
         else f"a full VAE decode each ({family.title} has no latent factors here)",
-        prompt_weights=family.name != "sd3",
+        prompt_weights=True,
         clip_skip=family.name in ("sd1", "sd2"),
         inpainting_problem=_inpainting_problem(location, family.title, family.inpainting),
         problem=problem,

@@ -312,7 +312,7 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
     sampling = job.sampling
     mode = TEXT_TO_IMAGE if reference is None else IMAGE_TO_IMAGE if mask is None else INPAINTING
     pipe = _pipeline(model, mode, job.controlnets)
-    if model.family != "sd3":  # the worker sends SD3 no LoRA and no weights
+    if model.family != "sd3":  # the worker sends SD3 no LoRA
         model.adapters.apply(model.image_to_image, job.loras)
     scheduler = model.schedulers[sampling.scheduler]
     pipe.scheduler = scheduler
@@ -346,11 +346,9 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
         arguments["mask_image"] = mask
     if controls:
         arguments |= _control_arguments(job.controlnets, controls, mode)
-    embeddings = None
-    if model.family != "sd3":
-        embeddings = prompt_arguments(
-            pipe, model.family, job.prompt, job.negative_prompt, job.clip_skip
-        )
+    embeddings = prompt_arguments(
+        pipe, model.family, job.prompt, job.negative_prompt, job.clip_skip
+    )
     if embeddings is not None:  # weighted words, or an earlier layer of the text encoder
         del arguments["prompt"], arguments["negative_prompt"]
         arguments |= embeddings

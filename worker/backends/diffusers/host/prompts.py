@@ -1,6 +1,6 @@
-"""Prompts as embeddings, for the families that read CLIP text encoders (SD 1.x/2.x and
-SDXL): the words' weights (`(word:1.2)`, `(word)`, `[word]`, as AUTOMATIC1111 reads them)
-and clip skip.
+"""Prompts as embeddings, for the families that read CLIP text encoders (SD 1.x/2.x, SDXL
+and SD 3's two CLIP encoders): the words' weights (`(word:1.2)`, `(word)`, `[word]`, as
+AUTOMATIC1111 reads them) and clip skip.
 
 Used only where a prompt carries weights or a clip skip asks for an earlier layer;
 otherwise the pipeline encodes its prompts itself. The tokens are encoded as the
@@ -8,14 +8,16 @@ pipeline does (start, the tokens, end, padding: 77 in all), in as many chunks of
 tokens as the prompt needs (a weighted prompt is not cut at 77 tokens); each token's
 embedding is multiplied by its weight, and each chunk scaled back to the mean it had
 unweighted, as AUTOMATIC1111 does, so weights move the emphasis, not the overall scale.
-A prompt of weights 1 only is the pipeline's own embedding, number for number.
+A prompt of weights 1 only is the pipeline's own embedding, number for number. SD 3's
+T5 encoder, where the model has one, reads the words as its pipeline does (its weights
+are CLIP's).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from worker.prompt_weights import is_weighted, parse
+from worker.prompt_weights import is_weighted, parse, plain
 
 Tokens = list[tuple[int, float]]
 
@@ -31,7 +33,7 @@ def prompt_arguments(
     import torch
 
     encoders = [(pipe.tokenizer, pipe.text_encoder)]
-    if family == "sdxl":
+    if family in ("sdxl", "sd3"):
         encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
     encoders = [(t, e) for t, e in encoders if t is not None and e is not None]
     sides = [_tokens(encoders, prompt), _tokens(encoders, negative)]
@@ -40,7 +42,12 @@ def prompt_arguments(
         (embeds, pooled), (negative_embeds, negative_pooled) = (
             _embed(encoders, side, chunk_count, family, skip) for side in sides
         )
-    if family != "sdxl":
+    if family == "sd3":
+        embeds, negative_embeds = (
+            _with_t5(pipe, clip, words)
+            for clip, words in ((embeds, prompt), (negative_embeds, negative))
+        )
+    if family not in ("sdxl", "sd3"):
         return {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
     if not negative and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
         # SDXL's own rule for an empty negative prompt: zeros, not the empty text's embedding.
@@ -54,6 +61,18 @@ def prompt_arguments(
         "pooled_prompt_embeds": pooled,
         "negative_pooled_prompt_embeds": negative_pooled,
     }
+
+
+def _with_t5(pipe: Any, clip: Any, text: str) -> Any:
+    """SD 3's whole embedding: CLIP's, widened to T5's width, then T5's of the words
+    (zeros where the model has no T5), as its pipeline joins them."""
+    import torch
+
+    t5 = pipe._get_t5_prompt_embeds(
+        prompt=plain(text), num_images_per_prompt=1, device=clip.device, dtype=clip.dtype
+    )
+    widened = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+    return torch.cat([widened, t5.to(clip.dtype)], dim=-2)
 
 
 def _tokens(encoders: list[tuple[Any, Any]], text: str) -> list[Tokens]:
@@ -82,11 +101,12 @@ def _embed(
     skip: int,
 ) -> tuple[Any, Any]:
     """The embeddings of one side (the prompt or the negative), `chunk_count` chunks
-    long; and the pooled embedding of its first chunk (SDXL's second encoder; else None)."""
+    long; and the pooled embedding of its first chunk (SDXL's second encoder's, SD 3's
+    two joined; else None)."""
     import torch
 
     chunks = []
-    pooled = None
+    pooled = []
     for index in range(chunk_count):
         hidden = []
         weights = None
@@ -94,15 +114,17 @@ def _embed(
             ids, weights = _framed(_chunk(tokens, tokenizer, index), tokenizer)
             output = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=True)
             hidden.append(_layer(encoder, output, family, skip))
-            if family == "sdxl" and pooled is None and encoder is encoders[-1][1]:
-                pooled = output.text_embeds
+            if index == 0 and family in ("sdxl", "sd3"):
+                pooled.append(output.text_embeds)
         embedding = torch.cat(hidden, dim=-1)
         assert weights is not None
         scale = torch.tensor(weights, dtype=embedding.dtype, device=embedding.device)
         mean = embedding.float().mean()
         weighted = embedding * scale.reshape(1, -1, 1)
         chunks.append(weighted * (mean / weighted.float().mean()).to(embedding.dtype))
-    return torch.cat(chunks, dim=1), pooled
+    if family == "sdxl":
+        return torch.cat(chunks, dim=1), pooled[-1]
+    return torch.cat(chunks, dim=1), torch.cat(pooled, dim=-1) if pooled else None
 
 
 def _chunk(tokens: Tokens, tokenizer: Any, index: int) -> Tokens:
@@ -120,9 +142,9 @@ def _framed(chunk: Tokens, tokenizer: Any) -> tuple[list[int], list[float]]:
 
 
 def _layer(encoder: Any, output: Any, family: str, skip: int) -> Any:
-    """The layer the family reads: SDXL the one before last, as its pipeline does; SD
-    1.x/2.x the last, or `skip` from the end through the final layer norm."""
-    if family == "sdxl":
+    """The layer the family reads: SDXL and SD 3 the one before last, as their pipelines
+    do; SD 1.x/2.x the last, or `skip` from the end through the final layer norm."""
+    if family in ("sdxl", "sd3"):
         return output.hidden_states[-2]
     if skip == 1:
         return output[0]
