@@ -243,7 +243,8 @@ def test_loras_and_weights_from_the_terminal(
         timeout=LONG_WAIT,
         check=False,
     )
-    listed = next(line for line in doctor.stdout.splitlines() if "listed model" in line)
+    needle = f"diffusers/{tiny_model.name}:"
+    listed = next(line for line in doctor.stdout.splitlines() if needle in line)
     assert listed.endswith("ready; inpaints (native); LoRAs: sd1/other, sd1/style"), listed
 
 
