@@ -114,7 +114,8 @@ def _embed(
             ids, weights = _framed(_chunk(tokens, tokenizer, index), tokenizer)
             output = encoder(torch.tensor([ids], device=encoder.device), output_hidden_states=True)
             hidden.append(_layer(encoder, output, family, skip))
-            if index == 0 and family in ("sdxl", "sd3"):
+            last = encoder is encoders[-1][1]
+            if index == 0 and (family == "sd3" or (family == "sdxl" and last)):
                 pooled.append(output.text_embeds)
         embedding = torch.cat(hidden, dim=-1)
         assert weights is not None
@@ -122,8 +123,6 @@ def _embed(
         mean = embedding.float().mean()
         weighted = embedding * scale.reshape(1, -1, 1)
         chunks.append(weighted * (mean / weighted.float().mean()).to(embedding.dtype))
-    if family == "sdxl":
-        return torch.cat(chunks, dim=1), pooled[-1]
     return torch.cat(chunks, dim=1), torch.cat(pooled, dim=-1) if pooled else None
 
 
