@@ -117,45 +117,48 @@ class Generator:
         size = _choose(sizes, params)
         progress = ProgressReporter(context, params.run_id, expected_total_steps=0)
         job = Job(request_id=context.request_id, run_id=params.run_id, progress=progress)
-        reference = edit = None
-        with queue.preparing(job):  # a cancel may come while a large photo is decoded
-            if edits_asked(params):
-                size, reference, edit = await anyio.to_thread.run_sync(
-                    prepare_edit, params, sizes, size
+        with queue.arrival(job):  # its place in line is its arrival, not its readiness
+            reference = edit = None
+            with queue.preparing(job):  # a cancel may come while a large photo is decoded
+                if edits_asked(params):
+                    size, reference, edit = await anyio.to_thread.run_sync(
+                        prepare_edit, params, sizes, size
+                    )
+                elif params.input_images:
+                    reference = await anyio.to_thread.run_sync(
+                        prepare_reference, params.input_images[0], 0, (size.width, size.height)
+                    )
+                controls = await anyio.to_thread.run_sync(
+                    prepare_controls, params.controls, nets, (size.width, size.height)
                 )
-            elif params.input_images:
-                reference = await anyio.to_thread.run_sync(
-                    prepare_reference, params.input_images[0], 0, (size.width, size.height)
-                )
-            controls = await anyio.to_thread.run_sync(
-                prepare_controls, params.controls, nets, (size.width, size.height)
+            parameters = resolve_parameters(
+                params,
+                self._settings,
+                reference,
+                size,
+                sizes.manifest_path,
+                model,
+                edit,
+                controls,
+                loras,
             )
-        parameters = resolve_parameters(
-            params,
-            self._settings,
-            reference,
-            size,
-            sizes.manifest_path,
-            model,
-            edit,
-            controls,
-            loras,
-        )
-        model.check_controls(parameters.sampling.scheduler, reference is not None, edit is not None)
-        plan = backend.check(parameters)
-        if params.output == "path":
-            _check_names(plan.file_names)
-        progress.expect(plan.total_steps)
-        size_warning = far_from_native(sizes, size)
-        if size_warning:
-            progress.advise(size_warning)
-        rendered, started = await queue.run(
-            job, lambda: render_timed(backend, parameters, progress)
-        )
-        result = deliver(params, parameters, rendered, started, progress.preview_paths)
-        if size_warning:
-            result.warnings.insert(0, size_warning)
-        return result
+            model.check_controls(
+                parameters.sampling.scheduler, reference is not None, edit is not None
+            )
+            plan = backend.check(parameters)
+            if params.output == "path":
+                _check_names(plan.file_names)
+            progress.expect(plan.total_steps)
+            size_warning = far_from_native(sizes, size)
+            if size_warning:
+                progress.advise(size_warning)
+            rendered, started = await queue.run(
+                job, lambda: render_timed(backend, parameters, progress)
+            )
+            result = deliver(params, parameters, rendered, started, progress.preview_paths)
+            if size_warning:
+                result.warnings.insert(0, size_warning)
+            return result
 
 
 def check_request(params: GenerateParams, settings: Settings) -> None:

@@ -1,7 +1,9 @@
 """Admission, order and cancellation of `generate` jobs.
 
 The sampler is one heavy resource (one Neural Engine, gigabytes of model), so at most
-`max_concurrency` jobs run; the rest wait in arrival order in a bounded queue. A job that
+`max_concurrency` jobs run; the rest wait in arrival order in a bounded queue. Arrival is
+when the request came, not when its preparation (decoding an image, say) ended: a job
+ready early waits until every earlier request has been queued or has failed. A job that
 is cancelled, queued or running, is answered -32800 exactly once and never also with a
 result: the decision is taken in one place, `JobQueue.run`, without an await between the
 check and the answer.
@@ -14,6 +16,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import count
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
@@ -42,6 +45,10 @@ class Job:
     finished: bool = False
     position: int | None = None
     """1-based place in the queue while waiting; reported whenever it changes."""
+    ticket: int = 0
+    """Its place in arrival order, given when the request arrives."""
+    admitted: anyio.Event = field(default_factory=anyio.Event)
+    """Set once it is running, waiting in the queue, or gone: later arrivals wait for it."""
 
     @property
     def cancelled(self) -> bool:
@@ -57,14 +64,28 @@ class JobQueue:
         self._max_queue = max_queue
         self._running: list[Job] = []
         self._waiting: deque[Job] = deque()
-        self._preparing: list[Job] = []
+        self._arrived: list[Job] = []
+        """Every unfinished job from its request's arrival, in arrival order."""
+        self._tickets = count(1)
         self._closed = False
 
     @contextmanager
+    def arrival(self, job: Job) -> Iterator[None]:
+        """From a request's arrival to its answer: the job takes its place in arrival
+        order, a cancel finds it at any stage, and when the block ends, however it ends,
+        later arrivals no longer wait for it."""
+        job.ticket = next(self._tickets)
+        self._arrived.append(job)
+        try:
+            yield
+        finally:
+            self._arrived.remove(job)
+            job.admitted.set()
+
+    @contextmanager
     def preparing(self, job: Job) -> Iterator[None]:
-        """While a request is still checked and prepared, before `run`: a cancel finds
-        its job and stops the preparation, and the block ends in -32800."""
-        self._preparing.append(job)
+        """While a request is still checked and prepared, before `run` (inside its
+        `arrival`): a cancel stops the preparation, and the block ends in -32800."""
         try:
             with anyio.CancelScope() as scope:
                 job.scope = scope
@@ -74,16 +95,17 @@ class JobQueue:
             if job.cancelled:
                 raise _cancelled(job, job.cancel_reason)
         finally:
-            self._preparing.remove(job)
             job.scope = None
 
     async def run(self, job: Job, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` for `job` when its turn comes; -32800 if it is cancelled first or
         meanwhile, -32006 if the queue is full."""
+        await self._wait_for_earlier_arrivals(job)
         if self._closed:
             raise _cancelled(job, "the worker is shutting down")
         if job.cancelled:  # while its request was being prepared
             raise _cancelled(job, job.cancel_reason)
+        job.admitted.set()  # whatever follows, this job has taken its place
         if len(self._running) < self._max_concurrency and not self._waiting:
             self._running.append(job)
         elif len(self._waiting) >= self._max_queue:
@@ -112,6 +134,20 @@ class JobQueue:
             job.finished = True
             self._release(job)
 
+    async def _wait_for_earlier_arrivals(self, job: Job) -> None:
+        """Until every request that arrived before this one is queued, running or gone;
+        a cancel meanwhile ends the wait at once."""
+        earlier = [other for other in self._arrived if other.ticket < job.ticket]
+        if not earlier:
+            return
+        with anyio.CancelScope() as scope:
+            job.scope = scope
+            if job.cancelled:
+                scope.cancel()
+            for other in earlier:
+                await other.admitted.wait()
+        job.scope = None
+
     def cancel_request(self, request_id: JsonId) -> list[JsonId]:
         """Cancel the unfinished job of this request id (of any JSON type, null included)."""
         return self._cancel_where(lambda job: same_id(job.request_id, request_id))
@@ -124,9 +160,7 @@ class JobQueue:
         """The ids of the jobs this cancels; one already being cancelled (or finished) is
         not reported again."""
         jobs = [
-            job
-            for job in [*self._running, *self._waiting, *self._preparing]
-            if matches(job) and not job.cancelled and not job.finished
+            job for job in self._arrived if matches(job) and not job.cancelled and not job.finished
         ]
         for job in jobs:
             self._cancel(job, "cancelled by the host")
@@ -135,7 +169,7 @@ class JobQueue:
     def close(self) -> None:
         """Refuse new jobs and cancel every job that is waiting or running."""
         self._closed = True
-        for job in [*self._running, *self._waiting, *self._preparing]:
+        for job in list(self._arrived):
             self._cancel(job, "the worker is shutting down")
 
     def _cancel(self, job: Job, reason: str) -> None:
