@@ -86,14 +86,19 @@ def tiny_controlnets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_loras(tiny_model: Path, tiny_sdxl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_loras(
+    tiny_model: Path, tiny_sdxl: Path, tiny_sd3: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A LoRA folder: two tiny LoRAs for the tiny SD 1.x model (in a folder of their own,
-    `sd1/`), one for the tiny SDXL model. Built once per session."""
+    `sd1/`), one for the tiny SDXL model, one for the tiny SD 3 (whose transformer is as
+    wide as the SD 1.x model's text: only its family tells them apart). Built once per
+    session."""
     folder = tmp_path_factory.mktemp("loras")
     for name, model, seed in (
         ("sd1/style", tiny_model, 0),
         ("sd1/other", tiny_model, 1),
         ("xl-style", tiny_sdxl, 2),
+        ("sd3-style", tiny_sd3, 3),
     ):
         build_tiny_model(
             folder / f"{name}.safetensors", "--lora-for", str(model), "--seed", str(seed)

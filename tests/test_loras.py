@@ -48,13 +48,18 @@ def test_the_listing_tells_each_loras_family_from_its_header(tmp_path: Path) -> 
         {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": [8, 2048]},
     )
     header_only(folder / "sd2.safetensors", {f"unet.{text_key}.lora.down.weight": [4, 1024]})
+    header_only(
+        folder / "sd35-large.safetensors",
+        {"transformer.transformer_blocks.0.attn.to_k.lora_A.weight": [16, 2432]},
+    )
     header_only(folder / "not-a-lora.safetensors", {"model.weight": [4, 4]})
     (folder / "broken.safetensors").write_bytes(b"\xff" * 12)
-    found = {lora.name: (lora.family, lora.text_width) for lora in find_loras(folder)}
+    found = {lora.name: (lora.family, lora.width) for lora in find_loras(folder)}
     assert found == {
         "sd15-diffusers": ("sd1", 768),
         "kohya/xl": ("sdxl", 2048),
         "sd2": ("sd2", 1024),
+        "sd35-large": ("sd3", 2432),
     }
     assert find_loras(tmp_path / "nowhere") == []
 
@@ -134,6 +139,8 @@ def test_diffusers_applies_loras_by_weight_without_reloading(
 
         for loras, said in (
             ([{"name": "xl-style"}], "'xl-style' is a LoRA for models that read text 64 wide"),
+            # as wide as this model's text, but for a transformer: not offered, not applied
+            ([{"name": "sd3-style"}], "'sd3-style' is a LoRA for SD 3 transformers 32 wide"),
             ([{"name": "missing"}], "no LoRA named 'missing' is installed"),
         ):
             refused = worker.call("generate", {**BASE, "loras": loras})
@@ -249,18 +256,33 @@ def test_loras_and_weights_from_the_terminal(
 
 
 @pytest.mark.diffusers
-def test_sd3_weighs_its_clip_embeddings_and_offers_no_lora(
+def test_sd3_takes_its_loras_and_weighs_its_clip_embeddings(
     tiny_sd3: Path, tiny_loras: Path, tmp_path: Path
 ) -> None:
     worker, listed = worker_with_loras(tiny_sd3, tiny_loras, tmp_path)
     try:
-        assert (listed["promptWeights"], listed["clipSkip"], listed["loras"]) == (True, False, [])
-        assert "LoRA is offered for SD 1.x/2.x and SDXL models here" in listed["lorasReason"]
+        assert (listed["promptWeights"], listed["clipSkip"]) == (True, False)
+        assert [lora["name"] for lora in listed["loras"]] == ["sd3-style"]
+        assert (listed["loras"][0]["family"], listed["lorasReason"]) == ("sd3", "")
         base, result = made(worker, "base", prompt="a red fox")
         assert result["warnings"] == []
+        host = worker.call("capabilities")["result"]["backend"]["modelHost"]["pid"]
+        muted = [{"name": "sd3-style", "weight": 0}]
+        assert made(worker, "0", prompt="a red fox", loras=muted)[0] == base
+        styled, result = made(worker, "1", prompt="a red fox", loras=[{"name": "sd3-style"}])
+        assert styled != base
+        assert [lora["name"] for lora in result["metadata"]["loras"]] == ["sd3-style"]
+        half = made(worker, "0.5", prompt="a red fox", loras=[{"name": "sd3-style", "weight": 0.5}])
+        assert half[0] not in (base, styled)
+        assert made(worker, "base again", prompt="a red fox")[0] == base
+        assert worker.call("capabilities")["result"]["backend"]["modelHost"]["pid"] == host
         assert made(worker, "weights of 1", prompt="(a red fox:1.0)")[0] == base
         assert made(worker, "weighted", prompt="a (red:1.6) fox")[0] != base
         refused = worker.call("generate", {**BASE, "loras": [{"name": "sd1/style"}]})
-        assert (refused["error"]["code"], refused["error"]["data"]["feature"]) == (-32001, "loras")
+        assert refused["error"]["code"] == -32602
+        assert (
+            "'sd1/style' is a LoRA for models that read text 32 wide"
+            in (refused["error"]["message"])
+        )
     finally:
         worker.close()

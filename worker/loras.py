@@ -25,17 +25,21 @@ class Lora:
     """What a request's `loras[].name` says for it."""
     path: Path
     family: ModelFamily | None
-    text_width: int | None
-    """The width of the text its cross-attention reads: what it fits."""
+    width: int | None
+    """What it fits, with its family: for a UNet's LoRA the width of the text its
+    cross-attention reads (768 SD 1.x, 1024 SD 2.x, 2048 SDXL); for SD 3's transformer its
+    own width (1536 for SD 3 and 3.5 Medium, 2432 for SD 3.5 Large)."""
 
     def describe(self) -> LoraInfo:
         return LoraInfo(name=self.name, family=self.family, path=str(self.path))
 
     @property
     def made_for(self) -> str:
+        if self.family == "sd3":
+            return f"a LoRA for SD 3 transformers {self.width} wide"
         if self.family is not None:
             return f"a LoRA for {FAMILY_TITLES[self.family]}"
-        return f"a LoRA for models that read text {self.text_width} wide"
+        return f"a LoRA for models that read text {self.width} wide"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""LoRAs in the warm model host: each file loaded once into the model's UNet (and its
-text encoders, where the file has weights for them) as a PEFT adapter, then switched per
-job by weight, without loading the model again. The model's pipelines share those
-components, so what is set on one is set on all.
+"""LoRAs in the warm model host: each file loaded once into the model's UNet or SD 3
+transformer (and its CLIP text encoders, where the file has weights for them) as a PEFT
+adapter, then switched per job by weight, without loading the model again. The model's
+pipelines share those components, so what is set on one is set on all.
 
 A job that applies none (or only weights of 0) runs with the adapters disabled: the
 model's own image, bit for bit.

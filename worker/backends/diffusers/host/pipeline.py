@@ -312,8 +312,7 @@ def render(model: LoadedModel, job: HostJob, stop: threading.Event, emit: Emit) 
     sampling = job.sampling
     mode = TEXT_TO_IMAGE if reference is None else IMAGE_TO_IMAGE if mask is None else INPAINTING
     pipe = _pipeline(model, mode, job.controlnets)
-    if model.family != "sd3":  # the worker sends SD3 no LoRA
-        model.adapters.apply(model.image_to_image, job.loras)
+    model.adapters.apply(model.image_to_image, job.loras)
     scheduler = model.schedulers[sampling.scheduler]
     pipe.scheduler = scheduler
     if sampling.reduce_memory:
