@@ -683,7 +683,8 @@ class GenerateParams(WireModel):
     mask: InputImage | None = Field(
         default=None,
         description="With a reference: inpaint. White repaints, black keeps, grey partly; "
-        "scaled to the reference. Outside it the result is the reference's pixels exactly",
+        "scaled to the reference. Outside it the result is the reference's pixels exactly, "
+        "and its previews show the reference",
     )
     mask_blur: Annotated[int, Field(ge=0, le=MASK_BLUR_MAX), BeforeValidator(_json_number)] = Field(
         default=0, description="Feathers the mask's edge by this radius in pixels"

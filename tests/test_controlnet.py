@@ -14,8 +14,10 @@ import base64
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from PIL import Image, ImageDraw
@@ -23,7 +25,14 @@ from PIL import Image, ImageDraw
 from fixtures.resources import make_resource_dir
 from tests.diffusers_setup import DiffusersSetup
 from tests.standin import StandIn, generate_once
-from tests.test_masks import differing, png_item, result_image, source_image, square_mask
+from tests.test_masks import (
+    differing,
+    kept_in_preview,
+    png_item,
+    result_image,
+    source_image,
+    square_mask,
+)
 from tests.worker_clients import LINUX, WorkerProcess, in_process_worker, start_worker_process
 from worker.backends.registry import read_settings
 
@@ -242,6 +251,21 @@ async def test_core_ml_refuses_controls_a_bundle_cannot_run(
     assert runs(argv_file) == []
 
 
+async def core_ml_previews(
+    standin: StandIn, params: dict[str, Any], env: dict[str, str]
+) -> list[Message]:
+    """The `preview` notifications of one generate on the stand-in, which must succeed."""
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("STANDIN_")}):
+        async with in_process_worker(read_settings({**standin.env, **env}), LINUX) as worker:
+            await worker.send({"jsonrpc": "2.0", "method": "generate", "params": params, "id": 1})
+            previews = []
+            while "method" in (message := await worker.receive(wait=60)):
+                if message["method"] == "preview":
+                    previews.append(message["params"])
+    assert "result" in message, message
+    return previews
+
+
 async def test_core_ml_inpaints_through_its_controlnet_keeping_the_source(
     standin: StandIn, tmp_path: Path
 ) -> None:
@@ -271,6 +295,12 @@ async def test_core_ml_inpaints_through_its_controlnet_keeping_the_source(
         alpha = marked.getchannel("A")
         assert alpha.getpixel((200, 200)) == 0 and alpha.getpixel((10, 10)) == 255
         assert marked.convert("RGB").getpixel((10, 10)) == source.getpixel((10, 10))
+    # Its previews (the sampler's full decodes, shrunk) show the source where it is kept.
+    previews = await core_ml_previews(standin, {**params, "previewEvery": 1}, env)
+    assert previews
+    for preview in previews:
+        assert (preview["width"], preview["height"]) == (256, 256)
+        assert kept_in_preview(preview, source, mask) == 0
     # Outpainting takes the same route: a 512x384 photo grown to the bundle's 512x512.
     wide = source_image((512, 384))
     grown_params = {

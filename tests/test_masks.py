@@ -75,6 +75,30 @@ async def mock_generate(params: dict[str, Any]) -> Message:
         return await worker.call("generate", params)
 
 
+async def mock_generate_with_previews(params: dict[str, Any]) -> tuple[Message, list[Message]]:
+    """The response, and the `preview` notifications before it."""
+    async with in_process_worker(read_settings(MOCK), LINUX) as worker:
+        await worker.send({"jsonrpc": "2.0", "method": "generate", "params": params, "id": 1})
+        previews = []
+        while "method" in (message := await worker.receive()):
+            if message["method"] == "preview":
+                previews.append(message["params"])
+        return message, previews
+
+
+def kept_in_preview(preview: Message, source: Image.Image, mask: Image.Image) -> int:
+    """How many pixels of `preview` that its mask keeps are not the source's, both
+    shrunk to the preview's size as the worker shrinks them."""
+    made = result_image(preview)
+    size = made.size
+    return differing(
+        made,
+        source.resize(size, Image.Resampling.BILINEAR),
+        mask.resize(size, Image.Resampling.BILINEAR),
+        0,
+    )
+
+
 # --- inpainting on the mock, in-process --------------------------------------------------
 
 
@@ -92,6 +116,39 @@ async def test_what_the_mask_keeps_is_the_source_byte_for_byte() -> None:
     metadata = result["metadata"]
     assert metadata["strength"] == 1.0 and metadata["sources"]["strength"] == "default"
     assert metadata["maskSha256"] and metadata["maskBlur"] == 0 and metadata["outpaint"] is None
+
+
+async def test_previews_of_an_inpaint_show_the_source_where_the_mask_keeps_it() -> None:
+    source = source_image()
+    mask = square_mask(source.size, (16, 16, 48, 48))
+    params = {"prompt": "a fox", "inputImages": [png_item(source)], "mask": png_item(mask)}
+    response, previews = await mock_generate_with_previews(
+        {**params, "stepCount": 4, "previewEvery": 1}
+    )
+    assert "result" in response and previews
+    for preview in previews:
+        assert (preview["width"], preview["height"]) == source.size
+        assert kept_in_preview(preview, source, mask) == 0
+        assert differing(result_image(preview), source, mask, 255) > 500
+
+
+async def test_previews_of_an_outpaint_are_cut_to_the_result_with_the_source_in_place() -> None:
+    source = source_image((64, 48))
+    edge = {"left": 12, "right": 20, "top": 5, "bottom": 0}
+    response, previews = await mock_generate_with_previews(
+        {
+            "prompt": "a fox",
+            "inputImages": [png_item(source)],
+            "outpaint": edge,
+            "stepCount": 3,
+            "previewEvery": 1,
+        }
+    )
+    assert response["result"]["images"][0]["width"] == 96 and previews
+    for preview in previews:
+        made = result_image(preview)
+        assert made.size == (96, 53) == (preview["width"], preview["height"])  # not 96x56
+        assert made.crop((12, 5, 12 + 64, 5 + 48)).tobytes() == source.tobytes()
 
 
 async def test_a_mask_of_another_size_is_scaled_to_the_reference() -> None:
@@ -289,12 +346,24 @@ def test_diffusers_inpaints_and_outpaints_keeping_the_source(
         mask = square_mask(source.size, (16, 16, 48, 48))
         params = {"prompt": "a fox", "seed": 3, "inputImages": [png_item(source)]}
         answer, notes = worker.exchange(
-            "generate", {**params, "mask": png_item(mask)}, "inpaint", timeout=LONG_WAIT
+            "generate",
+            {**params, "mask": png_item(mask), "stepCount": 4, "previewEvery": 1},
+            "inpaint",
+            timeout=LONG_WAIT,
         )
         made = result_image(answer["result"]["images"][0])
         assert differing(made, source, mask, 0) == 0
         assert differing(made, source, mask, 255) > 900
         assert any(n["params"].get("phase") == "sampling" for n in notes)
+        # Its latent previews show the source where it is kept, the generation elsewhere.
+        previews = [n["params"] for n in notes if n["method"] == "preview"]
+        assert len(previews) == 3
+        for preview in previews:
+            assert kept_in_preview(preview, source, mask) == 0
+            made = result_image(preview)
+            shrunk = source.resize(made.size, Image.Resampling.BILINEAR)
+            repainted = mask.resize(made.size, Image.Resampling.BILINEAR)
+            assert differing(made, shrunk, repainted, 255) > made.width * made.height // 8
         answer, _ = worker.exchange(
             "generate", {**params, "outpaint": {"right": 12, "bottom": 4}}, "out", timeout=LONG_WAIT
         )

@@ -1,7 +1,8 @@
 """Masked editing, the part every backend shares: the mask a request gives (inpaint) or
 the canvas and mask an `outpaint` makes, prepared at the job's size before it is queued,
 and the source laid back over each result outside the mask, so that what the mask keeps
-is the source's pixels exactly, whatever the backend did to them.
+is the source's pixels exactly, whatever the backend did to them. Previews get the same,
+at their size: what a preview shows outside the mask is what the result will show.
 
 White repaints, black keeps, grey repaints partly; a transparent pixel of a mask
 repaints (as in ComfyUI, and as Core ML's ControlNet inpaint model reads alpha 0). A mask
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image, ImageFilter, ImageOps
@@ -60,6 +62,53 @@ class Edit:
         if result.size != self.crop:
             result = result.crop((0, 0, *self.crop))
         return png_bytes(result)
+
+    def preview_overlay(self, source: bytes) -> PreviewOverlay:
+        """What lays `source` over this edit's previews (`source`: the reference, as the
+        backend was given it)."""
+        return PreviewOverlay(source, self.mask_png, self.crop)
+
+
+@dataclass
+class PreviewOverlay:
+    """A masked edit's source over its previews, as `Edit.composite` lays it over the
+    result, at each preview's size. The source and mask are read on the first preview
+    (in its worker thread) and shrunk once per size: a preview then costs one composite
+    of a thumbnail, well under a millisecond."""
+
+    source_png: bytes
+    """The job's size."""
+    mask_png: bytes
+    """L, the job's size: 255 repaints, 0 keeps."""
+    crop: tuple[int, int]
+    """The result's size, within the job's (an outpaint canvas's rounding is cut off)."""
+    _sized: dict[tuple[int, int], tuple[Image.Image, Image.Image]] = field(default_factory=dict)
+    _full: tuple[Image.Image, Image.Image] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    """Previews are made in worker threads."""
+
+    def apply(self, preview: Image.Image) -> Image.Image:
+        """`preview` (of the whole job's image, at any size) where the mask repaints, the
+        source where it keeps, cut as the result is."""
+        size = preview.size
+        with self._lock:
+            if self._full is None:
+                with Image.open(io.BytesIO(self.source_png)) as kept:
+                    source = kept.convert("RGB")
+                with Image.open(io.BytesIO(self.mask_png)) as opened:
+                    self._full = (source, opened.convert("L"))
+            sized = self._sized.get(size)
+            if sized is None:
+                source, mask = self._full
+                sized = self._sized[size] = (
+                    source.resize(size, Image.Resampling.BILINEAR),
+                    mask.resize(size, Image.Resampling.BILINEAR),
+                )
+            width, height = self._full[0].size
+        source, mask = sized
+        result = Image.composite(preview.convert("RGB"), source, mask)
+        cut = (round(self.crop[0] * size[0] / width), round(self.crop[1] * size[1] / height))
+        return result.crop((0, 0, *cut)) if cut != size else result
 
 
 def edits_asked(params: GenerateParams) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from worker.sizes import STANDARD_SIZES, SizeOption, ratio_of
 if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
     from worker.controls import PreparedControl
     from worker.loras import AppliedLora
-    from worker.masks import Edit
+    from worker.masks import Edit, PreviewOverlay
     from worker.models import Model
     from worker.reference import Reference
 
@@ -91,6 +92,14 @@ class JobParameters:
     prompt_syntax_removed: bool = False
     """Its prompts carried weights the model cannot weigh: `prompt` and `negative_prompt`
     are the words without them."""
+
+    @cached_property
+    def preview_overlay(self) -> PreviewOverlay | None:
+        """For a masked edit, what lays its source over its previews (made once, on its
+        first preview); None otherwise."""
+        if self.edit is None or self.reference is None:
+            return None
+        return self.edit.preview_overlay(self.reference.png)
 
     @property
     def names(self) -> ImageNames:

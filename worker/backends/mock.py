@@ -219,7 +219,9 @@ async def _preview(
     from worker.previews import make_thumbnail
 
     name = f"procedural.{index}.{parameters.seed}.{step - 1}.preview.png"
-    thumbnail = await anyio.to_thread.run_sync(make_thumbnail, png, parameters.preview_dir, name)
+    thumbnail = await anyio.to_thread.run_sync(
+        make_thumbnail, png, parameters.preview_dir, name, parameters.preview_overlay
+    )
     if thumbnail is not None:
         progress.preview(step, index, thumbnail)
 
