@@ -8,7 +8,10 @@ Rows: the worker's default precision (`auto`: bfloat16 on a CPU that does it in
 hardware) against the worker in float32, with how far its image is from the float32
 one; the worker in float32 against the same pipeline called directly in float32; and
 the model host's memory while it loads in the default precision, against what it holds
-once loaded (converting must not hold the float32 weights and their copy at once).
+once loaded (converting must not hold the float32 weights and their copy at once); and
+what a LoRA of rank 16 (on the UNet's attention and the text encoder, as shared ones
+are) costs an image in the default precision, requests with and without it alternating,
+so that every one of them also switches the adapters on or off.
 """
 
 from __future__ import annotations
@@ -79,9 +82,23 @@ def _child(pid: int) -> int:
     return int(children[0]) if children else 0
 
 
+LORA_RANK = 16
+LORA = {"loras": [{"name": "style", "weight": 0.8}]}
+
+
 def model_path() -> Path:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return cache / "studio-imagegen-worker" / "bench" / "sd15-shaped"
+
+
+async def _built(command: list[str], made: Path, setup: StandInSetup) -> None:
+    """Run the fixture `command` unless what it makes is already in the cache."""
+    if not await anyio.Path(made).is_file():
+        await anyio.run_process(
+            [sys.executable, "-m", *command],
+            cwd=REPO_ROOT,
+            env={**os.environ, "TMPDIR": str(setup.tmp)},
+        )
 
 
 async def real_architecture(setup: StandInSetup, sizes: Sizes) -> list[Row]:
@@ -89,34 +106,46 @@ async def real_architecture(setup: StandInSetup, sizes: Sizes) -> list[Row]:
     if missing:
         return [Row("real architecture: skipped", "-", [0.0], "extra missing", None)]
     model = model_path()
-    if not (model / "model_index.json").is_file():
-        await anyio.run_process(
-            [sys.executable, "-m", "fixtures.real_architecture", str(model)],
-            cwd=REPO_ROOT,
-            env={**os.environ, "TMPDIR": str(setup.tmp)},
-        )
+    await _built(["fixtures.real_architecture", str(model)], model / "model_index.json", setup)
+    loras = model.with_name(f"{model.name}-loras")
+    lora_file = loras / "style.safetensors"
+    await _built(
+        [
+            "fixtures.tiny_diffusers",
+            str(lora_file),
+            "--lora-for",
+            str(model),
+            "--lora-rank",
+            str(LORA_RANK),
+        ],
+        lora_file,
+        setup,
+    )
     base = {
         "SYSTEMSCULPT_LOCAL_IMAGEGEN_BACKEND": "diffusers",
         "SYSTEMSCULPT_LOCAL_DIFFUSERS_MODEL": str(model),
+        "SYSTEMSCULPT_LOCAL_DIFFUSERS_LORAS_DIR": str(loras),
         "HF_HUB_OFFLINE": "1",
     }
     runs = max(1, sizes.real_architecture_runs)
-    seconds: dict[str, list[float]] = {"auto": [], "float32": []}
+    seconds: dict[str, list[float]] = {"auto": [], "float32": [], "lora": []}
     images: dict[str, Image.Image] = {}
     dtypes: dict[str, str] = {}
     async with (
         running_worker(setup.env(**base)) as default,
         running_worker(setup.env(**base, SYSTEMSCULPT_LOCAL_DIFFUSERS_DTYPE="float32")) as f32,
     ):
-        workers = {"auto": default, "float32": f32}
+        workers = {"auto": default, "float32": f32, "lora": default}
         memory = await _first_job_memory(default.pid, default.session)  # its load
-        for worker in workers.values():  # the loads, and a warm-up each
-            answer = await worker.session.call("generate", {**REQUEST, "stepCount": 1})
+        for name, worker in workers.items():  # the loads (the LoRA's too), and a warm-up
+            request = {**REQUEST, "stepCount": 1, **(LORA if name == "lora" else {})}
+            answer = await worker.session.call("generate", request)
             assert "result" in answer, answer
         for _ in range(runs):
             for name, worker in workers.items():
+                request = {**REQUEST, **(LORA if name == "lora" else {})}
                 started = time.perf_counter()
-                answer = await worker.session.call("generate", REQUEST)
+                answer = await worker.session.call("generate", request)
                 seconds[name].append(time.perf_counter() - started)
                 result = answer["result"]
                 data = base64.b64decode(result["images"][0]["base64"])
@@ -164,5 +193,14 @@ async def real_architecture(setup: StandInSetup, sizes: Sizes) -> list[Row]:
             "<= 1.05",
             median(seconds["float32"]) / median(direct) <= 1.05,
             notes=f"direct {median(direct):.1f} s an image",
+        ),
+        Row(
+            f"real architecture: a rank-{LORA_RANK} LoRA, switched on each time / no LoRA",
+            "x",
+            [lo / a for lo, a in zip(seconds["lora"], seconds["auto"], strict=True)],
+            "-",
+            None,
+            notes=f"with the LoRA {median(seconds['lora']):.1f} s an image (default "
+            "precision); the requests alternate, so each one switches the adapters",
         ),
     ]
