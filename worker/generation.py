@@ -251,11 +251,11 @@ def deliver(
     await in here: once a job has rendered, nothing can cancel it halfway through."""
     images = []
     written: list[Path] = list(previews or [])
-    edit, reference = parameters.edit, parameters.reference
+    edit, overlay = parameters.edit, parameters.source_overlay
     width, height = edit.crop if edit else (rendered.width, rendered.height)
     for image in rendered.images:
         seed = image.seed if image.seed is not None else parameters.seed
-        made = edit.composite(image.png, reference.png) if edit and reference else image.png
+        made = overlay.composite_png(image.png) if overlay else image.png
         png = with_text_chunks(
             made, _text_chunks(params, parameters, rendered, image.index, seed, (width, height))
         )

@@ -1,8 +1,8 @@
 """Masked editing, the part every backend shares: the mask a request gives (inpaint) or
 the canvas and mask an `outpaint` makes, prepared at the job's size before it is queued,
 and the source laid back over each result outside the mask, so that what the mask keeps
-is the source's pixels exactly, whatever the backend did to them. Previews get the same,
-at their size: what a preview shows outside the mask is what the result will show.
+is the source's pixels exactly, whatever the backend did to them. Previews get the same
+overlay at their size: what a preview shows outside the mask is what the result will.
 
 White repaints, black keeps, grey repaints partly; a transparent pixel of a mask
 repaints (as in ComfyUI, and as Core ML's ControlNet inpaint model reads alpha 0). A mask
@@ -53,28 +53,19 @@ class Edit:
         """As the result's metadata takes it (field names)."""
         return {"mask_sha256": self.mask_sha256, "mask_blur": self.blur, "outpaint": self.outpaint}
 
-    def composite(self, generated: bytes, source: bytes) -> bytes:
-        """`generated` where the mask repaints, `source` where it keeps (byte for byte
-        where it is black), cut to the result's size: a PNG."""
-        with Image.open(io.BytesIO(generated)) as made, Image.open(io.BytesIO(source)) as kept:
-            mask = Image.open(io.BytesIO(self.mask_png))
-            result = Image.composite(made.convert("RGB"), kept.convert("RGB"), mask)
-        if result.size != self.crop:
-            result = result.crop((0, 0, *self.crop))
-        return png_bytes(result)
-
-    def preview_overlay(self, source: bytes) -> PreviewOverlay:
-        """What lays `source` over this edit's previews (`source`: the reference, as the
-        backend was given it)."""
-        return PreviewOverlay(source, self.mask_png, self.crop)
+    def overlay(self, source: bytes) -> SourceOverlay:
+        """What lays `source` (the reference, as the backend was given it) over this
+        edit's result and its previews."""
+        return SourceOverlay(source, self.mask_png, self.crop)
 
 
 @dataclass
-class PreviewOverlay:
-    """A masked edit's source over its previews, as `Edit.composite` lays it over the
-    result, at each preview's size. The source and mask are read on the first preview
-    (in its worker thread) and shrunk once per size: a preview then costs one composite
-    of a thumbnail, well under a millisecond."""
+class SourceOverlay:
+    """A masked edit's source laid back over what the backend made, outside the mask:
+    over the result at its size, byte for byte where the mask is black, and over each
+    preview at the preview's size. The source and mask are read once (on first use, in
+    a worker thread) and shrunk once per preview size: a preview then costs one
+    composite of a thumbnail, well under a millisecond."""
 
     source_png: bytes
     """The job's size."""
@@ -82,33 +73,44 @@ class PreviewOverlay:
     """L, the job's size: 255 repaints, 0 keeps."""
     crop: tuple[int, int]
     """The result's size, within the job's (an outpaint canvas's rounding is cut off)."""
+    _full_size: tuple[int, int] = (0, 0)
+    """The job's size, once the source is read."""
     _sized: dict[tuple[int, int], tuple[Image.Image, Image.Image]] = field(default_factory=dict)
-    _full: tuple[Image.Image, Image.Image] | None = None
+    """The source and mask by size, the job's own first."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     """Previews are made in worker threads."""
 
-    def apply(self, preview: Image.Image) -> Image.Image:
-        """`preview` (of the whole job's image, at any size) where the mask repaints, the
-        source where it keeps, cut as the result is."""
-        size = preview.size
+    def apply(self, made: Image.Image) -> Image.Image:
+        """`made` (the whole job's image, at its size or shrunk) where the mask repaints,
+        the source where it keeps, cut as the result is."""
+        source, mask = self._at(made.size)
+        result = Image.composite(made.convert("RGB"), source, mask)
+        (width, height), (full_width, full_height) = made.size, self._full_size
+        cut = (round(self.crop[0] * width / full_width), round(self.crop[1] * height / full_height))
+        return result.crop((0, 0, *cut)) if cut != made.size else result
+
+    def composite_png(self, generated: bytes) -> bytes:
+        """`apply` to a result PNG, as a PNG."""
+        with Image.open(io.BytesIO(generated)) as made:
+            return png_bytes(self.apply(made))
+
+    def _at(self, size: tuple[int, int]) -> tuple[Image.Image, Image.Image]:
+        """The source and mask at `size`."""
         with self._lock:
-            if self._full is None:
+            if not self._sized:
                 with Image.open(io.BytesIO(self.source_png)) as kept:
                     source = kept.convert("RGB")
                 with Image.open(io.BytesIO(self.mask_png)) as opened:
-                    self._full = (source, opened.convert("L"))
+                    self._sized[source.size] = (source, opened.convert("L"))
+                self._full_size = source.size
             sized = self._sized.get(size)
             if sized is None:
-                source, mask = self._full
+                source, mask = self._sized[self._full_size]
                 sized = self._sized[size] = (
                     source.resize(size, Image.Resampling.BILINEAR),
                     mask.resize(size, Image.Resampling.BILINEAR),
                 )
-            width, height = self._full[0].size
-        source, mask = sized
-        result = Image.composite(preview.convert("RGB"), source, mask)
-        cut = (round(self.crop[0] * size[0] / width), round(self.crop[1] * size[1] / height))
-        return result.crop((0, 0, *cut)) if cut != size else result
+        return sized
 
 
 def edits_asked(params: GenerateParams) -> list[str]:

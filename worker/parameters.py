@@ -34,7 +34,7 @@ from worker.sizes import STANDARD_SIZES, SizeOption, ratio_of
 if TYPE_CHECKING:  # preparing one needs Pillow, loaded only when a request has one
     from worker.controls import PreparedControl
     from worker.loras import AppliedLora
-    from worker.masks import Edit, PreviewOverlay
+    from worker.masks import Edit, SourceOverlay
     from worker.models import Model
     from worker.reference import Reference
 
@@ -94,12 +94,12 @@ class JobParameters:
     are the words without them."""
 
     @cached_property
-    def preview_overlay(self) -> PreviewOverlay | None:
-        """For a masked edit, what lays its source over its previews (made once, on its
-        first preview); None otherwise."""
+    def source_overlay(self) -> SourceOverlay | None:
+        """For a masked edit, what lays its source over its result and previews (one for
+        the job: the source is read once); None otherwise."""
         if self.edit is None or self.reference is None:
             return None
-        return self.edit.preview_overlay(self.reference.png)
+        return self.edit.overlay(self.reference.png)
 
     @property
     def names(self) -> ImageNames:

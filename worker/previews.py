@@ -16,7 +16,7 @@ from PIL import Image
 
 from protocol.models import PREVIEW_MAX_SIDE
 from worker.images import safe_file_name, write_without_clobbering
-from worker.masks import PreviewOverlay
+from worker.masks import SourceOverlay
 from worker.progress import ProgressReporter, Thumbnail
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ async def publish_preview(
     progress: ProgressReporter,
     step: int,
     index: int,
-    overlay: PreviewOverlay | None = None,
+    overlay: SourceOverlay | None = None,
 ) -> None:
     """Send the preview of the intermediate image a backend wrote at `source`, as a
     thumbnail inline (`directory` None) or written into `directory` under `name` (off the
@@ -46,7 +46,7 @@ async def publish_thumbnail(
     directory: Path | None,
     progress: ProgressReporter,
     where: tuple[int, int],
-    overlay: PreviewOverlay | None = None,
+    overlay: SourceOverlay | None = None,
 ) -> None:
     """Send a thumbnail a backend made itself (a PNG of `size`, no larger than a preview
     may be) as it is, inline or written into `directory` under `name`; `where`: (step,
@@ -73,7 +73,7 @@ async def publish_thumbnail(
 
 
 def _thumbnail_of_file(
-    source: Path, directory: Path | None, name: str, overlay: PreviewOverlay | None
+    source: Path, directory: Path | None, name: str, overlay: SourceOverlay | None
 ) -> Thumbnail | None:
     try:
         png = source.read_bytes()
@@ -84,7 +84,7 @@ def _thumbnail_of_file(
 
 
 def make_thumbnail(
-    png: bytes, directory: Path | None, name: str, overlay: PreviewOverlay | None = None
+    png: bytes, directory: Path | None, name: str, overlay: SourceOverlay | None = None
 ) -> Thumbnail | None:
     """A thumbnail of `png` (with `overlay`'s source over it), inline (directory None) or
     written into `directory` under `name` (never over another file); None, and a log line,

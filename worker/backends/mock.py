@@ -220,7 +220,7 @@ async def _preview(
 
     name = f"procedural.{index}.{parameters.seed}.{step - 1}.preview.png"
     thumbnail = await anyio.to_thread.run_sync(
-        make_thumbnail, png, parameters.preview_dir, name, parameters.preview_overlay
+        make_thumbnail, png, parameters.preview_dir, name, parameters.source_overlay
     )
     if thumbnail is not None:
         progress.preview(step, index, thumbnail)

@@ -297,7 +297,7 @@ async def _publish_previews(
                     progress,
                     step.completed,
                     index,
-                    parameters.preview_overlay,
+                    parameters.source_overlay,
                 )
 
 

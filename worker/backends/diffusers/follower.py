@@ -88,7 +88,7 @@ class JobFollower:
             parameters.preview_dir,
             self.progress,
             (event.step, event.index),
-            parameters.preview_overlay,
+            parameters.source_overlay,
         )
 
 
