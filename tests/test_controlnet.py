@@ -33,7 +33,13 @@ from tests.test_masks import (
     source_image,
     square_mask,
 )
-from tests.worker_clients import LINUX, WorkerProcess, in_process_worker, start_worker_process
+from tests.worker_clients import (
+    LINUX,
+    WorkerProcess,
+    generate_with_previews,
+    in_process_worker,
+    start_worker_process,
+)
 from worker.backends.registry import read_settings
 
 Message = dict[str, Any]
@@ -257,11 +263,7 @@ async def core_ml_previews(
     """The `preview` notifications of one generate on the stand-in, which must succeed."""
     with mock.patch.dict(os.environ, {k: v for k, v in env.items() if k.startswith("STANDIN_")}):
         async with in_process_worker(read_settings({**standin.env, **env}), LINUX) as worker:
-            await worker.send({"jsonrpc": "2.0", "method": "generate", "params": params, "id": 1})
-            previews = []
-            while "method" in (message := await worker.receive(wait=60)):
-                if message["method"] == "preview":
-                    previews.append(message["params"])
+            message, previews = await generate_with_previews(worker, params, wait=60)
     assert "result" in message, message
     return previews
 

@@ -19,7 +19,13 @@ from PIL import Image
 
 from tests.diffusers_setup import DiffusersSetup, require_extra
 from tests.standin import StandIn
-from tests.worker_clients import LINUX, WorkerProcess, in_process_worker, start_worker_process
+from tests.worker_clients import (
+    LINUX,
+    WorkerProcess,
+    generate_with_previews,
+    in_process_worker,
+    start_worker_process,
+)
 from worker.backends.registry import read_settings
 
 Message = dict[str, Any]
@@ -78,12 +84,7 @@ async def mock_generate(params: dict[str, Any]) -> Message:
 async def mock_generate_with_previews(params: dict[str, Any]) -> tuple[Message, list[Message]]:
     """The response, and the `preview` notifications before it."""
     async with in_process_worker(read_settings(MOCK), LINUX) as worker:
-        await worker.send({"jsonrpc": "2.0", "method": "generate", "params": params, "id": 1})
-        previews = []
-        while "method" in (message := await worker.receive()):
-            if message["method"] == "preview":
-                previews.append(message["params"])
-        return message, previews
+        return await generate_with_previews(worker, params)
 
 
 def kept_in_preview(preview: Message, source: Image.Image, mask: Image.Image) -> int:

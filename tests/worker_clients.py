@@ -93,6 +93,19 @@ class InProcessWorker:
         return messages
 
 
+async def generate_with_previews(
+    worker: InProcessWorker, params: Any, wait: float = WAIT_SECONDS
+) -> tuple[Message, list[Message]]:
+    """Send one generate; its response, and the params of the `preview` notifications
+    that came before it."""
+    await worker.send(request("generate", params, 1))
+    previews = []
+    while "method" in (message := await worker.receive(wait)):
+        if message["method"] == "preview":
+            previews.append(message["params"])
+    return message, previews
+
+
 @asynccontextmanager
 async def in_process_worker(
     settings: Settings | None = None,
