@@ -533,14 +533,24 @@ async def _generate(
 
 
 def _steps_counted(metadata: dict[str, Any], images: int, total: int) -> str:
-    """Why the bar counted more steps than asked, once: the pndm scheduler's warm-up."""
+    """Why the bar counted other than the steps asked, once: from a reference, a share of
+    them runs (its strength); the pndm scheduler runs one more, its warm-up."""
     asked = metadata["stepCount"]
-    if metadata["scheduler"] != "pndm" or total in (asked, asked * images, 0):
+    if total in (asked, asked * images, 0):
         return ""
-    return (
-        f"(the bar counted {total}: the pndm scheduler runs one step more than the {asked} "
-        "asked, to start its multistep method)"
-    )
+    reasons = []
+    strength = metadata.get("strength")
+    if strength is not None and strength < 1:
+        reasons.append(
+            f"from a reference at strength {strength:g} the sampler runs that share of the "
+            f"{asked} steps"
+        )
+    if metadata["scheduler"] == "pndm":
+        than = "" if reasons else f" than the {asked} asked"
+        reasons.append(
+            f"the pndm scheduler runs one step more{than}, to start its multistep method"
+        )
+    return f"(the bar counted {total}: {'; '.join(reasons)})" if reasons else ""
 
 
 @dataclass

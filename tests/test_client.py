@@ -16,7 +16,7 @@ from PIL import Image
 
 from fixtures.resources import make_resource_dir
 from tests.standin import StandIn
-from tests.worker_clients import worker_environment
+from tests.worker_clients import REPO_ROOT, worker_environment
 from worker.status_line import ERASE_LINE, StatusLine
 
 CLIENT = [sys.executable, "-m", "client.cli"]
@@ -452,3 +452,14 @@ def test_the_extra_pndm_step_is_explained_once(standin: StandIn, tmp_path: Path)
     )
     assert dpmpp.returncode == 0, dpmpp.stderr
     assert "the bar counted" not in dpmpp.stderr
+    photo = str(REPO_ROOT / "fixtures" / "reference-photo.jpg")
+    from_photo = _client(
+        ["generate", "fox", "--image", photo, "--influence=strong", "--steps=20", "--out", out],
+        standin.env,
+    )
+    assert from_photo.returncode == 0, from_photo.stderr
+    said = (
+        "the bar counted 8: from a reference at strength 0.35 the sampler runs that share of "
+        "the 20 steps; the pndm scheduler runs one step more, to start its multistep method"
+    )
+    assert from_photo.stderr.count(said) == 1, from_photo.stderr
