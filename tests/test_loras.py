@@ -181,8 +181,10 @@ def test_diffusers_weighs_prompts_and_skips_clip_layers(
         ends = {made(worker, tail, prompt=words + tail)[0] for tail in ("blue", "green")}
         assert len(ends) == 2
         lora = [{"name": "sd1/style"}]
-        with_lora, _ = made(worker, "lora", prompt="a (red:1.6) fox", loras=lora)
+        with_lora, result = made(worker, "lora", prompt="a (red:1.6) fox", loras=lora)
         assert with_lora != images["red up"]
+        # Named after its words, as Core ML names the same request (it is given the words).
+        assert result["images"][0]["fileName"].startswith("a_red_fox.")
     finally:
         worker.close()
 

@@ -103,8 +103,11 @@ class JobParameters:
 
     @property
     def names(self) -> ImageNames:
-        """How its images are named (every backend names them the same way)."""
-        return ImageNames(self.prompt, self.count, self.seed, self.strength)
+        """How its images are named (every backend names them the same way): after the
+        prompt's words, without weight syntax (where the model weighs them, `prompt`
+        still has it; where it cannot, it was removed already)."""
+        words = self.prompt if self.prompt_syntax_removed else plain(self.prompt)
+        return ImageNames(words, self.count, self.seed, self.strength)
 
     def to_record(self) -> dict[str, Any]:
         """The effective parameters as JSON, for the PNG's `studio-imagegen` chunk."""
